@@ -1,0 +1,1 @@
+"""mfql exporters: turn a training checkpoint into a self-describing policy bundle."""

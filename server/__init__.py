@@ -1,0 +1,1 @@
+"""mfql server: batched ONNX Runtime serving of policy bundles (no torch import)."""

@@ -1,0 +1,1 @@
+"""Offline RL agents: one file per method."""
