@@ -1,0 +1,1 @@
+"""OGBench-format datasets: generation with the scripted oracles, loading and validation."""
