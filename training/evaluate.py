@@ -1,0 +1,99 @@
+"""Closed-loop evaluation in the OGBench singletask env, and the `mfql-eval` CLI.
+
+Success = mean over episodes of `info['success']` at the episode's last step (ALGORITHM.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from training.checkpoint import CheckpointError
+from training.inference import ServingPolicy, load_serving_policy, sample_actions
+
+
+def evaluate_policy(
+    module: ServingPolicy, env_name: str, episodes: int, num_candidates: int, seed: int, progress: bool = True
+) -> dict:
+    """Run `episodes` episodes (env seeds seed, seed+1, ...); return success/return/length/latency."""
+    from training.data.ogbench_files import make_task_env
+
+    env = make_task_env(env_name)
+    generator = torch.Generator().manual_seed(seed)
+    successes, returns, lengths, latencies = [], [], [], []
+    for episode in tqdm(range(episodes), desc="eval", leave=False, disable=not progress):
+        observation, info = env.reset(seed=seed + episode)
+        done, total, length = False, 0.0, 0
+        while not done:
+            start = time.perf_counter()
+            action, _ = sample_actions(
+                module, torch.as_tensor(observation[None], dtype=torch.float32), num_candidates, generator
+            )
+            latencies.append(time.perf_counter() - start)
+            observation, reward, terminated, truncated, info = env.step(action[0].numpy())
+            total += float(reward)
+            length += 1
+            done = terminated or truncated
+        successes.append(float(info["success"]))
+        returns.append(total)
+        lengths.append(length)
+    env.close()
+    success = np.asarray(successes)
+    latency_ms = np.asarray(latencies) * 1e3
+    return {
+        "env": env_name,
+        "episodes": episodes,
+        "num_candidates": num_candidates,
+        "success_rate": float(success.mean()),
+        "success_rate_stderr": float(success.std(ddof=1) / np.sqrt(episodes)) if episodes > 1 else 0.0,
+        "mean_return": float(np.mean(returns)),
+        "mean_episode_length": float(np.mean(lengths)),
+        "policy_latency_ms": {
+            "mean": float(latency_ms.mean()),
+            "p50": float(np.percentile(latency_ms, 50)),
+            "p99": float(np.percentile(latency_ms, 99)),
+        },
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mfql-eval", description="Evaluate an MFQL checkpoint in its OGBench env."
+    )
+    parser.add_argument("checkpoint", help="step directory, or run directory (newest step)")
+    parser.add_argument("--env", help="singletask env name (default: the one the checkpoint was trained on)")
+    parser.add_argument("--episodes", type=int, default=50)
+    parser.add_argument("--num-candidates", type=int, help="K for best-of-K (default: the trained K)")
+    parser.add_argument("--seed", type=int, default=1_000_000, help="first episode seed")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1 is fastest for one observation)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        module, checkpoint = load_serving_policy(args.checkpoint)
+    except CheckpointError as exc:
+        print(f"mfql-eval: {exc}", file=sys.stderr)
+        return 2
+    k = args.num_candidates or checkpoint.config.agent_config.num_candidates
+    if k < 1 or args.episodes < 1:
+        print("mfql-eval: --num-candidates and --episodes must be >= 1", file=sys.stderr)
+        return 2
+    result = evaluate_policy(module, args.env or checkpoint.config.env_name, args.episodes, k, args.seed)
+    result.update({"checkpoint": str(checkpoint.path), "step": checkpoint.step})
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

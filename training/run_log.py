@@ -1,0 +1,113 @@
+"""What a run writes while it trains: metrics.csv, evaluations.csv, TensorBoard events, curves.png."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+TRAIN_CSV, EVAL_CSV, PLOT_FILE = "metrics.csv", "evaluations.csv", "curves.png"
+
+
+def _truncate_csv(path: Path, last_step: int) -> None:
+    """Drop rows past `last_step` (left by an interrupted run) before a resumed run appends."""
+    if not path.exists():
+        return
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        return
+    fields = list(rows[0].keys())
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(row for row in rows if int(row["step"]) <= last_step)
+
+
+class RunLog:
+    """Append-only CSV + TensorBoard logging for one run directory."""
+
+    def __init__(self, run_dir: Path, resume_step: int | None = None) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None:
+            for name in (TRAIN_CSV, EVAL_CSV):
+                _truncate_csv(self.run_dir / name, resume_step)
+        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=resume_step)
+
+    def _append(self, name: str, row: dict) -> None:
+        path = self.run_dir / name
+        exists = path.exists() and path.stat().st_size > 0
+        with open(path, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(row.keys()))
+            if not exists:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def train(self, step: int, info: dict[str, float]) -> None:
+        self._append(TRAIN_CSV, {"step": step, **info})
+        for key, value in info.items():
+            self.writer.add_scalar(key, value, step)
+
+    def evaluation(self, step: int, result: dict) -> None:
+        row = {
+            "step": step,
+            "success_rate": result["success_rate"],
+            "success_rate_stderr": result["success_rate_stderr"],
+            "mean_return": result["mean_return"],
+            "mean_episode_length": result["mean_episode_length"],
+            "episodes": result["episodes"],
+            "num_candidates": result["num_candidates"],
+        }
+        self._append(EVAL_CSV, row)
+        for key in ("success_rate", "mean_return", "mean_episode_length"):
+            self.writer.add_scalar(f"eval/{key}", row[key], step)
+
+    def close(self) -> None:
+        self.writer.close()
+        plot_curves(self.run_dir)
+
+
+def _read_columns(path: Path) -> dict[str, list[float]]:
+    if not path.exists():
+        return {}
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return {key: [float(row[key]) for row in rows] for key in (rows[0].keys() if rows else [])}
+
+
+def plot_curves(run_dir: Path) -> Path:
+    """curves.png: losses, Q, alpha and success rate against steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = _read_columns(Path(run_dir) / TRAIN_CSV)
+    evals = _read_columns(Path(run_dir) / EVAL_CSV)
+    panels = [
+        ("critic/loss", "critic loss", True),
+        ("mfi/loss", "MeanFlow-identity loss", True),
+        ("actor/q", "Q of policy action", False),
+        ("alpha", "alpha", False),
+    ]
+    fig, axes = plt.subplots(1, 5, figsize=(22, 3.6))
+    for ax, (key, title, log) in zip(axes, panels):
+        if key in train:
+            ax.plot(train["step"], train[key], linewidth=0.8)
+            if log and min(train[key]) > 0:
+                ax.set_yscale("log")
+        ax.set_title(title)
+        ax.set_xlabel("step")
+    ax = axes[-1]
+    if "success_rate" in evals:
+        ax.errorbar(evals["step"], evals["success_rate"], yerr=evals["success_rate_stderr"], marker="o")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title("success rate")
+    ax.set_xlabel("step")
+    fig.tight_layout()
+    out = Path(run_dir) / PLOT_FILE
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out

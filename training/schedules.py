@@ -1,0 +1,86 @@
+"""Step-dependent quantities of MFQL: the actor learning rate and the BC coefficient alpha."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+from training.config import AgentConfig
+
+
+def actor_learning_rate(update_index: int, offline_steps: int, config: AgentConfig) -> float:
+    """Linear warm-up, cosine decay to min_ratio * lr over the offline steps, then the floor.
+
+    `update_index` counts from 0 (optax's schedule count), so the very first update of a
+    run with warm-up uses lr 0, as the reference's schedule does.
+    """
+    peak = config.actor_lr
+    floor = peak * config.actor_min_lr_ratio
+    if update_index > offline_steps:
+        return floor  # offline-to-online fine-tuning keeps the minimum
+    warmup = int(offline_steps * config.actor_warmup_fraction)
+    if warmup > 0 and update_index <= warmup:
+        return update_index / warmup * peak
+    progress = (update_index - warmup) / max(offline_steps - warmup, 1)
+    progress = min(max(progress, 0.0), 1.0)
+    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def cosine_alpha(step: int, offline_steps: int, config: AgentConfig) -> float:
+    """The alternative alpha schedule: cosine decay from alpha to 0.1 alpha over offline steps."""
+    low = 0.1 * config.alpha
+    progress = min(step / max(offline_steps, 1), 1.0)
+    return low + (config.alpha - low) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@dataclass
+class AlphaController:
+    """Adaptive alpha (ALGORITHM.md, "Adaptive BC coefficient alpha").
+
+    Every `alpha_update_interval` steps the current MFI loss is compared with the average of
+    the losses recorded so far (at least two, as in the reference), alpha moves by x1.2 or
+    x0.8 within [0.1 alpha0, 10 alpha0], and then the loss joins the window. During the
+    warm-up (first 10% of offline steps) losses are only recorded. Unlike the reference,
+    the average is over the values actually recorded, not over a zero-padded buffer.
+    """
+
+    config: AgentConfig
+    offline_steps: int
+    alpha: float = 0.0
+    history: deque | None = None
+
+    def __post_init__(self) -> None:
+        if self.alpha == 0.0:
+            self.alpha = self.config.alpha
+        if self.history is None:
+            self.history = deque(maxlen=self.config.alpha_window)
+
+    def due(self, step: int) -> bool:
+        """Whether `step` (1-based) is a recording step; the caller then passes the MFI loss."""
+        return self.config.alpha_schedule == "adaptive" and step % self.config.alpha_update_interval == 0
+
+    def value(self, step: int) -> float:
+        if self.config.alpha_schedule == "cosine":
+            return cosine_alpha(step, self.offline_steps, self.config)
+        return self.alpha
+
+    def record(self, step: int, mfi_loss: float) -> float:
+        """Record the MFI loss at a due step, adapt alpha after warm-up, return alpha for this step."""
+        warming_up = step < int(self.offline_steps * self.config.alpha_warmup_fraction)
+        if not warming_up and len(self.history) >= 2:
+            average = sum(self.history) / len(self.history)
+            low, high = 0.1 * self.config.alpha, 10.0 * self.config.alpha
+            if mfi_loss > self.config.alpha_threshold * average:
+                self.alpha = min(self.alpha * self.config.alpha_increase, high)
+            elif mfi_loss < average / self.config.alpha_threshold:
+                self.alpha = max(self.alpha * self.config.alpha_decrease, low)
+        self.history.append(mfi_loss)
+        return self.alpha
+
+    def state_dict(self) -> dict:
+        return {"alpha": self.alpha, "history": list(self.history)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.alpha = float(state["alpha"])
+        self.history = deque((float(x) for x in state["history"]), maxlen=self.config.alpha_window)

@@ -1,0 +1,247 @@
+"""`mfql-train`: offline (then optionally online) MFQL training on an OGBench singletask dataset."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from training.agents.mfql import MFQLAgent
+from training.checkpoint import CheckpointError, list_checkpoints, load_policy_checkpoint
+from training.config import NetworkConfig, TrainConfig, resolve_agent_config
+from training.evaluate import evaluate_policy
+from training.inference import ServingPolicy
+from training.networks import ObservationNormalizer
+from training.replay_buffer import ReplayBuffer
+from training.run_log import RunLog
+from training.training_state import restore_training_state, save_training_state
+
+
+class RunDirectoryError(RuntimeError):
+    """The run directory exists and neither --resume nor --overwrite was given."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mfql-train", description="Train a MeanFlow Q-learning policy.")
+    p.add_argument("--env", default=TrainConfig.env_name, help="OGBench singletask name")
+    p.add_argument(
+        "--dataset-dir", default=TrainConfig.dataset_dir, help="folder with <dataset>.npz and -val.npz"
+    )
+    p.add_argument("--out", default=TrainConfig.out_dir, help="run directory")
+    p.add_argument("--steps", type=int, default=TrainConfig.offline_steps, help="offline gradient steps")
+    p.add_argument("--online-steps", type=int, default=0, help="offline-to-online steps after --steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--policy", choices=["dit", "mlp"], default="dit")
+    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    p.add_argument("--eval-every", type=int, default=TrainConfig.eval_every, help="0: only at the end")
+    p.add_argument(
+        "--eval-episodes", type=int, default=TrainConfig.eval_episodes, help="0 turns evaluation off"
+    )
+    p.add_argument("--eval-num-candidates", type=int, help="K at evaluation (default: --num-candidates)")
+    p.add_argument("--log-every", type=int, default=TrainConfig.log_every)
+    p.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every)
+    p.add_argument("--keep-checkpoints", type=int, default=TrainConfig.keep_checkpoints)
+    p.add_argument("--threads", type=int, help="torch intra-op threads")
+    p.add_argument(
+        "--hyperparameters",
+        choices=["paper", "reference"],
+        default="paper",
+        help="critic lr / discount from the paper's text (1e-4, 0.995) or its code (3e-4, per family)",
+    )
+    p.add_argument("--alpha", type=float, help="initial BC coefficient (default: per task family)")
+    p.add_argument("--alpha-schedule", choices=["adaptive", "cosine"])
+    p.add_argument("--num-candidates", type=int, help="K (default: per task family)")
+    p.add_argument("--discount", type=float)
+    p.add_argument("--time-steps", type=int, help="N of the t grid; > 1000 = continuous")
+    p.add_argument("--actor-lr", type=float)
+    p.add_argument("--critic-lr", type=float)
+    p.add_argument("--normalize-q-loss", action="store_true", default=None)
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--overwrite", action="store_true", help="delete --out first")
+    p.add_argument(
+        "--stop-after", type=int, help="stop (with a checkpoint) after this step, as an interruption would"
+    )
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    agent = resolve_agent_config(
+        args.env,
+        args.hyperparameters,
+        alpha=args.alpha,
+        alpha_schedule=args.alpha_schedule,
+        num_candidates=args.num_candidates,
+        discount=args.discount,
+        time_steps=args.time_steps,
+        actor_lr=args.actor_lr,
+        critic_lr=args.critic_lr,
+        normalize_q_loss=args.normalize_q_loss,
+    )
+    return TrainConfig(
+        env_name=args.env,
+        dataset_dir=args.dataset_dir,
+        out_dir=args.out,
+        seed=args.seed,
+        offline_steps=args.steps,
+        online_steps=args.online_steps,
+        batch_size=args.batch_size,
+        log_every=args.log_every,
+        eval_every=args.eval_every,
+        eval_episodes=args.eval_episodes,
+        eval_num_candidates=args.eval_num_candidates,
+        checkpoint_every=args.checkpoint_every,
+        keep_checkpoints=args.keep_checkpoints,
+        threads=args.threads,
+        agent_config=agent,
+        network=NetworkConfig(policy=args.policy),
+    )
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
+    """The checkpoint to resume from, if any; refuse to silently reuse a run directory."""
+    checkpoints = list_checkpoints(run_dir)
+    if resume:
+        if not checkpoints:
+            raise RunDirectoryError(f"{run_dir}: --resume given but no checkpoint found")
+        return checkpoints[-1]
+    if overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise RunDirectoryError(
+            f"{run_dir} already exists; pass --resume to continue it or --overwrite to replace it"
+        )
+    return None
+
+
+class Trainer:
+    """The loop: sample, update, log, evaluate, checkpoint; then online interaction if asked."""
+
+    def __init__(self, config: TrainConfig, resume_from: Path | None) -> None:
+        from training.data.ogbench_files import load_task_datasets, observation_statistics
+
+        self.config = config
+        self.run_dir = Path(config.out_dir)
+        train_set, _ = load_task_datasets(config.env_name, Path(config.dataset_dir))
+        self.mean, self.std = observation_statistics(train_set)
+        self.agent = MFQLAgent(
+            train_set.obs_dim,
+            train_set.action_dim,
+            config.agent_config,
+            config.network,
+            config.offline_steps,
+            config.seed,
+        )
+        self.buffer = ReplayBuffer(train_set, self.mean, self.std, config.online_steps, config.seed)
+        self.step, self.metrics = 0, {}
+        if resume_from is not None:
+            checkpoint = load_policy_checkpoint(resume_from)
+            restore_training_state(checkpoint.path, self.agent, self.buffer, checkpoint.model)
+            self.step, self.metrics = checkpoint.step, dict(checkpoint.metrics)
+        self.log = RunLog(self.run_dir, resume_step=self.step if resume_from else None)
+
+    def serving_view(self) -> ServingPolicy:
+        """The live networks behind the serving computation (no copy)."""
+        normalizer = ObservationNormalizer(self.buffer.mean, self.buffer.std)
+        return ServingPolicy(normalizer, self.agent.policy, self.agent.target_critic, self.agent.action_dim)
+
+    def evaluate(self) -> None:
+        cfg = self.config
+        k = cfg.eval_num_candidates or cfg.agent_config.num_candidates
+        result = evaluate_policy(
+            self.serving_view(), cfg.env_name, cfg.eval_episodes, k, cfg.seed + 10_000 * self.step
+        )
+        self.log.evaluation(self.step, result)
+        self.metrics = {
+            "success_rate": result["success_rate"],
+            "eval_step": self.step,
+            "eval_episodes": cfg.eval_episodes,
+            "eval_num_candidates": k,
+        }
+        tqdm.write(
+            f"step {self.step}: success {result['success_rate']:.3f} over {cfg.eval_episodes} episodes (K={k})"
+        )
+
+    def checkpoint(self) -> Path:
+        return save_training_state(
+            self.run_dir, self.step, self.config, self.agent, self.buffer, self.metrics
+        )
+
+    def run(self, stop_after: int | None = None) -> dict:
+        cfg = self.config
+        end = min(cfg.total_steps, stop_after) if stop_after else cfg.total_steps
+        env, observation = None, None
+        bar = tqdm(total=cfg.total_steps, initial=self.step, desc="mfql-train", dynamic_ncols=True)
+        while self.step < end:
+            self.step += 1
+            if self.step > cfg.offline_steps:
+                env, observation = self._interact(env, observation)
+            info = self.agent.update(self.buffer.sample(cfg.batch_size), self.step)
+            if self.step % cfg.log_every == 0 or self.step == end:
+                self.log.train(self.step, info)
+                bar.set_postfix(
+                    critic=f"{info['critic/loss']:.3g}",
+                    mfi=f"{info['mfi/loss']:.3g}",
+                    q=f"{info['actor/q']:.3g}",
+                    alpha=f"{info['alpha']:.3g}",
+                )
+            bar.update(1)
+            final = self.step == cfg.total_steps
+            if cfg.eval_episodes > 0 and ((cfg.eval_every and self.step % cfg.eval_every == 0) or final):
+                self.evaluate()
+            if self.step % cfg.checkpoint_every == 0 or self.step == end:
+                self.checkpoint()
+        bar.close()
+        self.log.close()
+        return self.metrics
+
+    def _interact(self, env, observation):
+        """One environment step with the current policy; the transition joins the buffer."""
+        from training.data.ogbench_files import make_task_env
+
+        if env is None:
+            env = make_task_env(self.config.env_name)
+            observation, _ = env.reset(seed=self.config.seed + self.step)
+        module = self.serving_view()
+        noise = torch.randn(
+            1, self.config.agent_config.num_candidates, self.agent.action_dim, generator=self.agent.generator
+        )
+        with torch.no_grad():
+            action = module(torch.as_tensor(observation[None], dtype=torch.float32), noise)[0][0].numpy()
+        next_observation, reward, terminated, truncated, _ = env.step(action)
+        self.buffer.add(observation, action, reward, 1.0 - float(terminated), next_observation)
+        if terminated or truncated:
+            next_observation, _ = env.reset(seed=self.config.seed + self.step)
+        return env, np.asarray(next_observation)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = config_from_args(args)
+    run_dir = Path(config.out_dir)
+    try:
+        resume_from = prepare_run_dir(run_dir, args.resume, args.overwrite)
+        if resume_from is not None:
+            stored = load_policy_checkpoint(resume_from).config
+            # The stored run defines the maths; only the online phase may be extended.
+            config = replace(
+                stored, online_steps=max(stored.online_steps, args.online_steps), out_dir=str(run_dir)
+            )
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        trainer = Trainer(config, resume_from)
+        metrics = trainer.run(stop_after=args.stop_after)
+    except (RunDirectoryError, CheckpointError, ValueError, FileNotFoundError) as exc:
+        print(f"mfql-train: {exc}", file=sys.stderr)
+        return 2
+    print(f"mfql-train: finished at step {trainer.step}; run directory {run_dir}; metrics {metrics}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
