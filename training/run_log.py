@@ -93,7 +93,7 @@ def plot_curves(run_dir: Path) -> Path:
         ("alpha", "alpha", False),
     ]
     fig, axes = plt.subplots(1, 5, figsize=(22, 3.6))
-    for ax, (key, title, log) in zip(axes, panels):
+    for ax, (key, title, log) in zip(axes, panels, strict=False):
         if key in train:
             ax.plot(train["step"], train[key], linewidth=0.8)
             if log and min(train[key]) > 0:

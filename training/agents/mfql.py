@@ -236,7 +236,7 @@ class MFQLAgent:
     @torch.no_grad()
     def _update_target_critic(self) -> None:
         # EMA with the freshly updated critic, tau = 0.005
-        for target, online in zip(self.target_critic.parameters(), self.critic.parameters()):
+        for target, online in zip(self.target_critic.parameters(), self.critic.parameters(), strict=True):
             target.lerp_(online, self.config.tau)
 
     @torch.no_grad()
