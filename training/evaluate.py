@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # see mfql-train: denormal weights slow CPU matmuls
     try:
         module, checkpoint = load_serving_policy(args.checkpoint)
     except CheckpointError as exc:

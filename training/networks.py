@@ -126,6 +126,7 @@ class DiTPolicy(nn.Module):
         self.head = _dense(width, action_dim, "zero")
 
     def forward(self, observations: Tensor, z: Tensor, t: Tensor) -> Tensor:
+        """t is [B, 1], or [1, 1] for one time shared by every row (the conditioning broadcasts)."""
         x = self.embed(torch.cat([observations, z], dim=-1)) + self.position
         c = self.time(t)
         for block in self.blocks:
@@ -149,7 +150,8 @@ class MLPPolicy(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, observations: Tensor, z: Tensor, t: Tensor) -> Tensor:
-        return self.net(torch.cat([observations, z, t], dim=-1))
+        """t is [B, 1], or [1, 1] for one time shared by every row."""
+        return self.net(torch.cat([observations, z, t.expand(z.shape[0], 1)], dim=-1))
 
 
 def build_policy(obs_dim: int, action_dim: int, config: NetworkConfig) -> nn.Module:
@@ -171,7 +173,9 @@ class EnsembleLinear(nn.Module):
         nn.init.uniform_(self.weight, -bound, bound)
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.matmul(x, self.weight) + self.bias
+        # baddbmm fuses the bias add into the batched matmul: on CPU the separate add of a
+        # [E, B, out] tensor cost as much as the matmul itself.
+        return torch.baddbmm(self.bias, x.expand(self.weight.shape[0], -1, -1), self.weight)
 
 
 class EnsembleLayerNorm(nn.Module):
@@ -184,7 +188,8 @@ class EnsembleLayerNorm(nn.Module):
         self.dim = dim
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.layer_norm(x, (self.dim,), eps=1e-6) * self.weight + self.bias  # flax's eps
+        # eps is flax's default; addcmul applies the per-member affine in one pass
+        return torch.addcmul(self.bias, F.layer_norm(x, (self.dim,), eps=1e-6), self.weight)
 
 
 class CriticEnsemble(nn.Module):

@@ -83,8 +83,13 @@ def mean_flow_identity_loss(
 
 
 def one_step_actions(policy: nn.Module, observations: Tensor, noise: Tensor) -> Tensor:
-    """Unclipped one-step policy output g(s, e, t = 1)."""
-    return policy(observations, noise, torch.ones_like(noise[..., :1]))
+    """Unclipped one-step policy output g(s, e, t = 1).
+
+    t is passed as one [1, 1] row that the networks broadcast: the DiT's conditioning path
+    (time embedding and every adaLN modulation) then runs once instead of once per row,
+    and in an exported graph it folds to constants.
+    """
+    return policy(observations, noise, noise.new_ones(1, 1))
 
 
 def best_of_k(
