@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from training.agents.mfql import best_of_k
+from training.agents.common import best_of_k
 from training.checkpoint import CheckpointError, PolicyCheckpoint, load_policy_checkpoint
 from training.networks import CriticEnsemble, ObservationNormalizer, build_policy
 
@@ -42,7 +42,7 @@ class ServingPolicy(nn.Module):
 def serving_policy_from_checkpoint(checkpoint: PolicyCheckpoint) -> ServingPolicy:
     """Build the serving module from a loaded checkpoint (eval mode, no gradients)."""
     network = checkpoint.config.network
-    policy = build_policy(checkpoint.obs_dim, checkpoint.action_dim, network)
+    policy = build_policy(checkpoint.obs_dim, checkpoint.action_dim, network, checkpoint.config.agent)
     critic = CriticEnsemble(checkpoint.obs_dim, checkpoint.action_dim, network)
     try:
         policy.load_state_dict(checkpoint.module_state("policy"))

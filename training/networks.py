@@ -136,25 +136,47 @@ class DiTPolicy(nn.Module):
         return self.head(_modulate(self.final_norm(x), shift, scale))
 
 
-class MLPPolicy(nn.Module):
-    """Residual policy g(s, z, t) as an MLP on concat(s, z, t) with a zero-initialised head."""
+def _mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, zero_head: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [_dense(in_dim, width, "xavier"), nn.GELU()]
+        in_dim = width
+    layers.append(_dense(in_dim, out_dim, "zero" if zero_head else "xavier"))
+    return nn.Sequential(*layers)
 
-    def __init__(self, obs_dim: int, action_dim: int, config: NetworkConfig) -> None:
+
+class MLPPolicy(nn.Module):
+    """g(s, z, t) as an MLP on concat(s, z, t).
+
+    MFQL's residual policy has a zero-initialised head; FQL's BC velocity field is the same
+    network with an ordinary head (`zero_head=False`).
+    """
+
+    def __init__(self, obs_dim: int, action_dim: int, config: NetworkConfig, zero_head: bool = True) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        in_dim = obs_dim + action_dim + 1
-        for hidden in config.mlp_hidden:
-            layers += [_dense(in_dim, hidden, "xavier"), nn.GELU()]
-            in_dim = hidden
-        layers.append(_dense(in_dim, action_dim, "zero"))
-        self.net = nn.Sequential(*layers)
+        self.net = _mlp(obs_dim + action_dim + 1, config.mlp_hidden, action_dim, zero_head)
 
     def forward(self, observations: Tensor, z: Tensor, t: Tensor) -> Tensor:
         """t is [B, 1], or [1, 1] for one time shared by every row."""
         return self.net(torch.cat([observations, z, t.expand(z.shape[0], 1)], dim=-1))
 
 
-def build_policy(obs_dim: int, action_dim: int, config: NetworkConfig) -> nn.Module:
+class OneStepMLPPolicy(nn.Module):
+    """FQL's one-step policy mu(s, z) on concat(s, z); `t` is accepted and ignored so that it
+    plugs into the same best-of-K and serving code as MFQL's g(s, z, t = 1)."""
+
+    def __init__(self, obs_dim: int, action_dim: int, config: NetworkConfig) -> None:
+        super().__init__()
+        self.net = _mlp(obs_dim + action_dim, config.mlp_hidden, action_dim, zero_head=False)
+
+    def forward(self, observations: Tensor, z: Tensor, t: Tensor | None = None) -> Tensor:
+        return self.net(torch.cat([observations, z], dim=-1))
+
+
+def build_policy(obs_dim: int, action_dim: int, config: NetworkConfig, agent: str = "mfql") -> nn.Module:
+    """The network that maps (s, noise) to an action: MFQL's g (DiT or MLP) or FQL's one-step mu."""
+    if agent == "fql":
+        return OneStepMLPPolicy(obs_dim, action_dim, config)
     if config.policy == "dit":
         return DiTPolicy(obs_dim, action_dim, config)
     if config.policy == "mlp":

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from training.agents.mfql import MFQLAgent
+from training.agents import build_agent
 from training.checkpoint import CheckpointError, list_checkpoints, load_policy_checkpoint
 from training.config import NetworkConfig, TrainConfig, resolve_agent_config
 from training.evaluate import evaluate_policy
@@ -37,7 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=TrainConfig.offline_steps, help="offline gradient steps")
     p.add_argument("--online-steps", type=int, default=0, help="offline-to-online steps after --steps")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--policy", choices=["dit", "mlp"], default="dit")
+    p.add_argument(
+        "--agent", choices=["mfql", "fql"], default="mfql", help="method (fql: the two-stage baseline)"
+    )
+    p.add_argument(
+        "--agent", choices=["mfql", "fql"], default="mfql", help="method (fql: the two-stage baseline)"
+    )
+    p.add_argument("--policy", choices=["dit", "mlp"], default="dit", help="MFQL policy network")
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--eval-every", type=int, default=TrainConfig.eval_every, help="0: only at the end")
     p.add_argument(
@@ -74,6 +80,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     agent = resolve_agent_config(
         args.env,
         args.hyperparameters,
+        args.agent,
         alpha=args.alpha,
         alpha_schedule=args.alpha_schedule,
         num_candidates=args.num_candidates,
@@ -87,6 +94,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         env_name=args.env,
         dataset_dir=args.dataset_dir,
         out_dir=args.out,
+        agent=args.agent,
         seed=args.seed,
         offline_steps=args.steps,
         online_steps=args.online_steps,
@@ -129,7 +137,8 @@ class Trainer:
         self.run_dir = Path(config.out_dir)
         train_set, _ = load_task_datasets(config.env_name, Path(config.dataset_dir))
         self.mean, self.std = observation_statistics(train_set)
-        self.agent = MFQLAgent(
+        self.agent = build_agent(
+            config.agent,
             train_set.obs_dim,
             train_set.action_dim,
             config.agent_config,

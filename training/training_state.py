@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from training.agents.mfql import MFQLAgent
+from training.agents import Agent
 from training.checkpoint import (
     CheckpointError,
     load_trainer_state,
@@ -19,7 +19,7 @@ from training.config import TrainConfig
 from training.replay_buffer import ReplayBuffer
 
 
-def model_tensors(agent: MFQLAgent, obs_mean: np.ndarray, obs_std: np.ndarray) -> dict[str, Tensor]:
+def model_tensors(agent: Agent, obs_mean: np.ndarray, obs_std: np.ndarray) -> dict[str, Tensor]:
     """Every network weight under its module prefix, plus the observation statistics."""
     tensors = {
         f"{prefix}.{key}": value
@@ -32,7 +32,7 @@ def model_tensors(agent: MFQLAgent, obs_mean: np.ndarray, obs_std: np.ndarray) -
 
 
 def save_training_state(
-    run_dir: Path, step: int, config: TrainConfig, agent: MFQLAgent, buffer: ReplayBuffer, metrics: dict
+    run_dir: Path, step: int, config: TrainConfig, agent: Agent, buffer: ReplayBuffer, metrics: dict
 ) -> Path:
     trainer_tensors = {
         "rng.agent": agent.generator.get_state(),
@@ -48,14 +48,14 @@ def save_training_state(
         model_tensors(agent, buffer.mean.numpy(), buffer.std.numpy()),
         agent.optimizers(),
         trainer_tensors,
-        {"alpha_controller": agent.alpha_controller.state_dict()},
+        agent.extra_state(),
         metrics,
         keep=config.keep_checkpoints,
     )
 
 
 def restore_training_state(
-    step_dir: Path, agent: MFQLAgent, buffer: ReplayBuffer, model: dict[str, Tensor]
+    step_dir: Path, agent: Agent, buffer: ReplayBuffer, model: dict[str, Tensor]
 ) -> None:
     """Load weights (from an already-read model file), optimisers, RNGs and online transitions."""
     tensors, state = load_trainer_state(step_dir)
@@ -65,7 +65,7 @@ def restore_training_state(
             module.load_state_dict({k[len(start) :]: v for k, v in model.items() if k.startswith(start)})
         for name, optimizer in agent.optimizers().items():
             optimizer.load_state_dict(optimizer_state(name, tensors, state))
-        agent.alpha_controller.load_state_dict(state["alpha_controller"])
+        agent.load_extra_state(state)
         agent.generator.set_state(tensors["rng.agent"])
         buffer.generator.set_state(tensors["rng.buffer"])
     except (KeyError, RuntimeError, ValueError) as exc:

@@ -1,1 +1,24 @@
-"""Offline RL agents: one file per method."""
+"""Offline RL agents, one file per method; `build_agent` picks one by name."""
+
+from __future__ import annotations
+
+from training.agents.fql import FQLAgent
+from training.agents.mfql import MFQLAgent
+from training.config import AgentConfig, NetworkConfig
+
+Agent = MFQLAgent | FQLAgent
+AGENTS = {"mfql": MFQLAgent, "fql": FQLAgent}
+
+
+def build_agent(
+    name: str,
+    obs_dim: int,
+    action_dim: int,
+    config: AgentConfig,
+    network: NetworkConfig,
+    offline_steps: int,
+    seed: int,
+) -> Agent:
+    if name not in AGENTS:
+        raise ValueError(f"unknown agent {name!r}; expected one of {sorted(AGENTS)}")
+    return AGENTS[name](obs_dim, action_dim, config, network, offline_steps, seed)

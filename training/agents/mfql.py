@@ -10,26 +10,22 @@ loss sees the critic's parameters as constants.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, jvp
+from torch.func import jvp
 
+from training.agents.common import (
+    Batch,
+    best_of_k,
+    critic_loss,
+    ema_update,
+    frozen_critic_q,
+    one_step_actions,
+)
 from training.config import AgentConfig, NetworkConfig
 from training.networks import CriticEnsemble, build_policy
 from training.schedules import AlphaController, actor_learning_rate
-
-
-@dataclass(frozen=True)
-class Batch:
-    """A batch of transitions; observations already normalised."""
-
-    observations: Tensor  # [B, obs_dim]
-    actions: Tensor  # [B, action_dim]
-    rewards: Tensor  # [B]
-    masks: Tensor  # [B]
-    next_observations: Tensor  # [B, obs_dim]
 
 
 def sample_flow_times(batch_size: int, time_steps: int, generator: torch.Generator) -> Tensor:
@@ -82,61 +78,6 @@ def mean_flow_identity_loss(
     return loss, {"mfi/loss": loss, "mfi/mse": (g - target).pow(2).mean()}
 
 
-def one_step_actions(policy: nn.Module, observations: Tensor, noise: Tensor) -> Tensor:
-    """Unclipped one-step policy output g(s, e, t = 1).
-
-    t is passed as one [1, 1] row that the networks broadcast: the DiT's conditioning path
-    (time embedding and every adaLN modulation) then runs once instead of once per row,
-    and in an exported graph it folds to constants.
-    """
-    return policy(observations, noise, noise.new_ones(1, 1))
-
-
-def best_of_k(
-    policy: nn.Module, critic: nn.Module, observations: Tensor, noise: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Best of K one-step candidates by the critic's ensemble mean.
-
-    observations [B, obs_dim], noise [K, B, action_dim] -> (actions [B, d], q [B], candidates [K, B, d]).
-    Ties resolve to the lowest candidate index (first maximum). Written with shape-derived
-    sizes and gathers only, so the same code traces to ONNX/TorchScript with dynamic B and K.
-    """
-    k, b, d = noise.shape
-    repeated = observations.unsqueeze(0).expand(k, -1, -1).reshape(k * b, observations.shape[-1])
-    candidates = one_step_actions(policy, repeated, noise.reshape(k * b, d)).clamp(-1, 1).reshape(k, b, d)
-    scores = critic(repeated, candidates.reshape(k * b, d)).mean(dim=0).reshape(k, b)
-    best = scores.argmax(dim=0, keepdim=True)
-    q = scores.gather(0, best).squeeze(0)
-    actions = candidates.gather(0, best.unsqueeze(-1).expand(-1, -1, d)).squeeze(0)
-    return actions, q, candidates
-
-
-def critic_loss(
-    critic: nn.Module,
-    target_critic: nn.Module,
-    policy: nn.Module,
-    batch: Batch,
-    next_noise: Tensor,
-    discount: float,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """Ensemble TD loss with a best-of-K target action for s' (ALGORITHM.md (3)).
-
-    The reference asks for K // 2 candidates but, through a typing quirk, always uses K;
-    we use K, which is what produced the paper's numbers.
-    """
-    with torch.no_grad():
-        _, next_q, _ = best_of_k(policy, target_critic, batch.next_observations, next_noise)
-        target = batch.rewards + discount * batch.masks * next_q
-    q = critic(batch.observations, batch.actions)
-    loss = (q - target).pow(2).mean()
-    return loss, {
-        "critic/loss": loss,
-        "critic/q_mean": q.mean(),
-        "critic/q_max": q.max(),
-        "critic/q_min": q.min(),
-    }
-
-
 def actor_loss(
     policy: nn.Module, critic: nn.Module, batch: Batch, noise: Tensor, config: AgentConfig
 ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -146,8 +87,7 @@ def actor_loss(
     """
     raw = one_step_actions(policy, batch.observations, noise)
     bound = torch.relu(raw - 1).mean() + torch.relu(-1 - raw).mean()
-    frozen = {name: p.detach() for name, p in critic.named_parameters()}
-    q = functional_call(critic, frozen, (batch.observations, raw.clamp(-1, 1))).mean(dim=0)
+    q = frozen_critic_q(critic, batch.observations, raw.clamp(-1, 1))
     q_loss = -q.mean()
     if config.normalize_q_loss:
         q_loss = q_loss / q.abs().mean().detach()
@@ -219,7 +159,7 @@ class MFQLAgent:
             group["lr"] = actor_lr
         self.actor_optimizer.step()
         self.critic_optimizer.step()
-        self._update_target_critic()
+        ema_update(self.target_critic, self.critic, self.config.tau)
 
         info = {
             **c_info,
@@ -239,12 +179,6 @@ class MFQLAgent:
         return out
 
     @torch.no_grad()
-    def _update_target_critic(self) -> None:
-        # EMA with the freshly updated critic, tau = 0.005
-        for target, online in zip(self.target_critic.parameters(), self.critic.parameters(), strict=True):
-            target.lerp_(online, self.config.tau)
-
-    @torch.no_grad()
     def act(
         self, observations: Tensor, num_candidates: int = 1, noise: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
@@ -260,6 +194,12 @@ class MFQLAgent:
 
     def modules(self) -> dict[str, nn.Module]:
         return {"policy": self.policy, "critic": self.critic, "target_critic": self.target_critic}
+
+    def extra_state(self) -> dict:
+        return {"alpha_controller": self.alpha_controller.state_dict()}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.alpha_controller.load_state_dict(state["alpha_controller"])
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"actor_optimizer": self.actor_optimizer, "critic_optimizer": self.critic_optimizer}

@@ -1,0 +1,145 @@
+"""Flow Q-learning (FQL, Park et al. 2025): the two-stage baseline MFQL is compared against.
+
+A BC flow policy v(s, x_t, t) is trained by flow matching; a one-step policy mu(s, z) is
+distilled from the flow's 10-step Euler solution while maximising Q. Critic, best-of-K and
+EMA target are shared with MFQL (`training.agents.common`), so the comparison differs only in
+how the policy is trained. FQL's own settings: one Adam with constant lr 3e-4 for every
+network, no gradient clipping, K = 1 in the critic target.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+from training.agents.common import Batch, best_of_k, critic_loss, ema_update, frozen_critic_q
+from training.config import AgentConfig, NetworkConfig
+from training.networks import CriticEnsemble, MLPPolicy, OneStepMLPPolicy
+
+
+def flow_matching_loss(
+    velocity: nn.Module, batch: Batch, noise: Tensor, t: Tensor
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """FQL's convention: x_0 = noise, x_1 = action, x_t = (1 - t) x_0 + t x_1, target x_1 - x_0."""
+    x_t = (1 - t) * noise + t * batch.actions
+    loss = (velocity(batch.observations, x_t, t) - (batch.actions - noise)).pow(2).mean()
+    return loss, {"bc_flow/loss": loss}
+
+
+@torch.no_grad()
+def euler_flow_actions(velocity: nn.Module, observations: Tensor, noise: Tensor, steps: int) -> Tensor:
+    """Integrate the BC flow from noise with `steps` Euler steps, then clip to [-1, 1]."""
+    x = noise
+    for i in range(steps):
+        x = x + velocity(observations, x, noise.new_full((1, 1), i / steps)) / steps
+    return x.clamp(-1, 1)
+
+
+def fql_actor_loss(
+    velocity: nn.Module,
+    policy: nn.Module,
+    critic: nn.Module,
+    batch: Batch,
+    noises: tuple[Tensor, Tensor],
+    t: Tensor,
+    config: AgentConfig,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """bc_flow_loss + alpha * distill_loss + q_loss (critic parameters held constant)."""
+    flow_noise, policy_noise = noises
+    bc_loss, info = flow_matching_loss(velocity, batch, flow_noise, t)
+    target = euler_flow_actions(velocity, batch.observations, policy_noise, config.flow_steps)
+    raw = policy(batch.observations, policy_noise)
+    distill = (raw - target).pow(2).mean()
+    q = frozen_critic_q(critic, batch.observations, raw.clamp(-1, 1))
+    q_loss = -q.mean()
+    if config.normalize_q_loss:
+        q_loss = q_loss / q.abs().mean().detach()
+    loss = bc_loss + config.alpha * distill + q_loss
+    info.update(
+        {
+            "actor/loss": loss,
+            "actor/distill_loss": distill,
+            "actor/q_loss": q_loss,
+            "actor/q": q.mean(),
+            "actor/mse_to_data": (raw.clamp(-1, 1) - batch.actions).pow(2).mean(),
+        }
+    )
+    return loss, info
+
+
+class FQLAgent:
+    """BC flow, one-step policy, critic ensemble and its EMA target, one optimiser."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        config: AgentConfig,
+        network: NetworkConfig,
+        offline_steps: int,
+        seed: int = 0,
+    ) -> None:
+        torch.manual_seed(seed)
+        self.config = config
+        self.obs_dim, self.action_dim = obs_dim, action_dim
+        self.bc_flow = MLPPolicy(obs_dim, action_dim, network, zero_head=False)
+        self.policy = OneStepMLPPolicy(obs_dim, action_dim, network)
+        self.critic = CriticEnsemble(obs_dim, action_dim, network)
+        self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        parameters = [*self.bc_flow.parameters(), *self.policy.parameters(), *self.critic.parameters()]
+        self.optimizer = torch.optim.Adam(parameters, lr=config.actor_lr)
+        self.generator = torch.Generator().manual_seed(seed + 1)
+
+    def _noise(self, *shape: int) -> Tensor:
+        return torch.randn(*shape, generator=self.generator)
+
+    def update(self, batch: Batch, step: int) -> dict[str, float]:
+        b, d = batch.actions.shape
+        cfg = self.config
+        c_loss, c_info = critic_loss(
+            self.critic,
+            self.target_critic,
+            self.policy,
+            batch,
+            self._noise(cfg.num_candidates, b, d),
+            cfg.discount,
+        )
+        t = torch.rand(b, 1, generator=self.generator)
+        a_loss, a_info = fql_actor_loss(
+            self.bc_flow, self.policy, self.critic, batch, (self._noise(b, d), self._noise(b, d)), t, cfg
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        (c_loss + a_loss).backward()
+        self.optimizer.step()
+        ema_update(self.target_critic, self.critic, cfg.tau)
+        info = {key: float(value.detach()) for key, value in {**c_info, **a_info}.items()}
+        info.update({"alpha": cfg.alpha, "total_loss": info["critic/loss"] + info["actor/loss"]})
+        return info
+
+    @torch.no_grad()
+    def act(
+        self, observations: Tensor, num_candidates: int = 1, noise: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        if noise is None:
+            noise = self._noise(num_candidates, observations.shape[0], self.action_dim)
+        actions, q, _ = best_of_k(self.policy, self.target_critic, observations, noise)
+        return actions, q
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {
+            "policy": self.policy,
+            "bc_flow": self.bc_flow,
+            "critic": self.critic,
+            "target_critic": self.target_critic,
+        }
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"optimizer": self.optimizer}
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        """FQL keeps no state beyond weights, optimiser and RNG."""
