@@ -40,9 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--agent", choices=["mfql", "fql"], default="mfql", help="method (fql: the two-stage baseline)"
     )
-    p.add_argument(
-        "--agent", choices=["mfql", "fql"], default="mfql", help="method (fql: the two-stage baseline)"
-    )
     p.add_argument("--policy", choices=["dit", "mlp"], default="dit", help="MFQL policy network")
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--eval-every", type=int, default=TrainConfig.eval_every, help="0: only at the end")

@@ -1,0 +1,111 @@
+"""Loading OGBench singletask datasets, generated here or official, through ogbench's own code.
+
+The raw files are validated first (validation.py), then handed unchanged to
+`ogbench.make_env_and_datasets`, which shifts next_observations within episodes and relabels
+rewards r = (#satisfied subtasks - #subtasks) and masks = 1 - success for the task the name
+selects. ogbench downloads missing files, which cannot work here, so the files' existence is
+checked first and a missing file is reported with the command that generates it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from training.data.env_families import ENV_FAMILIES
+from training.data.errors import DatasetError, DatasetFileNotFoundError
+from training.data.npz_files import read_npz
+from training.data.task_names import TaskName, generate_command, parse_task_name, validation_path
+from training.data.validation import required_keys, validate_raw_arrays
+
+
+@dataclass(frozen=True)
+class OfflineDataset:
+    """Transitions of one split, with singletask rewards; arrays are row-aligned."""
+
+    observations: np.ndarray  # [N, obs_dim] float32
+    actions: np.ndarray  # [N, action_dim] float32
+    rewards: np.ndarray  # [N] float32, (#satisfied subtasks - #subtasks) at s
+    masks: np.ndarray  # [N] float32, 1 - success at s
+    terminals: np.ndarray  # [N] float32, 1 on the last transition of an episode
+    next_observations: np.ndarray  # [N, obs_dim] float32
+    source: str  # the file it came from
+
+    @property
+    def size(self) -> int:
+        return len(self.observations)
+
+    @property
+    def obs_dim(self) -> int:
+        return int(self.observations.shape[1])
+
+    @property
+    def action_dim(self) -> int:
+        return int(self.actions.shape[1])
+
+    @property
+    def episodes(self) -> int:
+        return int(self.terminals.sum())
+
+
+def dataset_paths(env_name: str, dataset_dir: Path) -> tuple[Path, Path]:
+    """The train and validation files a singletask name reads, checked to exist."""
+    task = parse_task_name(env_name)
+    train = Path(dataset_dir).expanduser() / f"{task.dataset_name}.npz"
+    val = validation_path(train)
+    for path in (train, val):
+        if not path.is_file():
+            command = generate_command(task, train)
+            hint = f"generate it with: {command}" if command else "copy the official OGBench file there"
+            raise DatasetFileNotFoundError(f"{path}: dataset file not found (needed by {env_name}); {hint}")
+    return train, val
+
+
+def _validate_file(path: Path, task: TaskName) -> None:
+    family = ENV_FAMILIES.get(task.collection_env)
+    keys = required_keys(family) if family else ("observations", "actions", "terminals", "qpos")
+    validate_raw_arrays(path, read_npz(path), keys)
+
+
+def _as_offline(split: dict[str, np.ndarray], source: Path) -> OfflineDataset:
+    return OfflineDataset(
+        observations=np.asarray(split["observations"], dtype=np.float32),
+        actions=np.asarray(split["actions"], dtype=np.float32),
+        rewards=np.asarray(split["rewards"], dtype=np.float32),
+        masks=np.asarray(split["masks"], dtype=np.float32),
+        terminals=np.asarray(split["terminals"], dtype=np.float32),
+        next_observations=np.asarray(split["next_observations"], dtype=np.float32),
+        source=str(source),
+    )
+
+
+def load_task_datasets(env_name: str, dataset_dir: Path) -> tuple[OfflineDataset, OfflineDataset]:
+    """(train, val) for an OGBench singletask name such as 'cube-single-play-singletask-task2-v0'."""
+    import ogbench
+
+    task = parse_task_name(env_name)
+    train_path, val_path = dataset_paths(env_name, dataset_dir)
+    for path in (train_path, val_path):
+        _validate_file(path, task)
+    try:
+        env, train, val = ogbench.make_env_and_datasets(env_name, dataset_dir=str(train_path.parent))
+    except (KeyError, ValueError, IndexError) as error:
+        raise DatasetError(f"{train_path}: ogbench could not load it ({type(error).__name__}: {error})") from error
+    env.close()
+    return _as_offline(train, train_path), _as_offline(val, val_path)
+
+
+def observation_statistics(dataset: OfflineDataset) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and standard deviation of the observations (float32)."""
+    observations = dataset.observations.astype(np.float64)
+    return observations.mean(axis=0).astype(np.float32), observations.std(axis=0).astype(np.float32)
+
+
+def make_task_env(env_name: str):
+    """The evaluation env of a singletask name (OGBench's own construction, no dataset read)."""
+    import ogbench
+
+    parse_task_name(env_name)
+    return ogbench.make_env_and_datasets(env_name, env_only=True)
