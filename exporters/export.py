@@ -1,0 +1,158 @@
+"""Checkpoint -> bundle: trace, check parity against eager PyTorch, describe, checksum, rename.
+
+Everything is written into a sibling staging directory that becomes the bundle only when
+complete (`bundle.staged_directory`), so a failure at any step leaves no half-written bundle
+and an existing one untouched.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from exporters.bundle import (
+    MODEL_NAME_PATTERN,
+    ONNX_FILE,
+    OUTPUT_NAMES,
+    SELFTEST_FILE,
+    TORCHSCRIPT_FILE,
+    refuse_existing,
+    staged_directory,
+    write_checksums,
+    write_metadata,
+)
+from exporters.errors import ExportError
+from exporters.half_precision import Float16ServingPolicy
+from exporters.metadata import BundleContents, build_metadata, policy_type
+from exporters.onnx_export import DEFAULT_OPSET, check_opset, example_inputs, export_onnx
+from exporters.parity import TOLERANCES, ParityCase, ParityReport, compare_runtime, save_parity_cases
+from exporters.runtimes import OnnxRuntimePolicy, TorchScriptPolicy
+from exporters.torchscript_export import export_torchscript
+from exporters.triton import write_triton_model
+from training.checkpoint import CheckpointError, PolicyCheckpoint, load_policy_checkpoint
+from training.inference import ServingPolicy, serving_policy_from_checkpoint
+
+FORMATS = ("onnx", "torchscript")
+SELFTEST_BATCH = 4  # rows per self-test case: enough to exercise batching, small enough to store
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    out: Path  # the bundle directory to create
+    formats: tuple[str, ...] = FORMATS  # which graphs to write; onnx is required by the format
+    max_candidates: int = 32  # largest K a server should accept (metadata max_num_candidates)
+    opset: int = DEFAULT_OPSET  # ai.onnx opset of policy.onnx
+    fp16: bool = False  # float16 weights and activations behind float32 inputs/outputs
+    name: str | None = None  # model name; default '<env_name>-<policy type>'
+    triton_repo: Path | None = None  # also write a Triton / KServe model repository here
+    overwrite: bool = False  # replace an existing bundle (and Triton model) instead of refusing
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    bundle_dir: Path
+    metadata: dict
+    parity: dict[str, ParityReport]  # runtime name -> its report against eager PyTorch
+    triton_config: Path | None  # None unless --triton-repo was given
+
+
+def check_options(options: ExportOptions) -> None:
+    unknown = sorted(set(options.formats) - set(FORMATS))
+    if unknown or "onnx" not in options.formats:
+        raise ExportError(
+            f"--format must be a comma-separated subset of {','.join(FORMATS)} including onnx "
+            f"(docs/bundle-format.md requires policy.onnx); got {','.join(options.formats)}"
+        )
+    if options.name is not None and not MODEL_NAME_PATTERN.match(options.name):
+        raise ExportError(f"--name must match {MODEL_NAME_PATTERN.pattern}; got {options.name!r}")
+    if options.max_candidates < 1:
+        raise ExportError(f"--max-candidates must be >= 1; got {options.max_candidates}")
+    check_opset(options.opset)
+
+
+def load_module(path: Path) -> tuple[ServingPolicy, PolicyCheckpoint]:
+    checkpoint = load_policy_checkpoint(path)
+    try:
+        return serving_policy_from_checkpoint(checkpoint), checkpoint
+    except ValueError as exc:  # e.g. a policy type this code does not know
+        raise CheckpointError(f"{checkpoint.path}: {exc}") from exc
+
+
+def default_name(checkpoint: PolicyCheckpoint, module: ServingPolicy) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{checkpoint.config.env_name}-{policy_type(module)}")
+    return name.lstrip("_.-")[:128] or "policy"
+
+
+def selftest_cases(
+    module: ServingPolicy, checkpoint: PolicyCheckpoint, counts: list[int]
+) -> list[ParityCase]:
+    """Fixed inputs (observations at the dataset's scale) and the eager float32 outputs for them."""
+    rng = np.random.default_rng(0)
+    mean, std = checkpoint.obs_mean.numpy(), checkpoint.obs_std.numpy()
+    cases = []
+    for k in counts:
+        scaled = mean + std * rng.standard_normal((SELFTEST_BATCH, checkpoint.obs_dim))
+        observation = scaled.astype(np.float32)
+        noise = rng.standard_normal((SELFTEST_BATCH, k, checkpoint.action_dim)).astype(np.float32)
+        with torch.inference_mode():
+            values = module(torch.from_numpy(observation), torch.from_numpy(noise))
+        reference = {name: value.numpy() for name, value in zip(OUTPUT_NAMES, values, strict=True)}
+        cases.append(ParityCase(observation, noise, reference))
+    return cases
+
+
+def _checked(runtime_name: str, report: ParityReport) -> ParityReport:
+    if report.problems:
+        raise ExportError(f"{runtime_name} differs from eager PyTorch: {'; '.join(report.problems)}")
+    return report
+
+
+def _write_bundle_files(
+    staging: Path, module: ServingPolicy, checkpoint: PolicyCheckpoint, options: ExportOptions, name: str
+) -> tuple[BundleContents, dict[str, ParityReport]]:
+    precision = "float16" if options.fp16 else "float32"
+    exported = Float16ServingPolicy(module).eval() if options.fp16 else module
+    example = example_inputs(checkpoint.obs_dim, checkpoint.action_dim)
+    graph = export_onnx(exported, example, staging / ONNX_FILE, options.opset)
+    torchscript_bytes = None
+    if "torchscript" in options.formats:
+        torchscript_bytes = export_torchscript(exported, example, staging / TORCHSCRIPT_FILE)
+    tolerance = TOLERANCES[precision]
+    default_k = checkpoint.config.agent_config.num_candidates
+    cases = selftest_cases(module, checkpoint, sorted({1, default_k, options.max_candidates}))
+    onnx_report = compare_runtime(OnnxRuntimePolicy(staging / ONNX_FILE), cases, tolerance)
+    parity = {"onnxruntime": _checked("ONNX Runtime", onnx_report)}
+    if torchscript_bytes is not None:
+        torchscript_report = compare_runtime(TorchScriptPolicy(staging / TORCHSCRIPT_FILE), cases, tolerance)
+        parity["torchscript"] = _checked("TorchScript", torchscript_report)
+    save_parity_cases(staging / SELFTEST_FILE, cases)
+    contents = BundleContents(name, options.max_candidates, precision, graph, torchscript_bytes, tolerance)
+    return contents, parity
+
+
+def export_bundle(checkpoint_path: Path, options: ExportOptions) -> ExportResult:
+    """Write the bundle described by `options` from the checkpoint (step or run directory)."""
+    check_options(options)
+    refuse_existing(options.out, options.overwrite)
+    module, checkpoint = load_module(checkpoint_path)
+    name = options.name or default_name(checkpoint, module)
+    default_k = checkpoint.config.agent_config.num_candidates
+    if options.max_candidates < default_k:
+        raise ExportError(
+            f"--max-candidates {options.max_candidates} is below the trained K = {default_k} of {checkpoint.path}"
+        )
+    if options.triton_repo is not None:
+        refuse_existing(options.triton_repo / name, options.overwrite)
+    triton_config = None
+    with staged_directory(options.out, options.overwrite) as staging:
+        contents, parity = _write_bundle_files(staging, module, checkpoint, options, name)
+        metadata = build_metadata(checkpoint, module, contents)
+        write_metadata(staging, metadata)
+        write_checksums(staging)
+        if options.triton_repo is not None:
+            triton_config = write_triton_model(options.triton_repo, staging, metadata, options.overwrite)
+    return ExportResult(options.out, metadata, parity, triton_config)

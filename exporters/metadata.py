@@ -1,0 +1,107 @@
+"""`metadata.json` of a new bundle (docs/bundle-format.md), from the checkpoint and the written files.
+
+Keys beyond the documented ones are additive (readers ignore unknown keys): `agent`,
+`precision`, `graph` (node count, size, opset, exporter of policy.onnx), `selftest`,
+`source_checkpoint`, `training_metrics`, `versions.onnxruntime`/`onnxslim`.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import onnx
+import onnxruntime
+import onnxslim
+import torch
+
+from exporters.bundle import (
+    FORMAT_VERSION,
+    ONNX_FILE,
+    SELFTEST_FILE,
+    TORCHSCRIPT_FILE,
+)
+from exporters.onnx_export import GraphSummary
+from exporters.parity import Tolerance
+from training.checkpoint import PolicyCheckpoint
+from training.inference import ServingPolicy
+from training.networks import DiTPolicy
+
+
+@dataclass(frozen=True)
+class BundleContents:
+    """What an export wrote, as metadata needs it."""
+
+    name: str
+    max_num_candidates: int
+    precision: str  # "float32" or "float16"
+    graph: GraphSummary
+    torchscript_bytes: int | None  # None when no policy.ts was written
+    tolerance: Tolerance
+
+
+def policy_type(module: ServingPolicy) -> str:
+    return "dit" if isinstance(module.policy, DiTPolicy) else "mlp"
+
+
+def _mfql_version() -> str | None:
+    try:
+        return importlib.metadata.version("mfql")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree without install
+        return None
+
+
+def _signature(obs_dim: int, action_dim: int) -> dict[str, list[dict]]:
+    def tensor(name: str, shape: list) -> dict:
+        return {"name": name, "dtype": "float32", "shape": shape}
+
+    return {
+        "inputs": [tensor("observation", ["B", obs_dim]), tensor("noise", ["B", "K", action_dim])],
+        "outputs": [
+            tensor("action", ["B", action_dim]),
+            tensor("q_value", ["B"]),
+            tensor("candidates", ["B", "K", action_dim]),
+        ],
+    }
+
+
+def build_metadata(checkpoint: PolicyCheckpoint, module: ServingPolicy, contents: BundleContents) -> dict:
+    config, d = checkpoint.config, checkpoint.action_dim
+    files = {"onnx": ONNX_FILE}
+    if contents.torchscript_bytes is not None:
+        files["torchscript"] = TORCHSCRIPT_FILE
+    return {
+        "format_version": FORMAT_VERSION,
+        "name": contents.name,
+        "obs_dim": checkpoint.obs_dim,
+        "action_dim": d,
+        "action_low": [-1.0] * d,
+        "action_high": [1.0] * d,
+        "default_num_candidates": config.agent_config.num_candidates,
+        "max_num_candidates": contents.max_num_candidates,
+        "policy_type": policy_type(module),
+        "agent": config.agent,
+        "env_name": config.env_name,
+        "dataset": config.dataset_dir,
+        "training_step": checkpoint.step,
+        "success_rate": checkpoint.metrics.get("success_rate"),
+        "training_metrics": checkpoint.metrics,
+        "source_checkpoint": str(checkpoint.path),
+        "source_checkpoint_sha256": checkpoint.sha256(),
+        "exported_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "versions": {
+            "mfql": _mfql_version(),
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "onnxslim": onnxslim.__version__,
+            "opset": contents.graph.opset,
+        },
+        **_signature(checkpoint.obs_dim, d),
+        "files": files,
+        "precision": contents.precision,
+        "graph": contents.graph.as_dict(),
+        "torchscript_bytes": contents.torchscript_bytes,
+        "selftest": {"file": SELFTEST_FILE, **contents.tolerance.as_dict()},
+    }

@@ -1,0 +1,77 @@
+"""`mfql-export` as a user runs it: the console script in a subprocess, then `inspect` on its bundle."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from exporters.bundle import ONNX_FILE, OUTPUT_NAMES, read_metadata
+from exporters.export import ExportOptions, export_bundle
+from exporters.runtimes import OnnxRuntimePolicy
+from tests.exporters.checkpoints import SMALL_MLP, CheckpointSpec, write_fql_checkpoint
+from training.inference import load_serving_policy
+
+
+def _console_script() -> list[str]:
+    script = Path(sys.executable).with_name("mfql-export")
+    return [str(script)] if script.exists() else [shutil.which("mfql-export") or "mfql-export"]
+
+
+def test_console_script_exports_a_dit_at_opset_17_with_triton_and_inspects_it(small_dit_checkpoint, tmp_path):
+    bundle, triton = tmp_path / "bundle", tmp_path / "triton"
+    command = [
+        *_console_script(),
+        str(small_dit_checkpoint),
+        "--out", str(bundle),
+        "--opset", "17",
+        "--max-candidates", "8",
+        "--name", "small-dit",
+        "--triton-repo", str(triton),
+    ]  # fmt: skip
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert f"wrote {bundle} (small-dit, dit, float32)" in run.stdout
+    assert "nodes," in run.stdout and "MB, opset 17 (torch.onnx torchscript)" in run.stdout
+    assert "parity onnxruntime vs eager PyTorch" in run.stdout and "(K = 1, 5, 8)" in run.stdout
+    assert (triton / "small-dit" / "config.pbtxt").is_file()
+    metadata = read_metadata(bundle)
+    assert (metadata["max_num_candidates"], metadata["versions"]["opset"]) == (8, 17)
+
+    inspect = subprocess.run(
+        [*_console_script(), "inspect", str(bundle)], capture_output=True, text=True, timeout=300
+    )
+    assert inspect.returncode == 0, inspect.stderr
+    assert "onnx vs torchscript: OK" in inspect.stdout
+
+
+def test_console_script_reports_a_missing_checkpoint_in_one_line(tmp_path):
+    run = subprocess.run(
+        [*_console_script(), str(tmp_path / "nope"), "--out", str(tmp_path / "bundle")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2
+    assert run.stderr == f"mfql-export: {tmp_path / 'nope'}: no such checkpoint or run directory\n"
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_fql_checkpoint_exports_its_one_step_policy(tmp_path):
+    run = write_fql_checkpoint(tmp_path / "run", CheckpointSpec(SMALL_MLP, 9, 2, {}))
+    result = export_bundle(run, ExportOptions(out=tmp_path / "bundle", formats=("onnx",)))
+    assert (result.metadata["agent"], result.metadata["policy_type"]) == ("fql", "mlp")
+    assert result.metadata["default_num_candidates"] == 1
+    eager, _ = load_serving_policy(run)
+    rng = np.random.default_rng(0)
+    observation = rng.standard_normal((7, 9)).astype(np.float32)
+    noise = rng.standard_normal((7, 3, 2)).astype(np.float32)
+    got = OnnxRuntimePolicy(result.bundle_dir / ONNX_FILE)(observation, noise)
+    with torch.inference_mode():
+        expected = eager(torch.from_numpy(observation), torch.from_numpy(noise))
+    for name, reference in zip(OUTPUT_NAMES, expected, strict=True):
+        np.testing.assert_allclose(got[name], reference.numpy(), rtol=0, atol=1e-5, err_msg=name)
