@@ -25,6 +25,7 @@ from exporters.bundle import (
 from exporters.onnx_export import GraphSummary
 from exporters.parity import Tolerance
 from training.checkpoint import PolicyCheckpoint
+from training.config import config_to_dict
 from training.inference import ServingPolicy
 from training.networks import DiTPolicy
 
@@ -50,6 +51,14 @@ def _mfql_version() -> str | None:
         return importlib.metadata.version("mfql")
     except importlib.metadata.PackageNotFoundError:  # running from a source tree without install
         return None
+
+
+def _dataset_name(env_name: str) -> str:
+    """'cube-single-play-singletask-task2-v0' -> 'cube-single-play-v0' (the files it trained on)."""
+    tokens = env_name.split("-")
+    if "singletask" not in tokens:
+        return env_name
+    return "-".join(tokens[: tokens.index("singletask")] + tokens[-1:])
 
 
 def _signature(obs_dim: int, action_dim: int) -> dict[str, list[dict]]:
@@ -83,7 +92,10 @@ def build_metadata(checkpoint: PolicyCheckpoint, module: ServingPolicy, contents
         "policy_type": policy_type(module),
         "agent": config.agent,
         "env_name": config.env_name,
-        "dataset": config.dataset_dir,
+        "dataset": _dataset_name(config.env_name),
+        "dataset_dir": config.dataset_dir,
+        "training_seed": config.seed,
+        "training_config": config_to_dict(config),
         "training_step": checkpoint.step,
         "success_rate": checkpoint.metrics.get("success_rate"),
         "training_metrics": checkpoint.metrics,

@@ -27,6 +27,18 @@ class RunDirectoryError(RuntimeError):
     """The run directory exists and neither --resume nor --overwrite was given."""
 
 
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated layer widths such as 256,256; got {text!r}"
+        ) from None
+    if not widths or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"layer widths must be positive integers; got {text!r}")
+    return widths
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mfql-train", description="Train a MeanFlow Q-learning policy.")
     p.add_argument("--env", default=TrainConfig.env_name, help="OGBench singletask name")
@@ -41,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--agent", choices=["mfql", "fql"], default="mfql", help="method (fql: the two-stage baseline)"
     )
     p.add_argument("--policy", choices=["dit", "mlp"], default="dit", help="MFQL policy network")
+    p.add_argument(
+        "--mlp-hidden", type=_widths, help="MLP policy hidden widths, e.g. 256,256,256,256 (default 4x512)"
+    )
+    p.add_argument("--critic-hidden", type=_widths, help="each critic's hidden widths (default 4x512)")
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--eval-every", type=int, default=TrainConfig.eval_every, help="0: only at the end")
     p.add_argument(
@@ -104,7 +120,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         keep_checkpoints=args.keep_checkpoints,
         threads=args.threads,
         agent_config=agent,
-        network=NetworkConfig(policy=args.policy),
+        network=NetworkConfig(
+            policy=args.policy,
+            mlp_hidden=args.mlp_hidden or NetworkConfig.mlp_hidden,
+            critic_hidden=args.critic_hidden or NetworkConfig.critic_hidden,
+        ),
     )
 
 
@@ -190,12 +210,9 @@ class Trainer:
             info = self.agent.update(self.buffer.sample(cfg.batch_size), self.step)
             if self.step % cfg.log_every == 0 or self.step == end:
                 self.log.train(self.step, info)
-                bar.set_postfix(
-                    critic=f"{info['critic/loss']:.3g}",
-                    mfi=f"{info['mfi/loss']:.3g}",
-                    q=f"{info['actor/q']:.3g}",
-                    alpha=f"{info['alpha']:.3g}",
-                )
+                # FQL logs 'bc_flow/loss' where MFQL logs 'mfi/loss'; show whichever exists.
+                shown = {"critic": "critic/loss", "mfi": "mfi/loss", "bc": "bc_flow/loss", "q": "actor/q", "alpha": "alpha"}
+                bar.set_postfix({label: f"{info[key]:.3g}" for label, key in shown.items() if key in info})
             bar.update(1)
             final = self.step == cfg.total_steps
             if cfg.eval_episodes > 0 and ((cfg.eval_every and self.step % cfg.eval_every == 0) or final):

@@ -38,7 +38,7 @@ def data_dir(tmp_path_factory) -> Path:
 def train_args(data_dir: Path, out: Path, *extra: str) -> list[str]:
     return [
         "--env", TASK, "--dataset-dir", str(data_dir), "--out", str(out), "--policy", "mlp",
-        "--steps", "30", "--batch-size", "16", "--log-every", "5", "--checkpoint-every", "10",
+        "--steps", "30", "--batch-size", "16", "--mlp-hidden", "64,64", "--critic-hidden", "64,64", "--log-every", "5", "--checkpoint-every", "10",
         "--eval-every", "0", "--eval-episodes", "1", "--threads", "1", *extra,
     ]  # fmt: skip
 
@@ -87,3 +87,23 @@ def test_missing_dataset_is_reported_with_the_generate_command(tmp_path):
     result = run_cli("mfql-train", "training.train", *train_args(tmp_path / "empty", tmp_path / "run"))
     assert result.returncode == 2
     assert "dataset file not found" in result.stderr and "mfql-data generate --env cube-single-v0" in result.stderr
+
+
+def test_method_comparison_runs_both_agents_on_the_same_data(data_dir, tmp_path):
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "compare_methods.py"
+    result = subprocess.run(
+        [
+            sys.executable, str(script), "--env", TASK, "--dataset-dir", str(data_dir), "--steps", "10",
+            "--seeds", "0", "--eval-episodes", "1", "--threads", "1", "--out", str(tmp_path / "compare"),
+            "--", "--batch-size", "16", "--mlp-hidden", "32,32", "--critic-hidden", "32,32",
+        ],
+        capture_output=True, text=True, env=ENV, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert [run["method"] for run in report["runs"]] == ["mfql", "fql"]
+    assert set(report["summary"]) == {"mfql", "fql"}
+    for row in report["summary"].values():
+        assert 0.0 <= row["success_rate_mean"] <= 1.0 and row["train_steps_per_second"] > 0
+    table = (tmp_path / "compare" / "comparison.md").read_text()
+    assert "| MFQL |" in table and "| FQL |" in table

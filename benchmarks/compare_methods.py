@@ -1,0 +1,134 @@
+"""MFQL vs FQL on the same data, seeds and step budget: the paper's central comparison, one command.
+
+For each method and seed it runs `mfql-train` (no evaluation during training, so the wall
+clock measures training), then `mfql-eval` on the final checkpoint, and reports success rate
+(mean and spread over seeds), training steps/s and the policy's latency per action.
+
+    python benchmarks/compare_methods.py --env cube-single-play-singletask-task2-v0 \
+        --dataset-dir data --steps 50000 --seeds 0,1 --policy mlp --out runs/compare
+
+Writes `<out>/comparison.json` and `<out>/comparison.md` and prints the JSON.
+Extra `mfql-train` flags go after `--`, e.g. `-- --mlp-hidden 256,256,256,256`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+METHODS = ("mfql", "fql")
+
+
+def console(name: str, module: str) -> list[str]:
+    executable = shutil.which(name, path=str(Path(sys.executable).parent))
+    return [executable] if executable else [sys.executable, "-m", module]
+
+
+def run(command: list[str]) -> str:
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result.stdout
+
+
+def train_and_evaluate(args: argparse.Namespace, method: str, seed: int, extra: list[str]) -> dict:
+    run_dir = args.out / f"{method}-seed{seed}"
+    command = [
+        *console("mfql-train", "training.train"),
+        "--env", args.env, "--dataset-dir", str(args.dataset_dir), "--out", str(run_dir),
+        "--agent", method, "--policy", args.policy, "--steps", str(args.steps), "--seed", str(seed),
+        "--eval-episodes", "0", "--checkpoint-every", str(args.steps), "--overwrite",
+        "--threads", str(args.threads), *extra,
+    ]  # fmt: skip
+    start = time.perf_counter()
+    run(command)
+    seconds = time.perf_counter() - start
+    report = json.loads(
+        run(
+            [
+                *console("mfql-eval", "training.evaluate"),
+                str(run_dir), "--episodes", str(args.eval_episodes), "--seed", str(1_000_000 + 1000 * seed),
+            ]  # fmt: skip
+        )
+    )
+    return {
+        "method": method,
+        "seed": seed,
+        "success_rate": report["success_rate"],
+        "train_seconds": round(seconds, 1),
+        "train_steps_per_second": args.steps / seconds,
+        "policy_latency_ms_p50": report["policy_latency_ms"]["p50"],
+        "num_candidates": report["num_candidates"],
+        "run_dir": str(run_dir),
+    }
+
+
+def summarize(rows: list[dict]) -> dict:
+    summary = {}
+    for method in METHODS:
+        mine = [r for r in rows if r["method"] == method]
+        if not mine:
+            continue
+        success = [r["success_rate"] for r in mine]
+        summary[method] = {
+            "success_rate_mean": statistics.fmean(success),
+            "success_rate_stdev": statistics.stdev(success) if len(success) > 1 else 0.0,
+            "train_steps_per_second": statistics.fmean(r["train_steps_per_second"] for r in mine),
+            "policy_latency_ms_p50": statistics.fmean(r["policy_latency_ms_p50"] for r in mine),
+        }
+    return summary
+
+
+def markdown(args: argparse.Namespace, summary: dict) -> str:
+    lines = [
+        f"{args.env}, {args.steps} steps, seeds {args.seeds}, {args.eval_episodes} eval episodes, policy {args.policy}",
+        "",
+        "| method | success rate | training steps/s | latency per action (ms, p50) |",
+        "|---|---|---|---|",
+    ]
+    for method, row in summary.items():
+        lines.append(
+            f"| {method.upper()} | {row['success_rate_mean']:.2f} +/- {row['success_rate_stdev']:.2f} "
+            f"| {row['train_steps_per_second']:.1f} | {row['policy_latency_ms_p50']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", default="cube-single-play-singletask-task2-v0")
+    parser.add_argument("--dataset-dir", type=Path, default=Path("data"))
+    parser.add_argument("--steps", type=int, default=50_000)
+    parser.add_argument("--seeds", default="0", help="comma-separated training seeds")
+    parser.add_argument("--policy", choices=["mlp", "dit"], default="mlp", help="MFQL's policy network")
+    parser.add_argument("--eval-episodes", type=int, default=50)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--out", type=Path, default=Path("runs/compare"))
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    rows = [
+        train_and_evaluate(args, method, seed, extra)
+        for method in args.methods.split(",")
+        for seed in seeds
+    ]
+    result = {"env": args.env, "steps": args.steps, "seeds": seeds, "runs": rows, "summary": summarize(rows)}
+    (args.out / "comparison.json").write_text(json.dumps(result, indent=2))
+    (args.out / "comparison.md").write_text(markdown(args, result["summary"]))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
