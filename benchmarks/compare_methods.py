@@ -54,7 +54,11 @@ def train_and_evaluate(args: argparse.Namespace, method: str, seed: int, extra: 
         run(
             [
                 *console("mfql-eval", "training.evaluate"),
-                str(run_dir), "--episodes", str(args.eval_episodes), "--seed", str(1_000_000 + 1000 * seed),
+                str(run_dir),
+                "--episodes",
+                str(args.eval_episodes),
+                "--seed",
+                str(1_000_000 + 1000 * seed),
             ]  # fmt: skip
         )
     )
@@ -105,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--env", default="cube-single-play-singletask-task2-v0")
     parser.add_argument("--dataset-dir", type=Path, default=Path("data"))
     parser.add_argument("--steps", type=int, default=50_000)
@@ -119,9 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = [
-        train_and_evaluate(args, method, seed, extra)
-        for method in args.methods.split(",")
-        for seed in seeds
+        train_and_evaluate(args, method, seed, extra) for method in args.methods.split(",") for seed in seeds
     ]
     result = {"env": args.env, "steps": args.steps, "seeds": seeds, "runs": rows, "summary": summarize(rows)}
     (args.out / "comparison.json").write_text(json.dumps(result, indent=2))

@@ -211,7 +211,13 @@ class Trainer:
             if self.step % cfg.log_every == 0 or self.step == end:
                 self.log.train(self.step, info)
                 # FQL logs 'bc_flow/loss' where MFQL logs 'mfi/loss'; show whichever exists.
-                shown = {"critic": "critic/loss", "mfi": "mfi/loss", "bc": "bc_flow/loss", "q": "actor/q", "alpha": "alpha"}
+                shown = {
+                    "critic": "critic/loss",
+                    "mfi": "mfi/loss",
+                    "bc": "bc_flow/loss",
+                    "q": "actor/q",
+                    "alpha": "alpha",
+                }
                 bar.set_postfix({label: f"{info[key]:.3g}" for label, key in shown.items() if key in info})
             bar.update(1)
             final = self.step == cfg.total_steps

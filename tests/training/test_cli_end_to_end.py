@@ -59,7 +59,9 @@ def test_generate_train_evaluate(data_dir, tmp_path):
         evaluations = list(csv.DictReader(handle))
     assert len(evaluations) == 1 and 0.0 <= float(evaluations[0]["success_rate"]) <= 1.0
 
-    evaluated = run_cli("mfql-eval", "training.evaluate", str(run), "--episodes", "2", "--num-candidates", "3")
+    evaluated = run_cli(
+        "mfql-eval", "training.evaluate", str(run), "--episodes", "2", "--num-candidates", "3"
+    )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     report = json.loads(evaluated.stdout)
     assert report["episodes"] == 2 and report["step"] == 30 and report["num_candidates"] == 3
@@ -70,7 +72,9 @@ def test_interrupted_then_resumed_run_ends_with_the_same_weights(data_dir, tmp_p
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     no_eval = ("--eval-episodes", "0")
     assert run_cli("mfql-train", "training.train", *train_args(data_dir, whole, *no_eval)).returncode == 0
-    first = run_cli("mfql-train", "training.train", *train_args(data_dir, parts, *no_eval, "--stop-after", "20"))
+    first = run_cli(
+        "mfql-train", "training.train", *train_args(data_dir, parts, *no_eval, "--stop-after", "20")
+    )
     assert first.returncode == 0, first.stderr[-3000:]
     refused = run_cli("mfql-train", "training.train", *train_args(data_dir, parts, *no_eval))
     assert refused.returncode == 2 and "--resume" in refused.stderr
@@ -86,7 +90,10 @@ def test_interrupted_then_resumed_run_ends_with_the_same_weights(data_dir, tmp_p
 def test_missing_dataset_is_reported_with_the_generate_command(tmp_path):
     result = run_cli("mfql-train", "training.train", *train_args(tmp_path / "empty", tmp_path / "run"))
     assert result.returncode == 2
-    assert "dataset file not found" in result.stderr and "mfql-data generate --env cube-single-v0" in result.stderr
+    assert (
+        "dataset file not found" in result.stderr
+        and "mfql-data generate --env cube-single-v0" in result.stderr
+    )
 
 
 def test_method_comparison_runs_both_agents_on_the_same_data(data_dir, tmp_path):

@@ -40,9 +40,15 @@ def test_task_name_split_matches_ogbench():
 
 
 def test_generated_files_have_ogbench_keys_dtypes_and_episode_structure(tiny_dir):
-    with np.load(tiny_dir / "cube-single-play-v0.npz") as train, np.load(tiny_dir / "cube-single-play-v0-val.npz") as val:
+    with (
+        np.load(tiny_dir / "cube-single-play-v0.npz") as train,
+        np.load(tiny_dir / "cube-single-play-v0-val.npz") as val,
+    ):
         assert sorted(train.files) == ["actions", "observations", "qpos", "qvel", "terminals"]
-        assert train["observations"].shape == (3 * EPISODE_LENGTH, 28) and train["observations"].dtype == np.float32
+        assert (
+            train["observations"].shape == (3 * EPISODE_LENGTH, 28)
+            and train["observations"].dtype == np.float32
+        )
         assert train["actions"].shape == (3 * EPISODE_LENGTH, 5) and np.abs(train["actions"]).max() <= 1.0
         assert train["terminals"].dtype == bool
         assert np.flatnonzero(train["terminals"]).tolist() == [59, 119, 179]

@@ -19,11 +19,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = commands.add_parser("generate", help="collect a dataset (train file + '-val' file)")
     generate.add_argument("--env", required=True, help=f"data-collection env, one of {sorted(ENV_FAMILIES)}")
-    generate.add_argument("--type", default="play", choices=DATASET_TYPES, help="play: plan oracles; noisy: Markov")
-    generate.add_argument("--episodes", type=int, default=1000, help="train episodes (val gets episodes // 10)")
-    generate.add_argument("--out", type=Path, required=True, help="train file, e.g. data/cube-single-play-v0.npz")
+    generate.add_argument(
+        "--type", default="play", choices=DATASET_TYPES, help="play: plan oracles; noisy: Markov"
+    )
+    generate.add_argument(
+        "--episodes", type=int, default=1000, help="train episodes (val gets episodes // 10)"
+    )
+    generate.add_argument(
+        "--out", type=Path, required=True, help="train file, e.g. data/cube-single-play-v0.npz"
+    )
     generate.add_argument("--seed", type=int, default=0, help="same seed, byte-identical files")
-    generate.add_argument("--workers", type=int, default=1, help="parallel processes (results do not depend on it)")
+    generate.add_argument(
+        "--workers", type=int, default=1, help="parallel processes (results do not depend on it)"
+    )
     generate.add_argument("--episode-length", type=int, default=1001, help="rows per episode (OGBench: 1001)")
     generate.add_argument("--overwrite", action="store_true", help="replace existing files")
     generate.add_argument("--no-progress", action="store_true")

@@ -40,7 +40,10 @@ ENV_FAMILIES: dict[str, EnvFamily] = {
     "puzzle-4x6-v0": EnvFamily(("button",), (0.5, 0.5), has_button_states=True, gripper_always_closed=True),
 }
 
-DATASET_TYPES = ("play", "noisy")  # play: PlanOracle with correlated noise; noisy: MarkovOracle + Gaussian noise
+DATASET_TYPES = (
+    "play",
+    "noisy",
+)  # play: PlanOracle with correlated noise; noisy: MarkovOracle + Gaussian noise
 
 
 def env_family(env_name: str) -> EnvFamily:

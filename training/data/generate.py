@@ -79,7 +79,9 @@ def generate_dataset(
     counts = {"train": episodes, "val": validation_episodes(episodes)}
     jobs = [EpisodeJob(split, index, seed) for split in SPLITS for index in range(counts[split])]
     collected: dict[str, list[dict[str, np.ndarray]]] = {split: [] for split in SPLITS}
-    bar = tqdm(total=len(jobs), desc=f"{config.env_name} {config.dataset_type}", unit="ep", disable=not progress)
+    bar = tqdm(
+        total=len(jobs), desc=f"{config.env_name} {config.dataset_type}", unit="ep", disable=not progress
+    )
     with bar:
         for job, episode in zip(jobs, _collect_all(config, jobs, min(workers, len(jobs))), strict=True):
             collected[job.split].append(episode)

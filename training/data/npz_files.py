@@ -18,7 +18,9 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
     """All arrays of an existing `.npz` file, refusing pickled (object) arrays."""
     if not zipfile.is_zipfile(path):
         # np.load would try to unpickle anything that is neither a zip nor a .npy header.
-        raise DatasetError(f"{path}: not a readable .npz archive (no zip structure; truncated or not an .npz?)")
+        raise DatasetError(
+            f"{path}: not a readable .npz archive (no zip structure; truncated or not an .npz?)"
+        )
     try:
         with np.load(path, allow_pickle=False) as archive:
             return {key: archive[key] for key in archive.files}

@@ -92,7 +92,9 @@ def load_task_datasets(env_name: str, dataset_dir: Path) -> tuple[OfflineDataset
     try:
         env, train, val = ogbench.make_env_and_datasets(env_name, dataset_dir=str(train_path.parent))
     except (KeyError, ValueError, IndexError) as error:
-        raise DatasetError(f"{train_path}: ogbench could not load it ({type(error).__name__}: {error})") from error
+        raise DatasetError(
+            f"{train_path}: ogbench could not load it ({type(error).__name__}: {error})"
+        ) from error
     env.close()
     return _as_offline(train, train_path), _as_offline(val, val_path)
 

@@ -36,11 +36,17 @@ def file_summary(path: Path) -> dict:
         "rows": int(len(terminals)),
         "transitions": int(len(terminals) - terminals.sum()),
         "episodes": int(terminals.sum()),
-        "episode_length": {"min": int(lengths.min()), "max": int(lengths.max()), "mean": float(lengths.mean())},
+        "episode_length": {
+            "min": int(lengths.min()),
+            "max": int(lengths.max()),
+            "mean": float(lengths.mean()),
+        },
         "obs_dim": int(arrays["observations"].shape[1]),
         "action_dim": int(arrays["actions"].shape[1]),
         "action_range": [float(arrays["actions"].min()), float(arrays["actions"].max())],
-        "keys": {key: {"dtype": str(value.dtype), "shape": list(value.shape)} for key, value in arrays.items()},
+        "keys": {
+            key: {"dtype": str(value.dtype), "shape": list(value.shape)} for key, value in arrays.items()
+        },
     }
 
 
