@@ -4,23 +4,45 @@ Light on purpose (numpy, httpx, msgpack, websockets) and independent of ``traini
 ``exporters`` and ``server``. Start with ``PolicyClient`` or ``RemotePolicy``.
 """
 
-from clients.connect import open_async_client, open_client
-from clients.errors import (
-    ConnectionFailed,
-    DeadlineExceeded,
-    DimensionMismatch,
-    InvalidInput,
-    MfqlClientError,
-    ModelNotFound,
-    Overloaded,
-    RequestTimeout,
-    ServerError,
-    Unauthorized,
-)
-from clients.http_client import AsyncPolicyClient, PolicyClient, RetryPolicy
-from clients.protocol import Inference, ModelMetadata
-from clients.remote_policy import RemotePolicy
-from clients.websocket_client import AsyncWebSocketPolicyClient, WebSocketPolicyClient
+# Names resolve on first use (PEP 562), so `import clients.codec` (the wire codec the
+# server shares) needs neither httpx nor websockets: a serve-only install has neither.
+_EXPORTS = {
+    "open_async_client": "clients.connect",
+    "open_client": "clients.connect",
+    "ConnectionFailed": "clients.errors",
+    "DeadlineExceeded": "clients.errors",
+    "DimensionMismatch": "clients.errors",
+    "InvalidInput": "clients.errors",
+    "MfqlClientError": "clients.errors",
+    "ModelNotFound": "clients.errors",
+    "Overloaded": "clients.errors",
+    "RequestTimeout": "clients.errors",
+    "ServerError": "clients.errors",
+    "Unauthorized": "clients.errors",
+    "AsyncPolicyClient": "clients.http_client",
+    "PolicyClient": "clients.http_client",
+    "RetryPolicy": "clients.http_client",
+    "Inference": "clients.protocol",
+    "ModelMetadata": "clients.protocol",
+    "RemotePolicy": "clients.remote_policy",
+    "AsyncWebSocketPolicyClient": "clients.websocket_client",
+    "WebSocketPolicyClient": "clients.websocket_client",
+}
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'clients' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_EXPORTS))
+
 
 __all__ = [
     "AsyncPolicyClient",

@@ -1,0 +1,272 @@
+"""Request and response shapes of mfql's three protocols, as pure functions (no I/O).
+
+Native REST (JSON), Open Inference Protocol v2 (JSON, KServe/Triton) and the openpi-style
+WebSocket (msgpack via :mod:`clients.codec`) all carry the same thing: a batch of raw
+observations in, one action and its critic value per observation out. Every transport
+in this package builds its requests and reads its answers here, so the shapes live once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from clients.errors import InvalidInput, ServerError
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What a robot loop needs to know about a served model (the rest is in ``raw``)."""
+
+    name: str
+    obs_dim: int
+    action_dim: int
+    action_low: np.ndarray | None = None
+    action_high: np.ndarray | None = None
+    default_num_candidates: int | None = None
+    max_num_candidates: int | None = None
+    versions: tuple[str, ...] = ()
+    raw: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_native(cls, payload: dict) -> ModelMetadata:
+        """From ``GET /v1/models/{name}`` (or the WebSocket's on-connect metadata)."""
+        try:
+            return cls(
+                name=str(payload["name"]),
+                obs_dim=int(payload["obs_dim"]),
+                action_dim=int(payload["action_dim"]),
+                action_low=_optional_array(payload.get("action_low")),
+                action_high=_optional_array(payload.get("action_high")),
+                default_num_candidates=_optional_int(payload.get("default_num_candidates")),
+                max_num_candidates=_optional_int(payload.get("max_num_candidates")),
+                versions=tuple(str(v) for v in payload.get("versions") or ()),
+                raw=dict(payload),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ServerError(f"model metadata lacks a usable {exc} field: {_preview(payload)}") from exc
+
+    @classmethod
+    def from_v2(cls, payload: dict) -> ModelMetadata:
+        """From v2 ``GET /v2/models/{name}``: dims come from the tensor shapes, bounds are unknown."""
+        try:
+            inputs = {t["name"]: t for t in payload["inputs"]}
+            outputs = {t["name"]: t for t in payload["outputs"]}
+            return cls(
+                name=str(payload["name"]),
+                obs_dim=int(inputs["observation"]["shape"][-1]),
+                action_dim=int(outputs["action"]["shape"][-1]),
+                versions=tuple(str(v) for v in payload.get("versions") or ()),
+                raw=dict(payload),
+            )
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise ServerError(f"v2 model metadata lacks a usable {exc} field: {_preview(payload)}") from exc
+
+
+@dataclass(frozen=True)
+class Inference:
+    """One answer: ``actions`` [B, action_dim] float32 and ``q_values`` [B], plus what the server reports."""
+
+    actions: np.ndarray
+    q_values: np.ndarray
+    num_candidates: int | None = None
+    model: str | None = None
+    version: str | None = None
+    seed: int | None = None
+    timing_ms: dict = field(default_factory=dict)
+
+
+def observation_batch(observations: Any, single: bool) -> np.ndarray:
+    """``observations`` as a finite float32 [B, obs_dim] array; refuses bad input before it is sent."""
+    batch = np.asarray(observations, dtype=np.float32)
+    expected_ndim = 1 if single else 2
+    if batch.ndim != expected_ndim:
+        what = "one observation [obs_dim]" if single else "a batch of observations [B, obs_dim]"
+        raise InvalidInput(f"expected {what}, got an array of shape {batch.shape}")
+    batch = batch.reshape(1, -1) if single else batch
+    if batch.shape[0] == 0 or batch.shape[1] == 0:
+        raise InvalidInput(f"observations must be non-empty, got shape {batch.shape}")
+    bad = np.argwhere(~np.isfinite(batch))
+    if len(bad):
+        raise InvalidInput(
+            f"observation contains NaN or inf (first at index {tuple(int(i) for i in bad[0])})"
+        )
+    return batch
+
+
+def _request_options(num_candidates: int | None, seed: int | None, deadline_ms: float | None) -> dict:
+    options = {"num_candidates": num_candidates, "seed": seed, "deadline_ms": deadline_ms}
+    return {key: value for key, value in options.items() if value is not None}
+
+
+# ---- native REST --------------------------------------------------------------------------
+
+
+def rest_act_path(model: str | None) -> str:
+    return f"/v1/models/{model}/act" if model else "/v1/act"
+
+
+def rest_act_body(
+    batch: np.ndarray,
+    single: bool,
+    num_candidates: int | None = None,
+    seed: int | None = None,
+    version: str | None = None,
+    deadline_ms: float | None = None,
+) -> dict:
+    body: dict[str, Any] = {"observation": batch[0].tolist()} if single else {"observations": batch.tolist()}
+    body.update(_request_options(num_candidates, seed, deadline_ms))
+    if version is not None:
+        body["version"] = version
+    return body
+
+
+def parse_rest_act(payload: dict) -> Inference:
+    try:
+        if "actions" in payload:
+            actions, q_values = payload["actions"], payload["q_values"]
+        else:
+            actions, q_values = [payload["action"]], [payload["q_value"]]
+        return Inference(
+            actions=np.asarray(actions, dtype=np.float32),
+            q_values=np.asarray(q_values, dtype=np.float32).reshape(-1),
+            num_candidates=_optional_int(payload.get("num_candidates")),
+            model=payload.get("model"),
+            version=_optional_str(payload.get("version")),
+            seed=_optional_int(payload.get("seed")),
+            timing_ms=dict(payload.get("timing_ms") or {}),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ServerError(f"unreadable act response (missing {exc}): {_preview(payload)}") from exc
+
+
+# ---- Open Inference Protocol v2 -----------------------------------------------------------
+
+
+def v2_infer_path(model: str, version: str | None = None) -> str:
+    return f"/v2/models/{model}/versions/{version}/infer" if version else f"/v2/models/{model}/infer"
+
+
+def v2_infer_body(
+    batch: np.ndarray,
+    num_candidates: int | None = None,
+    seed: int | None = None,
+    deadline_ms: float | None = None,
+) -> dict:
+    body: dict[str, Any] = {
+        "inputs": [
+            {
+                "name": "observation",
+                "shape": list(batch.shape),
+                "datatype": "FP32",
+                "data": batch.ravel().tolist(),
+            }
+        ],
+        "outputs": [{"name": "action"}, {"name": "q_value"}],
+    }
+    parameters = _request_options(num_candidates, seed, deadline_ms)
+    if parameters:
+        body["parameters"] = parameters
+    return body
+
+
+def parse_v2_infer(payload: dict) -> Inference:
+    try:
+        outputs = {
+            t["name"]: np.asarray(t["data"], dtype=np.float32).reshape(t["shape"]) for t in payload["outputs"]
+        }
+        parameters = payload.get("parameters") or {}
+        return Inference(
+            actions=outputs["action"],
+            q_values=outputs["q_value"].reshape(-1),
+            num_candidates=_optional_int(parameters.get("num_candidates")),
+            model=payload.get("model_name"),
+            version=_optional_str(payload.get("model_version")),
+            seed=_optional_int(parameters.get("seed")),
+            timing_ms=_v2_timing(parameters),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ServerError(f"unreadable v2 infer response ({exc}): {_preview(payload)}") from exc
+
+
+def _v2_timing(parameters: dict) -> dict:
+    prefix = "timing_ms_"
+    return {key[len(prefix) :]: value for key, value in parameters.items() if key.startswith(prefix)}
+
+
+# ---- WebSocket (openpi-compatible, msgpack) ------------------------------------------------
+
+
+def ws_request(
+    batch: np.ndarray, single: bool, num_candidates: int | None = None, seed: int | None = None
+) -> dict:
+    message: dict[str, Any] = {"observation": batch[0] if single else batch}
+    message.update(_request_options(num_candidates, seed, None))
+    return message
+
+
+def parse_ws_reply(reply: Any) -> Inference:
+    try:
+        actions = np.asarray(reply["actions"], dtype=np.float32)
+        return Inference(
+            actions=actions.reshape(-1, actions.shape[-1]),
+            q_values=np.asarray(reply["q_values"], dtype=np.float32).reshape(-1),
+            num_candidates=_optional_int(reply.get("num_candidates")),
+            model=reply.get("model"),
+            version=_optional_str(reply.get("version")),
+            seed=_optional_int(reply.get("seed")),
+            timing_ms=dict(reply.get("server_timing") or {}),
+        )
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise ServerError(f"unreadable WebSocket reply ({exc}): {_preview(reply)}") from exc
+
+
+# ---- errors --------------------------------------------------------------------------------
+
+
+def error_message(body: bytes) -> str:
+    """The server's explanation from an error body: JSON ``error``/``detail``/``message``, else the text."""
+    text = body.decode("utf-8", errors="replace").strip()
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        return text or "no message"
+    if isinstance(payload, dict):
+        for key in ("error", "detail", "message"):
+            if key in payload:
+                return _flatten_detail(payload[key])
+    return text
+
+
+def _flatten_detail(detail: Any) -> str:
+    # FastAPI validation errors: [{"loc": ["body", "observation"], "msg": "..."}, ...]
+    if isinstance(detail, list):
+        parts = []
+        for item in detail:
+            if isinstance(item, dict) and "msg" in item:
+                location = ".".join(str(p) for p in item.get("loc", ()) if p != "body")
+                parts.append(f"{location}: {item['msg']}" if location else str(item["msg"]))
+            else:
+                parts.append(str(item))
+        return "; ".join(parts)
+    return detail if isinstance(detail, str) else json.dumps(detail)
+
+
+def _optional_array(value: Any) -> np.ndarray | None:
+    return None if value is None else np.asarray(value, dtype=np.float32)
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _preview(payload: Any, limit: int = 300) -> str:
+    text = repr(payload)
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -1,0 +1,122 @@
+"""``mfql-rollout``: OGBench episodes where every action comes from a running mfql server.
+
+Episode semantics match ``mfql-eval`` (``training/evaluate.py``) step for step: episode i
+is reset with ``seed + i``, one action per step until terminated or truncated, success is
+``info['success']`` at the last step, so the same bundle gives the same success rate. Each
+request carries a seed drawn from ``default_rng(seed + i)``, so a rollout is reproducible
+and any step can be replayed against the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+from clients.connect import add_connection_arguments, api_key_from, open_client
+from clients.errors import MfqlClientError
+from clients.latency import latency_summary_ms
+from clients.remote_policy import RemotePolicy
+
+SEED_RANGE = 2**31  # request seeds stay in int32, whatever the server's RNG takes
+
+
+def make_env(env_name: str):
+    """The OGBench singletask env, without its dataset (gymnasium/ogbench only needed here)."""
+    import ogbench
+
+    return ogbench.make_env_and_datasets(env_name, env_only=True)
+
+
+def run_episodes(policy: RemotePolicy, env, episodes: int, seed: int) -> dict:
+    """Run ``episodes`` episodes (env seeds seed, seed+1, ...); success, return, length, latency."""
+    successes, returns, lengths, latencies = [], [], [], []
+    for episode in range(episodes):
+        observation, info = env.reset(seed=seed + episode)
+        request_seeds = np.random.default_rng(seed + episode)
+        policy.reset()
+        done, total, length = False, 0.0, 0
+        while not done:
+            start = time.perf_counter()
+            action = policy(observation, seed=int(request_seeds.integers(SEED_RANGE)))
+            latencies.append(time.perf_counter() - start)
+            observation, reward, terminated, truncated, info = env.step(action)
+            total += float(reward)
+            length += 1
+            done = terminated or truncated
+        successes.append(float(info["success"]))
+        returns.append(total)
+        lengths.append(length)
+    success = np.asarray(successes)
+    return {
+        "episodes": episodes,
+        "success_rate": float(success.mean()),
+        "success_rate_stderr": float(success.std(ddof=1) / np.sqrt(episodes)) if episodes > 1 else 0.0,
+        "mean_return": float(np.mean(returns)),
+        "mean_episode_length": float(np.mean(lengths)),
+        "control_latency_ms": latency_summary_ms(latencies),
+        "steps": policy.steps,
+        "misses": policy.misses,
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mfql-rollout", description="Run OGBench episodes with every action served by an mfql server."
+    )
+    add_connection_arguments(parser)
+    parser.add_argument(
+        "--env", default="cube-single-play-singletask-task2-v0", help="OGBench singletask env"
+    )
+    parser.add_argument("--episodes", type=int, default=10)
+    parser.add_argument("--num-candidates", type=int, help="K for best-of-K (default: the model's)")
+    parser.add_argument(
+        "--seed", type=int, default=1_000_000, help="first episode seed (mfql-eval's default)"
+    )
+    parser.add_argument(
+        "--control-period-ms",
+        type=float,
+        help="guard this control period: a late answer repeats the last action and counts a miss",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.episodes < 1 or (args.num_candidates is not None and args.num_candidates < 1):
+        print("mfql-rollout: --episodes and --num-candidates must be >= 1", file=sys.stderr)
+        return 2
+    period = None if args.control_period_ms is None else args.control_period_ms / 1e3
+    try:
+        with open_client(
+            args.url, args.model, args.protocol, api_key=api_key_from(args), timeout=args.timeout
+        ) as client:
+            policy = RemotePolicy(client, num_candidates=args.num_candidates, control_period=period)
+            env = make_env(args.env)
+            try:
+                result = run_episodes(policy, env, args.episodes, args.seed)
+            finally:
+                env.close()
+    except (MfqlClientError, ValueError) as exc:
+        print(f"mfql-rollout: {exc}", file=sys.stderr)
+        return 1
+    answer = policy.last_answer
+    result = {
+        "env": args.env,
+        "url": args.url,
+        "protocol": args.protocol,
+        "model": policy.metadata.name,
+        "version": answer.version if answer else None,
+        "num_candidates": answer.num_candidates if answer else args.num_candidates,
+        "seed": args.seed,
+        **result,
+    }
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

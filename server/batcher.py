@@ -1,0 +1,279 @@
+"""Dynamic batching: one queue and one inference thread per served model version.
+
+A batch closes when it holds `max_batch_size` observations, or `max_queue_delay` after its
+first request arrived, whichever comes first; time spent waiting for the busy thread counts
+against the delay, so under load batches leave as soon as the thread is free. The thread
+waits on a condition variable (microsecond timeouts; the event loop's timers are rounded to
+milliseconds) and runs the runtime off the event loop, which keeps accepting requests.
+
+Requests are never split. A request whose deadline has passed when its batch closes is
+dropped before inference (DeadlineExceeded). Requests with different K share a batch:
+`group` (the default) runs each K as its own call; `pad` widens every row to the batch's
+largest K with copies of its own noise (one call; the result is unchanged bit for bit, see
+`noise.pad_candidates`). benchmarks/serve.py measured group 1.3x pad's throughput on the
+reference-size MLP with K=1 and K=8 mixed: padding makes a K=1 row cost as much as a K=8 one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from server.bundle_loader import Outputs
+from server.errors import DeadlineExceeded, InferenceFailed, InvalidInput, ServingError, Unavailable
+from server.noise import pad_candidates
+from server.runner import PolicyRuntime
+
+logger = logging.getLogger("mfql.batcher")
+
+
+@dataclass
+class PendingRequest:
+    observation: np.ndarray  # [B, obs_dim] float32
+    noise: np.ndarray  # [B, K, action_dim] float32
+    deadline: float | None  # time.perf_counter() value; None: no deadline
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    enqueued: float = field(default_factory=time.perf_counter)
+
+    @property
+    def rows(self) -> int:
+        return self.observation.shape[0]
+
+    @property
+    def num_candidates(self) -> int:
+        return self.noise.shape[1]
+
+
+@dataclass(frozen=True)
+class BatchedResult:
+    """One request's share of a batch: its outputs (candidates cut back to its own K) and timings."""
+
+    outputs: Outputs
+    queue_ms: float
+    inference_ms: float
+    batch_rows: int  # observations in the batch it ran in
+
+
+class BatchObserver:
+    """What a batcher reports; the default reports nothing (metrics.py has the Prometheus one)."""
+
+    def batch_done(self, rows: int, inference_s: float, queue_s: list[float]) -> None: ...
+
+    def queue_depth(self, rows: int) -> None: ...
+
+    def unloaded(self) -> None: ...
+
+
+def run_padded(runtime: PolicyRuntime, batch: list[PendingRequest]) -> list[Outputs]:
+    width = max(r.num_candidates for r in batch)
+    observation = np.concatenate([r.observation for r in batch])
+    noise = np.concatenate([pad_candidates(r.noise, width) for r in batch])
+    return split_outputs(runtime(observation, noise), batch)
+
+
+def run_grouped(runtime: PolicyRuntime, batch: list[PendingRequest]) -> list[Outputs]:
+    results: list[Outputs | None] = [None] * len(batch)
+    by_k: dict[int, list[int]] = collections.defaultdict(list)
+    for index, request in enumerate(batch):
+        by_k[request.num_candidates].append(index)
+    for indices in by_k.values():
+        group = [batch[i] for i in indices]
+        observation = np.concatenate([r.observation for r in group])
+        noise = np.concatenate([r.noise for r in group])
+        for index, outputs in zip(indices, split_outputs(runtime(observation, noise), group), strict=True):
+            results[index] = outputs
+    return results
+
+
+def split_outputs(outputs: Outputs, batch: list[PendingRequest]) -> list[Outputs]:
+    shares, start = [], 0
+    for request in batch:
+        rows = slice(start, start + request.rows)
+        shares.append(
+            {
+                "action": outputs["action"][rows],
+                "q_value": outputs["q_value"][rows],
+                "candidates": outputs["candidates"][rows, : request.num_candidates],
+            }
+        )
+        start += request.rows
+    return shares
+
+
+STRATEGIES: dict[str, Callable[[PolicyRuntime, list[PendingRequest]], list[Outputs]]] = {
+    "pad": run_padded,
+    "group": run_grouped,
+}
+
+
+class DynamicBatcher:
+    """`await batcher.submit(observation, noise, deadline)` -> BatchedResult, from the event loop."""
+
+    def __init__(
+        self,
+        runtime: PolicyRuntime,
+        *,
+        name: str,
+        max_batch_size: int,
+        max_queue_delay_s: float,
+        max_queue_size: int,
+        mixed_candidates: str = "group",
+        observer: BatchObserver | None = None,
+    ):
+        self.runtime = runtime
+        self.name = name
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_s = max_queue_delay_s
+        self.max_queue_size = max_queue_size
+        self._run_batch = STRATEGIES[mixed_candidates]
+        self._observer = observer or BatchObserver()
+        self._queue: collections.deque[PendingRequest] = collections.deque()
+        self._queued_rows = 0
+        self._running = 0  # requests taken off the queue and not yet answered
+        self._closing = False
+        self._condition = threading.Condition()
+        self._thread = threading.Thread(target=self._work, name=f"infer-{name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        """Requests queued or running: zero means drained."""
+        with self._condition:
+            return len(self._queue) + self._running
+
+    async def submit(
+        self, observation: np.ndarray, noise: np.ndarray, deadline: float | None
+    ) -> BatchedResult:
+        rows = observation.shape[0]
+        if rows > self.max_queue_size:
+            raise InvalidInput(
+                f"observations: {rows} in one request, this server queues at most {self.max_queue_size}"
+            )
+        loop = asyncio.get_running_loop()
+        request = PendingRequest(observation, noise, deadline, loop.create_future(), loop)
+        with self._condition:
+            if self._closing:
+                raise Unavailable(f"model version {self.name} is being unloaded; retry", retry_after=1)
+            if self._queued_rows + rows > self.max_queue_size:
+                raise Unavailable(
+                    f"queue of {self.name} is full ({self._queued_rows} observations waiting, "
+                    f"limit {self.max_queue_size}); retry later",
+                    retry_after=1,
+                )
+            self._queue.append(request)
+            self._queued_rows += rows
+            self._condition.notify()
+        self._observer.queue_depth(self._queued_rows)
+        return await request.future
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the thread after the batch in progress; requests still queued get 503."""
+        self.stop()
+        self._thread.join(timeout)
+
+    def stop(self) -> None:
+        """Like close(), without waiting for the thread: safe to call on the event loop."""
+        with self._condition:
+            self._closing = True
+            left = list(self._queue)
+            self._queue.clear()
+            self._queued_rows = 0
+            self._condition.notify()
+        for request in left:
+            _resolve_soon(request, Unavailable(f"model version {self.name} was unloaded; retry"))
+        self._observer.unloaded()
+
+    def _work(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            live = self._drop_late(batch)
+            if live:
+                self._execute(live)
+            with self._condition:
+                self._running -= len(batch)
+
+    def _next_batch(self) -> list[PendingRequest] | None:
+        with self._condition:
+            while not self._queue and not self._closing:
+                self._condition.wait()
+            if self._closing:
+                return None
+            close_at = self._queue[0].enqueued + self.max_queue_delay_s
+            while self._queued_rows < self.max_batch_size and not self._closing:
+                remaining = close_at - time.perf_counter()
+                if remaining <= 0:
+                    break
+                self._condition.wait(remaining)
+            batch, rows = [], 0
+            while self._queue and (not batch or rows + self._queue[0].rows <= self.max_batch_size):
+                request = self._queue.popleft()
+                batch.append(request)
+                rows += request.rows
+            self._queued_rows -= rows
+            self._running += len(batch)
+            depth = self._queued_rows
+        self._observer.queue_depth(depth)
+        return batch
+
+    def _drop_late(self, batch: list[PendingRequest]) -> list[PendingRequest]:
+        now = time.perf_counter()
+        live = []
+        for request in batch:
+            if request.future.cancelled():  # the client went away: nothing to compute
+                continue
+            if request.deadline is not None and now > request.deadline:
+                late_ms = (now - request.deadline) * 1e3
+                waited_ms = (now - request.enqueued) * 1e3
+                _resolve_soon(
+                    request,
+                    DeadlineExceeded(
+                        f"deadline passed {late_ms:.1f} ms before inference could start "
+                        f"(queued {waited_ms:.1f} ms); dropped without computing"
+                    ),
+                )
+                continue
+            live.append(request)
+        return live
+
+    def _execute(self, batch: list[PendingRequest]) -> None:
+        started = time.perf_counter()
+        try:
+            shares = self._run_batch(self.runtime, batch)
+        except Exception as exc:  # noqa: BLE001 - any runtime failure fails this batch, not the server
+            logger.exception("inference failed", extra={"model": self.name, "requests": len(batch)})
+            for request in batch:
+                _resolve_soon(request, InferenceFailed(f"inference failed: {type(exc).__name__}: {exc}"))
+            return
+        finished = time.perf_counter()
+        rows = sum(r.rows for r in batch)
+        inference_ms = (finished - started) * 1e3
+        queue_s = [started - r.enqueued for r in batch]
+        for request, outputs, waited in zip(batch, shares, queue_s, strict=True):
+            _resolve_soon(request, BatchedResult(outputs, waited * 1e3, inference_ms, rows))
+        self._observer.batch_done(rows, finished - started, queue_s)
+
+
+def _resolve_soon(request: PendingRequest, outcome: BatchedResult | ServingError) -> None:
+    # RuntimeError: the event loop is closed, so nobody is waiting for this answer any more
+    with contextlib.suppress(RuntimeError):
+        request.loop.call_soon_threadsafe(_resolve, request.future, outcome)
+
+
+def _resolve(future: asyncio.Future, outcome: BatchedResult | ServingError) -> None:
+    if future.done():
+        return
+    if isinstance(outcome, ServingError):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)

@@ -1,0 +1,133 @@
+"""Prometheus metrics (`GET /metrics`), in a registry owned by one app, never the global one.
+
+Names follow Prometheus conventions: `mfql_requests_total{model,protocol,status}`,
+`mfql_request_duration_seconds`, `mfql_queue_duration_seconds`, `mfql_inference_duration_seconds`,
+`mfql_batch_size`, `mfql_queue_depth`, `mfql_num_candidates`, `mfql_chosen_q_value`,
+`mfql_model_versions_loaded`, `mfql_model_versions_failed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Summary
+from prometheus_client.exposition import generate_latest
+
+from server.batcher import BatchObserver
+from server.errors import ServingError
+
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+CANDIDATE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+
+class ServerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "mfql_requests",
+            "Requests by model, protocol and status code",
+            ["model", "protocol", "status"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "mfql_request_duration_seconds", "Time from request parsed to answer ready", ["model", "protocol"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.queue_duration = Histogram(
+            "mfql_queue_duration_seconds", "Time a request waited for its batch to start", ["model"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.inference_duration = Histogram(
+            "mfql_inference_duration_seconds", "Runtime time per batch", ["model"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "mfql_batch_size", "Observations per batch", ["model"], buckets=BATCH_BUCKETS, registry=r
+        )
+        self.queue_depth = Gauge(
+            "mfql_queue_depth", "Observations waiting for a batch", ["model", "version"], registry=r
+        )
+        self.num_candidates = Histogram(
+            "mfql_num_candidates", "K used per request", ["model"], buckets=CANDIDATE_BUCKETS, registry=r
+        )
+        self.chosen_q = Summary(
+            "mfql_chosen_q_value", "Critic value of the chosen actions", ["model"], registry=r
+        )
+        self.loaded = Gauge("mfql_model_versions_loaded", "Model versions serving", registry=r)
+        self.failed = Gauge(
+            "mfql_model_versions_failed", "Model versions that failed verification", registry=r
+        )
+
+    def observer(self, model: str, version: int) -> BatchObserver:
+        return _PrometheusObserver(self, model, str(version))
+
+    def set_model_counts(self, loaded: int, failed: int) -> None:
+        self.loaded.set(loaded)
+        self.failed.set(failed)
+
+    def record_result(self, model: str, num_candidates: int, q_values) -> None:
+        self.num_candidates.labels(model).observe(num_candidates)
+        summary = self.chosen_q.labels(model)
+        for q in q_values.tolist():
+            summary.observe(q)
+
+    @contextmanager
+    def track(self, protocol: str) -> Iterator[Tracked]:
+        """Count the request under its model and status (ServingError's, else 500) and time it.
+
+        The model label starts as "unknown" and is set once the request resolved a model, so
+        requests for made-up model names cannot grow the label set.
+        """
+        tracked = Tracked()
+        started = time.perf_counter()
+        status = "500"
+        try:
+            yield tracked
+            status = "200"
+        except ServingError as exc:
+            status = str(exc.status)
+            raise
+        except asyncio.CancelledError:
+            status = "499"  # the client went away first (nginx's code for it)
+            raise
+        finally:
+            self.requests.labels(tracked.model, protocol, status).inc()
+            self.request_duration.labels(tracked.model, protocol).observe(time.perf_counter() - started)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+@dataclass
+class Tracked:
+    model: str = "unknown"
+
+
+class _PrometheusObserver(BatchObserver):
+    def __init__(self, metrics: ServerMetrics, model: str, version: str):
+        self._batch_size = metrics.batch_size.labels(model)
+        self._inference = metrics.inference_duration.labels(model)
+        self._queue = metrics.queue_duration.labels(model)
+        self._depth = metrics.queue_depth.labels(model, version)
+        self._labels = (metrics.queue_depth, model, version)
+
+    def batch_done(self, rows: int, inference_s: float, queue_s: list[float]) -> None:
+        self._batch_size.observe(rows)
+        self._inference.observe(inference_s)
+        for waited in queue_s:
+            self._queue.observe(waited)
+
+    def queue_depth(self, rows: int) -> None:
+        self._depth.set(rows)
+
+    def unloaded(self) -> None:
+        gauge, model, version = self._labels
+        with contextlib.suppress(KeyError):  # already removed (a stop before the close)
+            gauge.remove(model, version)

@@ -1,0 +1,1 @@
+"""HTTP routers, one per protocol; each only translates its wire format to `ModelVersion` calls."""

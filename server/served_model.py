@@ -1,0 +1,262 @@
+"""One loaded model version: its verified bundle, runtime and batcher, and the act call every protocol uses.
+
+REST, v2 and the WebSocket only translate their wire format into `check_request(...)` and
+`act(...)` here, so validation, seeding, deadlines and timings are the same on all three.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from server.batcher import BatchObserver, DynamicBatcher
+from server.bundle_loader import Bundle, read_bundle, run_selftest
+from server.errors import BundleError, InvalidInput
+from server.noise import SEED_LIMIT, fresh_seed, request_noise
+from server.runner import PolicyRuntime, load_runtime
+from server.settings import ServerSettings
+
+logger = logging.getLogger("mfql.model")
+
+
+@dataclass(frozen=True)
+class ActRequest:
+    """A validated request: observations [B, obs_dim] float32 and the options that shape the answer."""
+
+    observations: np.ndarray
+    single: bool  # the client sent one observation [obs_dim]: answer with one action
+    num_candidates: int
+    seed: int  # the one given, else a fresh one, so the answer can say which
+    deadline: float | None  # time.perf_counter() value
+
+
+@dataclass(frozen=True)
+class ActResult:
+    model: str
+    version: int
+    actions: np.ndarray  # [B, action_dim]
+    q_values: np.ndarray  # [B]
+    candidates: np.ndarray  # [B, K, action_dim]
+    num_candidates: int
+    seed: int
+    timing_ms: dict[str, float]
+
+
+def warmup_shapes(max_batch_size: int, default_k: int, max_k: int) -> list[tuple[int, int]]:
+    """(B, K) of every batch-size bucket (powers of two up to max_batch_size) at K in {1, default, max}.
+
+    The first run at a new shape can be slow (allocation plans on CPU, kernels and engines on
+    GPU); paying it before the version reports ready keeps it off the first clients' requests.
+    """
+    sizes, b = [], 1
+    while b < max_batch_size:
+        sizes.append(b)
+        b *= 2
+    sizes.append(max_batch_size)
+    return [(b, k) for b in sizes for k in sorted({1, default_k, max_k})]
+
+
+@dataclass
+class ModelVersion:
+    name: str
+    version: int
+    bundle: Bundle
+    runtime: PolicyRuntime
+    batcher: DynamicBatcher
+    selftest: str  # the verification summary line
+    default_deadline_ms: float | None = None
+
+    @property
+    def obs_dim(self) -> int:
+        return self.bundle.metadata.obs_dim
+
+    @property
+    def action_dim(self) -> int:
+        return self.bundle.metadata.action_dim
+
+    @property
+    def max_num_candidates(self) -> int:
+        return self.bundle.metadata.max_num_candidates
+
+    def describe(self) -> dict[str, Any]:
+        """What a robot needs to know about this version (GET /v1/models/{name}, WebSocket on connect)."""
+        meta = self.bundle.metadata
+        return {
+            "name": self.name,
+            "version": str(self.version),
+            "obs_dim": meta.obs_dim,
+            "action_dim": meta.action_dim,
+            "action_low": meta.action_low,
+            "action_high": meta.action_high,
+            "default_num_candidates": meta.default_num_candidates,
+            "max_num_candidates": meta.max_num_candidates,
+            "provider": self.runtime.provider,
+            "env_name": meta.env_name,
+            "success_rate": meta.success_rate,
+            "training_step": meta.training_step,
+            "policy_type": meta.policy_type,
+            "precision": meta.precision,
+            "dataset": (meta.model_extra or {}).get("dataset"),
+            "exported_at": (meta.model_extra or {}).get("exported_at"),
+            "bundle_name": meta.name,
+            "bundle_sha256": self.bundle.sha256,
+            "selftest": self.selftest,
+        }
+
+    def check_request(
+        self,
+        observations: Any,
+        *,
+        field_name: str = "observation",
+        num_candidates: Any = None,
+        seed: Any = None,
+        deadline_ms: Any = None,
+        received: float | None = None,
+    ) -> ActRequest:
+        """Validate wire values into an ActRequest; InvalidInput names the field, expected and received."""
+        batch, single = self.check_observations(observations, field_name)
+        return ActRequest(
+            observations=batch,
+            single=single,
+            num_candidates=self.check_num_candidates(num_candidates),
+            seed=fresh_seed() if seed is None else check_seed(seed),
+            deadline=self.deadline(deadline_ms, received),
+        )
+
+    def check_observations(self, value: Any, field_name: str) -> tuple[np.ndarray, bool]:
+        expected = f"[{self.obs_dim}] or [B, {self.obs_dim}] (obs_dim={self.obs_dim})"
+        try:
+            batch = np.asarray(value, dtype=np.float32)
+        except (ValueError, TypeError) as exc:
+            raise InvalidInput(f"{field_name}: expected numbers of shape {expected} ({exc})") from exc
+        if batch.ndim not in (1, 2) or batch.shape[-1] != self.obs_dim or batch.size == 0:
+            raise InvalidInput(f"{field_name}: expected shape {expected}, got {list(batch.shape)}")
+        if not np.isfinite(batch).all():
+            first = np.argwhere(~np.isfinite(batch))[0].tolist()
+            raise InvalidInput(f"{field_name}: contains NaN or inf (first at index {first})")
+        single = batch.ndim == 1
+        return (batch.reshape(1, -1) if single else batch), single
+
+    def check_num_candidates(self, value: Any) -> int:
+        if value is None:
+            return self.bundle.metadata.default_num_candidates
+        k = _as_int(value, "num_candidates")
+        if not 1 <= k <= self.max_num_candidates:
+            raise InvalidInput(
+                f"num_candidates: must be in [1, {self.max_num_candidates}] for model {self.name!r} "
+                f"version {self.version}, got {k}"
+            )
+        return k
+
+    def deadline(self, deadline_ms: Any, received: float | None) -> float | None:
+        if deadline_ms is None:
+            deadline_ms = self.default_deadline_ms
+        if deadline_ms is None:
+            return None
+        try:
+            budget = float(deadline_ms)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(
+                f"deadline_ms: expected a number of milliseconds, got {deadline_ms!r}"
+            ) from exc
+        if not budget > 0 or not np.isfinite(budget):
+            raise InvalidInput(f"deadline_ms: must be a positive number of milliseconds, got {deadline_ms!r}")
+        return (received if received is not None else time.perf_counter()) + budget / 1e3
+
+    async def act(self, request: ActRequest, received: float) -> ActResult:
+        """Draw the request's noise from its seed, run it in a batch, and time it."""
+        noise = request_noise(
+            request.seed, request.observations.shape[0], request.num_candidates, self.action_dim
+        )
+        result = await self.batcher.submit(request.observations, noise, request.deadline)
+        outputs = result.outputs
+        return ActResult(
+            model=self.name,
+            version=self.version,
+            actions=outputs["action"],
+            q_values=outputs["q_value"],
+            candidates=outputs["candidates"],
+            num_candidates=request.num_candidates,
+            seed=request.seed,
+            timing_ms={
+                "queue": round(result.queue_ms, 3),
+                "inference": round(result.inference_ms, 3),
+                "total": round((time.perf_counter() - received) * 1e3, 3),
+            },
+        )
+
+
+def check_seed(value: Any) -> int:
+    seed = _as_int(value, "seed")
+    if not 0 <= seed < SEED_LIMIT:
+        raise InvalidInput(f"seed: must be an integer in [0, 2**64), got {seed}")
+    return seed
+
+
+def _as_int(value: Any, name: str) -> int:
+    if isinstance(value, (bool, np.bool_)):
+        raise InvalidInput(f"{name}: expected an integer, got {value!r}")
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return int(value)
+    if isinstance(value, np.ndarray) and value.size == 1 and value.dtype.kind in "iu":
+        return int(value.reshape(-1)[0])
+    raise InvalidInput(f"{name}: expected an integer, got {value!r}")
+
+
+def check_output_shapes(path, outputs: dict, rows: int, k: int, meta) -> None:
+    expected = {
+        "action": (rows, meta.action_dim),
+        "q_value": (rows,),
+        "candidates": (rows, k, meta.action_dim),
+    }
+    for name, shape in expected.items():
+        if outputs[name].shape != shape or outputs[name].dtype != np.float32:
+            raise BundleError(
+                f"{path}: warm-up at B={rows}, K={k} gave {name} {outputs[name].dtype} "
+                f"{list(outputs[name].shape)}, expected float32 {list(shape)}"
+            )
+
+
+def load_model_version(
+    name: str, version: int, path, settings: ServerSettings, observer: BatchObserver | None = None
+) -> ModelVersion:
+    """Verify the bundle, load its runtime, pass the self-test, warm up every batch bucket, start batching.
+
+    Blocking (seconds for a large model): the repository runs it in a worker thread.
+    """
+    bundle = read_bundle(path)
+    runtime = load_runtime(bundle, settings)
+    meta = bundle.metadata
+    try:
+        summary = run_selftest(bundle, runtime)
+        rng = np.random.default_rng(0)
+        for rows, k in warmup_shapes(
+            settings.max_batch_size, meta.default_num_candidates, meta.max_num_candidates
+        ):
+            observation = rng.standard_normal((rows, meta.obs_dim)).astype(np.float32)
+            outputs = runtime(observation, request_noise(0, rows, k, meta.action_dim))
+            check_output_shapes(path, outputs, rows, k, meta)
+    except BundleError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the runtime raises, the bundle cannot serve
+        raise BundleError(f"{path}: running the graph failed: {type(exc).__name__}: {exc}") from exc
+    batcher = DynamicBatcher(
+        runtime,
+        name=f"{name}/{version}",
+        max_batch_size=settings.max_batch_size,
+        max_queue_delay_s=settings.max_queue_delay_s,
+        max_queue_size=settings.max_queue_size,
+        mixed_candidates=settings.mixed_candidates,
+        observer=observer,
+    )
+    logger.info(
+        "model version loaded",
+        extra={"model": name, "version": version, "provider": runtime.provider, "selftest": summary},
+    )
+    return ModelVersion(name, version, bundle, runtime, batcher, summary, settings.default_deadline_ms)

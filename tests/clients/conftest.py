@@ -1,0 +1,48 @@
+"""Fixtures: a tiny real bundle and real ``mfql-serve`` processes (open, and with an API key).
+
+``tests/`` is not a package, so the repository root goes on ``sys.path`` for
+``tests.clients.*`` imports.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.clients.live_server import (  # noqa: E402
+    API_KEY,
+    CUBE,
+    CUBE_ACTION_DIM,
+    CUBE_ENV,
+    CUBE_OBS_DIM,
+    running_server,
+)
+from tests.clients.tiny_bundle import write_bundle  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def model_repository(tmp_path_factory) -> Path:
+    repository = tmp_path_factory.mktemp("clients") / "model_repository"
+    write_bundle(repository / CUBE / "1", CUBE, CUBE_OBS_DIM, CUBE_ACTION_DIM, CUBE_ENV)
+    return repository
+
+
+@pytest.fixture(scope="session")
+def server_url(model_repository) -> Iterator[str]:
+    with running_server(model_repository) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def secured_server_url(model_repository) -> Iterator[str]:
+    key_file = model_repository.parent / "api-key"
+    key_file.write_text(API_KEY + "\n")
+    with running_server(model_repository, "--api-key-file", str(key_file)) as url:
+        yield url

@@ -1,0 +1,32 @@
+"""Fixtures: tiny real bundles in temporary model repositories, in-process apps and real servers.
+
+`tests/` is not a package, so the repository root goes on `sys.path` for `tests.server.*` imports.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.server.bundles import write_test_bundle  # noqa: E402
+
+
+@pytest.fixture
+def bundle_dir(tmp_path) -> Path:
+    return write_test_bundle(tmp_path / "repository" / "cube" / "1")
+
+
+@pytest.fixture(scope="session")
+def shared_repository(tmp_path_factory) -> Path:
+    """cube (versions 1 and 2, different weights, with self-tests) and arm (other dims, no self-test)."""
+    repository = tmp_path_factory.mktemp("server") / "repository"
+    write_test_bundle(repository / "cube" / "1", weights_seed=1)
+    write_test_bundle(repository / "cube" / "2", weights_seed=2)
+    write_test_bundle(repository / "arm" / "3", "arm", 7, 2, selftest=False)
+    return repository

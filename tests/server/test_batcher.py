@@ -1,0 +1,194 @@
+"""DynamicBatcher: when batches close, mixed K, deadlines, back-pressure, failures, seeded determinism."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from server.batcher import DynamicBatcher
+from server.errors import DeadlineExceeded, InferenceFailed, Unavailable
+from server.noise import pad_candidates, request_noise
+from server.runner import OnnxRunner
+from server.settings import ServerSettings
+
+OBS_DIM, ACTION_DIM = 6, 3
+
+
+class RecordingRuntime:
+    """A numpy stand-in policy (best of K by -|candidate|^2) that records the (B, K) of each call."""
+
+    provider = "numpy"
+
+    def __init__(self, fail: bool = False, delay: float = 0.0):
+        self.calls: list[tuple[int, int]] = []
+        self.fail = fail
+        self.delay = delay
+        self.lock = threading.Lock()
+
+    def __call__(self, observation, noise):
+        with self.lock:
+            self.calls.append((observation.shape[0], noise.shape[1]))
+        time.sleep(self.delay)
+        if self.fail:
+            raise RuntimeError("boom")
+        candidates = np.tanh(observation[:, None, :ACTION_DIM] + noise)
+        scores = -(candidates**2).sum(-1)
+        best = scores.argmax(1)
+        rows = np.arange(len(best))
+        return {"action": candidates[rows, best], "q_value": scores[rows, best], "candidates": candidates}
+
+
+def make_batcher(runtime, **options) -> DynamicBatcher:
+    settings = {
+        "max_batch_size": 64,
+        "max_queue_delay_s": 0.0,
+        "max_queue_size": 1024,
+        "mixed_candidates": "pad",
+    }
+    settings.update(options)
+    return DynamicBatcher(runtime, name="test/1", **settings)
+
+
+def request(seed: int, rows: int = 1, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    observation = np.random.default_rng(seed + 1000).standard_normal((rows, OBS_DIM)).astype(np.float32)
+    return observation, request_noise(seed, rows, k, ACTION_DIM)
+
+
+@pytest.fixture
+def batchers():
+    made = []
+    yield made
+    for batcher in made:
+        batcher.close()
+
+
+async def test_batch_closes_as_soon_as_it_is_full(batchers):
+    runtime = RecordingRuntime()
+    batcher = make_batcher(runtime, max_batch_size=4, max_queue_delay_s=30.0)
+    batchers.append(batcher)
+    started = time.perf_counter()
+    results = await asyncio.wait_for(
+        asyncio.gather(*(batcher.submit(*request(i), None) for i in range(4))), 10
+    )
+    assert time.perf_counter() - started < 5.0  # far below the 30 s delay
+    assert runtime.calls == [(4, 1)]
+    assert all(r.batch_rows == 4 for r in results)
+
+
+async def test_batch_closes_after_the_queue_delay_when_not_full(batchers):
+    runtime = RecordingRuntime()
+    batcher = make_batcher(runtime, max_batch_size=64, max_queue_delay_s=0.2)
+    batchers.append(batcher)
+    started = time.perf_counter()
+    first = asyncio.ensure_future(batcher.submit(*request(0), None))
+    await asyncio.sleep(0.05)
+    second = await batcher.submit(*request(1, rows=2), None)
+    elapsed = time.perf_counter() - started
+    assert 0.19 <= elapsed < 5.0
+    assert runtime.calls == [(3, 1)] and second.batch_rows == 3
+    assert (await first).queue_ms >= 190
+
+
+async def test_requests_are_never_split_and_batches_respect_the_size_limit(batchers):
+    runtime = RecordingRuntime()
+    batcher = make_batcher(runtime, max_batch_size=4, max_queue_delay_s=0.05)
+    batchers.append(batcher)
+    await asyncio.gather(*(batcher.submit(*request(i, rows=3), None) for i in range(3)))
+    assert sorted(runtime.calls) == [(3, 1), (3, 1), (3, 1)]
+
+
+@pytest.mark.parametrize(("strategy", "runs"), [("pad", 1), ("group", 2)])
+async def test_mixed_k_in_one_batch_gives_each_request_its_own_answer(batchers, strategy, runs):
+    runtime = RecordingRuntime()
+    batcher = make_batcher(runtime, max_batch_size=3, max_queue_delay_s=30.0, mixed_candidates=strategy)
+    batchers.append(batcher)
+    requests = [request(0, k=1), request(1, rows=1, k=4), request(2, k=1)]
+    results = await asyncio.wait_for(asyncio.gather(*(batcher.submit(o, n, None) for o, n in requests)), 10)
+    assert len(runtime.calls) == runs
+    for (observation, noise), result in zip(requests, results, strict=True):
+        alone = runtime(observation, noise)
+        np.testing.assert_array_equal(result.outputs["action"], alone["action"])
+        np.testing.assert_array_equal(result.outputs["q_value"], alone["q_value"])
+        assert result.outputs["candidates"].shape == noise.shape
+
+
+def test_padding_with_own_candidates_keeps_the_choice():
+    noise = request_noise(5, 4, 3, ACTION_DIM)
+    padded = pad_candidates(noise, 8)
+    assert padded.shape == (4, 8, ACTION_DIM)
+    np.testing.assert_array_equal(padded[:, :3], noise)
+    np.testing.assert_array_equal(padded[:, 3], noise[:, 0])
+
+
+async def test_seeded_request_is_bit_identical_alone_and_inside_a_concurrent_mixed_batch(
+    bundle_dir, batchers
+):
+    settings = ServerSettings(model_repository=bundle_dir.parent.parent)
+    runtime = OnnxRunner(bundle_dir / "policy.onnx", settings, 28, 5)
+    observation = np.random.default_rng(3).standard_normal((1, 28)).astype(np.float32)
+    noise = request_noise(1234, 1, 4, 5)
+    for strategy in ("pad", "group"):
+        batcher = make_batcher(runtime, max_batch_size=64, max_queue_delay_s=0.3, mixed_candidates=strategy)
+        batchers.append(batcher)
+        alone = await batcher.submit(observation, noise, None)
+        others = [
+            batcher.submit(np.random.default_rng(s).standard_normal((s, 28)).astype(np.float32),
+                           request_noise(s, s, k, 5), None)
+            for s, k in ((1, 1), (2, 8), (3, 2), (5, 4))
+        ]  # fmt: skip
+        crowded, *_ = await asyncio.gather(batcher.submit(observation, noise, None), *others)
+        assert alone.batch_rows == 1 and crowded.batch_rows == 12
+        assert crowded.outputs["action"].tobytes() == alone.outputs["action"].tobytes()
+        assert crowded.outputs["q_value"].tobytes() == alone.outputs["q_value"].tobytes()
+
+
+async def test_request_past_its_deadline_is_dropped_before_inference(batchers):
+    runtime = RecordingRuntime()
+    batcher = make_batcher(runtime, max_queue_delay_s=0.2)
+    batchers.append(batcher)
+    late = batcher.submit(*request(0), time.perf_counter() + 0.01)
+    on_time = batcher.submit(*request(1, rows=2), None)
+    results = await asyncio.gather(late, on_time, return_exceptions=True)
+    assert isinstance(results[0], DeadlineExceeded) and "dropped" in results[0].message
+    assert runtime.calls == [(2, 1)]
+
+
+async def test_full_queue_refuses_with_retry_after(batchers):
+    runtime = RecordingRuntime()
+    batcher = make_batcher(runtime, max_queue_delay_s=30.0, max_batch_size=64, max_queue_size=3)
+    batchers.append(batcher)
+    waiting = asyncio.ensure_future(batcher.submit(*request(0, rows=3), None))
+    await asyncio.sleep(0.01)
+    with pytest.raises(Unavailable, match="queue .* is full") as refused:
+        await batcher.submit(*request(1), None)
+    assert refused.value.status == 503 and refused.value.headers["Retry-After"] == "1"
+    batcher.close()
+    with pytest.raises(Unavailable, match="unloaded"):
+        await waiting
+
+
+async def test_runtime_failure_fails_its_batch_only(batchers):
+    runtime = RecordingRuntime(fail=True)
+    batcher = make_batcher(runtime)
+    batchers.append(batcher)
+    with pytest.raises(InferenceFailed, match="boom"):
+        await batcher.submit(*request(0), None)
+    runtime.fail = False
+    assert (await batcher.submit(*request(1), None)).outputs["action"].shape == (1, ACTION_DIM)
+
+
+async def test_inference_runs_off_the_event_loop(batchers):
+    runtime = RecordingRuntime(delay=0.3)
+    batcher = make_batcher(runtime)
+    batchers.append(batcher)
+    submitted = asyncio.ensure_future(batcher.submit(*request(0), None))
+    ticks = 0
+    while not submitted.done():
+        await asyncio.sleep(0.01)
+        ticks += 1
+    assert ticks >= 10  # the loop kept running while the runtime slept
+    assert batcher.pending == 0
