@@ -46,7 +46,6 @@ def test_server_imports_without_httpx_or_websockets_as_in_a_serve_only_install()
     assert "clients" in imported  # the shared codec loaded with httpx and websockets blocked
 
 
-
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 def test_torchscript_backend_runs_a_bundles_policy_ts(tmp_path):
     torch = pytest.importorskip("torch")
