@@ -45,6 +45,12 @@ def build_export_parser() -> argparse.ArgumentParser:
         "--triton-repo", type=Path, default=None, help="also write DIR/<name>/ for Triton/KServe"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle / Triton model")
+    parser.add_argument(
+        "--evaluation",
+        type=Path,
+        default=None,
+        help="mfql-eval JSON report of this checkpoint: its success rate goes into metadata.json",
+    )
     return parser
 
 
@@ -79,6 +85,7 @@ def run_export(args: argparse.Namespace) -> int:
         name=args.name,
         triton_repo=args.triton_repo,
         overwrite=args.overwrite,
+        evaluation=args.evaluation,
     )
     try:
         result = export_bundle(args.checkpoint, options)

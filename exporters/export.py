@@ -7,6 +7,7 @@ and an existing one untouched.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,7 @@ class ExportOptions:
     name: str | None = None  # model name; default '<env_name>-<policy type>'
     triton_repo: Path | None = None  # also write a Triton / KServe model repository here
     overwrite: bool = False  # replace an existing bundle (and Triton model) instead of refusing
+    evaluation: Path | None = None  # an `mfql-eval` JSON report of this checkpoint for metadata
 
 
 @dataclass(frozen=True)
@@ -134,11 +136,28 @@ def _write_bundle_files(
     return contents, parity
 
 
+def read_evaluation(path: Path, checkpoint: PolicyCheckpoint) -> dict:
+    """An `mfql-eval` report, refused unless it evaluated this checkpoint's step and env."""
+    try:
+        report = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"--evaluation {path}: not a readable mfql-eval JSON report ({exc})") from exc
+    if not isinstance(report, dict) or not isinstance(report.get("success_rate"), (int, float)):
+        raise ExportError(f"--evaluation {path}: expected an mfql-eval report with a numeric 'success_rate'")
+    if report.get("step") != checkpoint.step or report.get("env") != checkpoint.config.env_name:
+        raise ExportError(
+            f"--evaluation {path} evaluated step {report.get('step')} on {report.get('env')!r}; "
+            f"the checkpoint is step {checkpoint.step} on {checkpoint.config.env_name!r}"
+        )
+    return report
+
+
 def export_bundle(checkpoint_path: Path, options: ExportOptions) -> ExportResult:
     """Write the bundle described by `options` from the checkpoint (step or run directory)."""
     check_options(options)
     refuse_existing(options.out, options.overwrite)
     module, checkpoint = load_module(checkpoint_path)
+    evaluation = read_evaluation(options.evaluation, checkpoint) if options.evaluation else None
     name = options.name or default_name(checkpoint, module)
     default_k = checkpoint.config.agent_config.num_candidates
     if options.max_candidates < default_k:
@@ -150,7 +169,7 @@ def export_bundle(checkpoint_path: Path, options: ExportOptions) -> ExportResult
     triton_config = None
     with staged_directory(options.out, options.overwrite) as staging:
         contents, parity = _write_bundle_files(staging, module, checkpoint, options, name)
-        metadata = build_metadata(checkpoint, module, contents)
+        metadata = build_metadata(checkpoint, module, contents, evaluation)
         write_metadata(staging, metadata)
         write_checksums(staging)
         if options.triton_repo is not None:

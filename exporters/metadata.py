@@ -61,6 +61,13 @@ def _dataset_name(env_name: str) -> str:
     return "-".join(tokens[: tokens.index("singletask")] + tokens[-1:])
 
 
+def _evaluation_summary(evaluation: dict | None) -> dict | None:
+    if evaluation is None:
+        return None
+    keys = ("env", "episodes", "num_candidates", "success_rate", "success_rate_stderr", "mean_episode_length")
+    return {key: evaluation.get(key) for key in keys}
+
+
 def _signature(obs_dim: int, action_dim: int) -> dict[str, list[dict]]:
     def tensor(name: str, shape: list) -> dict:
         return {"name": name, "dtype": "float32", "shape": shape}
@@ -75,7 +82,13 @@ def _signature(obs_dim: int, action_dim: int) -> dict[str, list[dict]]:
     }
 
 
-def build_metadata(checkpoint: PolicyCheckpoint, module: ServingPolicy, contents: BundleContents) -> dict:
+def build_metadata(
+    checkpoint: PolicyCheckpoint,
+    module: ServingPolicy,
+    contents: BundleContents,
+    evaluation: dict | None = None,
+) -> dict:
+    """`evaluation`: an `mfql-eval` report of this checkpoint; its success rate replaces the training one."""
     config, d = checkpoint.config, checkpoint.action_dim
     files = {"onnx": ONNX_FILE}
     if contents.torchscript_bytes is not None:
@@ -97,7 +110,8 @@ def build_metadata(checkpoint: PolicyCheckpoint, module: ServingPolicy, contents
         "training_seed": config.seed,
         "training_config": config_to_dict(config),
         "training_step": checkpoint.step,
-        "success_rate": checkpoint.metrics.get("success_rate"),
+        "success_rate": (evaluation or checkpoint.metrics).get("success_rate"),
+        "evaluation": _evaluation_summary(evaluation),
         "training_metrics": checkpoint.metrics,
         "source_checkpoint": str(checkpoint.path),
         "source_checkpoint_sha256": checkpoint.sha256(),

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from exporters.bundle import ONNX_FILE, OUTPUT_NAMES, read_metadata
+from exporters.errors import ExportError
 from exporters.export import ExportOptions, export_bundle
 from exporters.runtimes import OnnxRuntimePolicy
 from tests.exporters.checkpoints import SMALL_MLP, CheckpointSpec, write_fql_checkpoint
+from training.checkpoint import load_policy_checkpoint
 from training.inference import load_serving_policy
 
 
@@ -75,3 +79,20 @@ def test_fql_checkpoint_exports_its_one_step_policy(tmp_path):
         expected = eager(torch.from_numpy(observation), torch.from_numpy(noise))
     for name, reference in zip(OUTPUT_NAMES, expected, strict=True):
         np.testing.assert_allclose(got[name], reference.numpy(), rtol=0, atol=1e-5, err_msg=name)
+
+
+def test_evaluation_report_sets_the_success_rate_and_a_mismatched_one_is_refused(tmp_path):
+    run = write_fql_checkpoint(tmp_path / "run", CheckpointSpec(SMALL_MLP, 9, 2, {}))
+    checkpoint = load_policy_checkpoint(run)
+    report = {"env": checkpoint.config.env_name, "step": checkpoint.step, "episodes": 50}
+    report.update({"num_candidates": 1, "success_rate": 0.62, "success_rate_stderr": 0.07})
+    (tmp_path / "eval.json").write_text(json.dumps(report))
+    options = ExportOptions(out=tmp_path / "bundle", formats=("onnx",), evaluation=tmp_path / "eval.json")
+    metadata = export_bundle(run, options).metadata
+    assert metadata["success_rate"] == 0.62 and metadata["evaluation"]["episodes"] == 50
+
+    (tmp_path / "stale.json").write_text(json.dumps({**report, "step": checkpoint.step + 1}))
+    stale = ExportOptions(out=tmp_path / "other", formats=("onnx",), evaluation=tmp_path / "stale.json")
+    with pytest.raises(ExportError, match=f"evaluated step {checkpoint.step + 1}"):
+        export_bundle(run, stale)
+    assert not (tmp_path / "other").exists()
