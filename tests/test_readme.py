@@ -25,7 +25,8 @@ def shell_commands() -> list[list[str]]:
         for line in block.replace("\\\n", " ").splitlines():
             line = line.split(" #", 1)[0].strip()
             if line and not line.startswith("#"):
-                commands.append(shlex.split(line))
+                words = shlex.split(line)
+                commands.append(words[: words.index(">")] if ">" in words else words)  # drop redirection
     return commands
 
 
