@@ -71,7 +71,9 @@ def test_embedded_default_model_served_reproduces_its_recorded_success_rate(tmp_
     (bundle,) = [p for p in default_model.glob("*/*") if p.is_dir()]
     metadata = json.loads((bundle / "metadata.json").read_text())
     recorded = metadata["evaluation"]
-    with running_server(default_model) as url:
+    repository = tmp_path / "repository"  # a copy: the server's log goes beside the repository
+    shutil.copytree(default_model, repository)
+    with running_server(repository) as url:
         served = cli(
             "mfql-rollout", "clients.rollout", "--url", url, "--model", metadata["name"],
             "--env", recorded["env"], "--episodes", str(recorded["episodes"]),
