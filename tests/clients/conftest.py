@@ -1,22 +1,13 @@
-"""Fixtures: a tiny real bundle and real ``mfql-serve`` processes (open, and with an API key).
-
-``tests/`` is not a package, so the repository root goes on ``sys.path`` for
-``tests.clients.*`` imports.
-"""
+"""Fixtures: a tiny real bundle and real ``mfql-serve`` processes (open, and with an API key)."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from tests.clients.live_server import (  # noqa: E402
+from tests.clients.live_server import (
     API_KEY,
     CUBE,
     CUBE_ACTION_DIM,
@@ -24,7 +15,7 @@ from tests.clients.live_server import (  # noqa: E402
     CUBE_OBS_DIM,
     running_server,
 )
-from tests.clients.tiny_bundle import write_bundle  # noqa: E402
+from tests.clients.tiny_bundle import write_bundle
 
 
 @pytest.fixture(scope="session")

@@ -1,29 +1,21 @@
-"""Fixtures: checkpoints (tests/exporters/checkpoints.py) and bundles exported from them once per session.
-
-`tests/` is not a package, so the repository root goes on `sys.path` for `tests.exporters.*` imports.
-"""
+"""Fixtures: checkpoints (tests/exporters/checkpoints.py) and bundles exported from them once per session."""
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from exporters.export import ExportOptions, ExportResult, export_bundle  # noqa: E402
-from tests.exporters.checkpoints import (  # noqa: E402
+from exporters.export import ExportOptions, ExportResult, export_bundle
+from tests.exporters.checkpoints import (
     REFERENCE_DIT,
     SMALL_DIT,
     SMALL_MLP,
     CheckpointSpec,
     write_checkpoint,
 )
-from training.inference import ServingPolicy, load_serving_policy  # noqa: E402
+from training.inference import ServingPolicy, load_serving_policy
 
 
 def pytest_configure(config: pytest.Config) -> None:

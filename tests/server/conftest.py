@@ -1,20 +1,12 @@
-"""Fixtures: tiny real bundles in temporary model repositories, in-process apps and real servers.
-
-`tests/` is not a package, so the repository root goes on `sys.path` for `tests.server.*` imports.
-"""
+"""Fixtures: tiny real bundles in temporary model repositories, in-process apps and real servers."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from tests.server.bundles import write_test_bundle  # noqa: E402
+from tests.server.bundles import write_test_bundle
 
 
 @pytest.fixture
