@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
+import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,9 +17,23 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.clients.live_server import free_port, serve_command
-
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def console_script(name: str, module: str) -> list[str]:
+    """The installed console script `name`, else `python -m module` (same entry point)."""
+    executable = shutil.which(name, path=str(Path(sys.executable).parent))
+    return [executable] if executable else [sys.executable, "-m", module]
+
+
+def serve_command() -> list[str]:
+    return console_script("mfql-serve", "server.cli")
 
 
 @dataclass
