@@ -86,9 +86,11 @@ def plot_curves(run_dir: Path) -> Path:
 
     train = _read_columns(Path(run_dir) / TRAIN_CSV)
     evals = _read_columns(Path(run_dir) / EVAL_CSV)
+    # FQL runs log a flow-matching BC loss where MFQL logs the MeanFlow-identity loss.
+    bc_panel = ("bc_flow/loss", "flow-matching BC loss", True) if "bc_flow/loss" in train else None
     panels = [
         ("critic/loss", "critic loss", True),
-        ("mfi/loss", "MeanFlow-identity loss", True),
+        bc_panel or ("mfi/loss", "MeanFlow-identity loss", True),
         ("actor/q", "Q of policy action", False),
         ("alpha", "alpha", False),
     ]

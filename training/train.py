@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -203,12 +204,20 @@ class Trainer:
         end = min(cfg.total_steps, stop_after) if stop_after else cfg.total_steps
         env, observation = None, None
         bar = tqdm(total=cfg.total_steps, initial=self.step, desc="mfql-train", dynamic_ncols=True)
+        update_seconds, updates = 0.0, 0
         while self.step < end:
             self.step += 1
             if self.step > cfg.offline_steps:
                 env, observation = self._interact(env, observation)
+            started = time.perf_counter()
             info = self.agent.update(self.buffer.sample(cfg.batch_size), self.step)
+            update_seconds += time.perf_counter() - started
+            updates += 1
             if self.step % cfg.log_every == 0 or self.step == end:
+                # Gradient steps per second since the last log line: sampling + update only,
+                # so evaluations and checkpoints do not dilute it.
+                info["time/steps_per_s"] = updates / update_seconds
+                update_seconds, updates = 0.0, 0
                 self.log.train(self.step, info)
                 # FQL logs 'bc_flow/loss' where MFQL logs 'mfi/loss'; show whichever exists.
                 shown = {

@@ -53,6 +53,7 @@ def test_generate_train_evaluate(data_dir, tmp_path):
         rows = list(csv.DictReader(handle))
     assert [int(r["step"]) for r in rows] == [5, 10, 15, 20, 25, 30]
     assert all(float(r["critic/loss"]) >= 0 for r in rows)
+    assert all(float(r["time/steps_per_s"]) > 0 for r in rows)  # training speed is logged
     assert (run / "curves.png").stat().st_size > 1000
     assert any(p.name.startswith("events.out.tfevents") for p in run.rglob("*"))
     with (run / "evaluations.csv").open() as handle:
@@ -102,6 +103,7 @@ def test_method_comparison_runs_both_agents_on_the_same_data(data_dir, tmp_path)
         [
             sys.executable, str(script), "--env", TASK, "--dataset-dir", str(data_dir), "--steps", "10",
             "--seeds", "0", "--eval-episodes", "1", "--threads", "1", "--out", str(tmp_path / "compare"),
+            "--jobs", "2", "--eval-every", "5", "--curve-episodes", "1",
             "--", "--batch-size", "16", "--mlp-hidden", "32,32", "--critic-hidden", "32,32",
         ],
         capture_output=True, text=True, env=ENV, timeout=600,
@@ -113,7 +115,8 @@ def test_method_comparison_runs_both_agents_on_the_same_data(data_dir, tmp_path)
     for row in report["summary"].values():
         assert 0.0 <= row["success_rate_mean"] <= 1.0 and row["train_steps_per_second"] > 0
     table = (tmp_path / "compare" / "comparison.md").read_text()
-    assert "| MFQL |" in table and "| FQL |" in table
+    assert "| MFQL |" in table and "| FQL |" in table and "comparison.png" in table
+    assert (tmp_path / "compare" / "comparison.png").stat().st_size > 1000
 
 
 def test_training_speed_benchmark_counts_flops_against_the_matmul_ceiling():
