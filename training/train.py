@@ -266,9 +266,13 @@ def main(argv: list[str] | None = None) -> int:
         resume_from = prepare_run_dir(run_dir, args.resume, args.overwrite)
         if resume_from is not None:
             stored = load_policy_checkpoint(resume_from).config
-            # The stored run defines the maths; only the online phase may be extended.
+            # The stored run defines the maths; only the online phase may be extended, and the
+            # thread count (speed and float rounding, not the maths) may be set anew.
             config = replace(
-                stored, online_steps=max(stored.online_steps, args.online_steps), out_dir=str(run_dir)
+                stored,
+                online_steps=max(stored.online_steps, args.online_steps),
+                out_dir=str(run_dir),
+                threads=args.threads or stored.threads,
             )
         if config.threads:
             torch.set_num_threads(config.threads)

@@ -88,6 +88,23 @@ def test_interrupted_then_resumed_run_ends_with_the_same_weights(data_dir, tmp_p
         assert (a[key] == b[key]).all(), key
 
 
+def test_resume_may_change_the_thread_count_only(data_dir, tmp_path):
+    run = tmp_path / "run"
+    no_eval = ("--eval-episodes", "0")
+    first = run_cli(
+        "mfql-train", "training.train", *train_args(data_dir, run, *no_eval, "--stop-after", "10")
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = run_cli(
+        "mfql-train",
+        "training.train",
+        *train_args(data_dir, run, *no_eval, "--resume", "--threads", "2", "--steps", "99"),
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    stored = json.loads((run / "checkpoints" / "step_000000030" / "config.json").read_text())["config"]
+    assert stored["threads"] == 2 and stored["offline_steps"] == 30  # --steps is the stored run's
+
+
 def test_missing_dataset_is_reported_with_the_generate_command(tmp_path):
     result = run_cli("mfql-train", "training.train", *train_args(tmp_path / "empty", tmp_path / "run"))
     assert result.returncode == 2
