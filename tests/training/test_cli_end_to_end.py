@@ -134,6 +134,19 @@ def test_method_comparison_runs_both_agents_on_the_same_data(data_dir, tmp_path)
     table = (tmp_path / "compare" / "comparison.md").read_text()
     assert "| MFQL |" in table and "| FQL |" in table and "comparison.png" in table
     assert (tmp_path / "compare" / "comparison.png").stat().st_size > 1000
+    # The alpha diagnostic reads both kinds of checkpoint and reports finite gradient norms.
+    balance = Path(__file__).resolve().parents[2] / "benchmarks" / "gradient_balance.py"
+    for method in ("mfql", "fql"):
+        run_dir = tmp_path / "compare" / f"{method}-seed0"
+        result = subprocess.run(
+            [sys.executable, str(balance), str(run_dir), "--batches", "2"],
+            capture_output=True, text=True, env=ENV, timeout=300, cwd=balance.parents[1],
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        report = json.loads(result.stdout)
+        assert report["agent"] == method and report["step"] == 10
+        assert report["bc_grad_norm_per_batch"] > 0 and report["q_grad_norm_per_batch"] > 0
+        assert -1.0 <= report["cosine_bc_q"] <= 1.0
 
 
 def test_training_speed_benchmark_counts_flops_against_the_matmul_ceiling():
