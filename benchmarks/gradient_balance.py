@@ -48,7 +48,7 @@ def bc_and_q_losses(agent, batch, step: int) -> tuple[torch.Tensor, torch.Tensor
 
 
 def flat_gradient(loss: torch.Tensor, parameters: list[torch.Tensor]) -> torch.Tensor:
-    grads = torch.autograd.grad(loss, parameters, allow_unused=True)
+    grads = torch.autograd.grad(loss, parameters, allow_unused=True, retain_graph=True)  # FQL: shared forward
     return torch.cat(
         [
             (g if g is not None else torch.zeros_like(p)).flatten()
