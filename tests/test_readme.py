@@ -99,3 +99,53 @@ def test_every_metric_is_listed():
 
 def test_no_placeholders_are_left():
     assert "{{" not in README and "TODO" not in README
+
+
+def makefile_recipe(target: str) -> list[list[str]]:
+    """The commands of a Makefile target, with its variables set to their defaults."""
+    text = (ROOT / "Makefile").read_text()
+    body = re.search(rf"^{target}:.*?\n((?:\t.*\n)+)", text, flags=re.MULTILINE).group(1)
+    body = body.replace("\\\n", " ").replace("$(BIN)/", "")
+    body = body.replace("$(DATA_DIR)", "data").replace("$(DEFAULT_RUN)", "runs/default-cube-single")
+    commands = []
+    for line in body.splitlines():
+        line = line.strip().split("|| ", 1)[-1]  # 'test -f FILE || CMD' runs CMD
+        words = shlex.split(line)
+        commands.append(words[: words.index(">")] if ">" in words else words)
+    return commands
+
+
+def test_default_model_commands_match_the_makefile_and_the_shipped_metadata():
+    import json
+
+    documented = [
+        c
+        for c in shell_commands()
+        if "default-cube-single" in " ".join(c)
+        or c[:2] == ["mfql-data", "generate"]
+        and "cube-single-v0" in c
+    ]
+    recipe = makefile_recipe("default-model")
+    assert recipe and all(command in documented for command in recipe), (recipe, documented)
+    (train,) = [c for c in recipe if c[0] == "mfql-train"]
+    parsed = parsers()["mfql-train"]().parse_args(train[1:])
+    (metadata_file,) = (ROOT / "server" / "default_model").glob("*/*/metadata.json")
+    metadata = json.loads(metadata_file.read_text())
+    config = metadata["training_config"]
+    assert (config["agent"], config["offline_steps"], config["seed"]) == (
+        parsed.agent,
+        parsed.steps,
+        parsed.seed,
+    )
+    assert config["env_name"] == parsed.env and metadata["agent"] == parsed.agent
+    assert config["threads"] == parsed.threads  # the thread count changes float rounding
+    recorded = f"{metadata['evaluation']['success_rate']:.2f}"
+    section = README[README.index("## The embedded default model") :]
+    assert recorded in section[: section.index("\n## ")], f"README does not state the recorded {recorded}"
+
+
+def test_every_image_the_readme_shows_exists():
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", README)
+    assert images
+    for image in images:
+        assert (ROOT / image).is_file(), image
