@@ -76,7 +76,8 @@ def train_and_evaluate(args: argparse.Namespace, method: str, seed: int, extra: 
         "seed": seed,
         "success_rate": report["success_rate"],
         "wall_seconds": round(seconds, 1),
-        "train_steps_per_second": statistics.fmean(rates),
+        # Every log interval holds the same number of steps: their harmonic mean is steps / time.
+        "train_steps_per_second": statistics.harmonic_mean(rates),
         "policy_latency_ms_p50": report["policy_latency_ms"]["p50"],
         "num_candidates": report["num_candidates"],
         "run_dir": str(run_dir),

@@ -31,10 +31,10 @@ from training.replay_buffer import ReplayBuffer
 from training.training_state import restore_training_state
 
 
-def bc_and_q_losses(agent, batch, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+def bc_and_q_losses(method: str, agent, batch, step: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(alpha-weighted BC loss, Q loss) of one batch, as the agent's update computes them."""
     b, d = batch.actions.shape
-    if hasattr(agent, "alpha_controller"):  # MFQL
+    if method == "mfql":
         t = sample_flow_times(b, agent.config.time_steps, agent.generator)
         mfi, _ = mean_flow_identity_loss(agent.policy, batch, agent._noise(b, d), t, agent.config)
         q_loss, _ = actor_loss(agent.policy, agent.critic, batch, agent._noise(b, d), agent.config)
@@ -82,7 +82,7 @@ def main() -> None:
     parameters = list(agent.policy.parameters())
     bc_grads, q_grads = [], []
     for _ in range(args.batches):
-        bc, q = bc_and_q_losses(agent, buffer.sample(config.batch_size), checkpoint.step)
+        bc, q = bc_and_q_losses(config.agent, agent, buffer.sample(config.batch_size), checkpoint.step)
         bc_grads.append(flat_gradient(bc, parameters))
         q_grads.append(flat_gradient(q, parameters))
     bc_stack, q_stack = torch.stack(bc_grads), torch.stack(q_grads)
