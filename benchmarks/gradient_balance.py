@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from training.agents import build_agent
-from training.agents.fql import euler_flow_actions
+from training.agents.fql import fql_actor_loss
 from training.agents.mfql import actor_loss, mean_flow_identity_loss, sample_flow_times
 from training.checkpoint import load_policy_checkpoint
 from training.data.ogbench_files import load_task_datasets
@@ -39,12 +39,11 @@ def bc_and_q_losses(method: str, agent, batch, step: int) -> tuple[torch.Tensor,
         mfi, _ = mean_flow_identity_loss(agent.policy, batch, agent._noise(b, d), t, agent.config)
         q_loss, _ = actor_loss(agent.policy, agent.critic, batch, agent._noise(b, d), agent.config)
         return agent.alpha_controller.value(step) * mfi, q_loss
-    noise = agent._noise(b, d)  # FQL: distillation towards the BC flow's Euler solution
-    target = euler_flow_actions(agent.bc_flow, batch.observations, noise, agent.config.flow_steps)
-    raw = agent.policy(batch.observations, noise)
-    distill = agent.config.alpha * (raw - target).pow(2).mean()
-    q = agent.critic(batch.observations, raw.clamp(-1, 1)).mean(dim=0)
-    return distill, -q.mean()
+    # FQL: its own actor loss; the BC flow's loss does not touch the one-step policy.
+    t = torch.rand(b, 1, generator=agent.generator)
+    noises = (agent._noise(b, d), agent._noise(b, d))
+    _, info = fql_actor_loss(agent.bc_flow, agent.policy, agent.critic, batch, noises, t, agent.config)
+    return agent.config.alpha * info["actor/distill_loss"], info["actor/q_loss"]
 
 
 def flat_gradient(loss: torch.Tensor, parameters: list[torch.Tensor]) -> torch.Tensor:

@@ -18,9 +18,9 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from training.agents.fql import FQLAgent
-from training.agents.mfql import Batch, MFQLAgent
-from training.config import AgentConfig, NetworkConfig
+from training.agents import build_agent
+from training.agents.mfql import Batch
+from training.config import NetworkConfig, TrainConfig, resolve_agent_config
 
 
 def random_batch(batch_size: int, obs_dim: int, action_dim: int, generator: torch.Generator) -> Batch:
@@ -79,22 +79,20 @@ def flow_matching_bc_step(
     optimizer.step()
 
 
-def build_agent(method: str, obs_dim: int, action_dim: int, width: int):
-    """MFQL with a DiT or MLP policy, or FQL; MLPs and critics are 4 x `width`."""
+def make_agent(method: str, obs_dim: int, action_dim: int, width: int):
+    """MFQL with a DiT or MLP policy, or FQL, with cube-single's settings; MLPs and critics 4 x `width`."""
     hidden = (width,) * 4
-    if method == "fql":
-        config = AgentConfig(num_candidates=1, actor_lr=3e-4, critic_lr=3e-4)  # FQL's own settings
-        network = NetworkConfig(policy="mlp", mlp_hidden=hidden, critic_hidden=hidden)
-        return FQLAgent(obs_dim, action_dim, config, network, offline_steps=10**6)
-    policy = method.removeprefix("mfql-")
+    agent = "fql" if method == "fql" else "mfql"
+    config = resolve_agent_config(TrainConfig.env_name, "reference", agent=agent)
+    policy = "mlp" if agent == "fql" else method.removeprefix("mfql-")
     network = NetworkConfig(policy=policy, mlp_hidden=hidden, critic_hidden=hidden)
-    return MFQLAgent(obs_dim, action_dim, AgentConfig(num_candidates=5), network, offline_steps=10**6)
+    return build_agent(agent, obs_dim, action_dim, config, network, offline_steps=10**6, seed=0)
 
 
 def measure(method: str, steps: int, obs_dim: int, action_dim: int, batch_size: int, width: int) -> dict:
     generator = torch.Generator().manual_seed(0)
     batches = [random_batch(batch_size, obs_dim, action_dim, generator) for _ in range(8)]
-    agent = build_agent(method, obs_dim, action_dim, width)
+    agent = make_agent(method, obs_dim, action_dim, width)
     rate = time_steps(lambda i: agent.update(batches[i % 8], i), steps)
     flops = step_flops(lambda i: agent.update(batches[i % 8], i), steps + 10)
     row = {
