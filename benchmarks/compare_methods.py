@@ -44,15 +44,16 @@ def run(command: list[str]) -> str:
     return result.stdout
 
 
-def train_and_evaluate(args: argparse.Namespace, method: str, seed: int, extra: list[str]) -> dict:
-    run_dir = args.out / f"{method}-seed{seed}"
+def train_and_evaluate(args: argparse.Namespace, name: str, seed: int, flags: list[str]) -> dict:
+    """Train one arm (`name`, its `mfql-train` flags) for one seed, then evaluate its final checkpoint."""
+    run_dir = args.out / f"{name}-seed{seed}"
     evaluations = ["--eval-every", str(args.eval_every), "--eval-episodes", str(args.curve_episodes)]
     command = [
         *console("mfql-train", "training.train"),
         "--env", args.env, "--dataset-dir", str(args.dataset_dir), "--out", str(run_dir),
-        "--agent", method, "--policy", args.policy, "--steps", str(args.steps), "--seed", str(seed),
+        "--steps", str(args.steps), "--seed", str(seed),
         *(evaluations if args.eval_every else ["--eval-episodes", "0"]),
-        "--checkpoint-every", str(args.steps), "--overwrite", "--threads", str(args.threads), *extra,
+        "--checkpoint-every", str(args.steps), "--overwrite", "--threads", str(args.threads), *flags,
     ]  # fmt: skip
     start = time.perf_counter()
     run(command)
@@ -72,9 +73,10 @@ def train_and_evaluate(args: argparse.Namespace, method: str, seed: int, extra: 
         )
     )
     return {
-        "method": method,
+        "method": name,
         "seed": seed,
         "success_rate": report["success_rate"],
+        "success_rate_stderr": report["success_rate_stderr"],
         "wall_seconds": round(seconds, 1),
         # Every log interval holds the same number of steps: their harmonic mean is steps / time.
         "train_steps_per_second": statistics.harmonic_mean(rates),
@@ -101,7 +103,7 @@ def plot_learning_curves(args: argparse.Namespace, rows: list[dict]) -> Path:
             yerr=[float(p["success_rate_stderr"]) for p in points],
             marker="o",
             capsize=3,
-            label=f"{row['method'].upper()} seed {row['seed']}",
+            label=f"{row['method']} seed {row['seed']}",
         )
     ax.set_xlabel("gradient step")
     ax.set_ylabel(f"success rate ({args.curve_episodes} episodes)")
@@ -117,7 +119,7 @@ def plot_learning_curves(args: argparse.Namespace, rows: list[dict]) -> Path:
 
 def summarize(rows: list[dict]) -> dict:
     summary = {}
-    for method in METHODS:
+    for method in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == method]
         if not mine:
             continue
@@ -172,7 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     runs = [(method, seed) for method in args.methods.split(",") for seed in seeds]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        rows = list(pool.map(lambda run_: train_and_evaluate(args, *run_, extra), runs))
+        rows = list(
+            pool.map(
+                lambda run_: train_and_evaluate(
+                    args, run_[0], run_[1], ["--agent", run_[0], "--policy", args.policy, *extra]
+                ),
+                runs,
+            )
+        )
     if args.eval_every:
         plot_learning_curves(args, rows)
     result = {"env": args.env, "steps": args.steps, "seeds": seeds, "runs": rows, "summary": summarize(rows)}

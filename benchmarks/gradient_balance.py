@@ -7,7 +7,12 @@ parameters:
   of the Q term (L_actor: -Q plus the bound penalty), per batch;
 - the norm of each gradient averaged over the batches: a term that is mostly noise shrinks by
   about 1/sqrt(batches), a consistent one keeps its size;
-- the cosine between the two gradients.
+- the cosine between the two gradients;
+- MFQL only: the norm of the BC gradient when the MFI loss averages M = 1, 4, 16 (e, t) draws
+  per state of the same batch (`--mfi-draws`: how much of it is sampling noise), and its
+  norm restricted to bins of t (where along the flow the noise comes from);
+- the cosine between the step Adam would actually take (from the optimiser's moments in the
+  checkpoint) and the Q term's descent direction: how much of the Q signal survives Adam.
 
     python benchmarks/gradient_balance.py runs/default-cube-single [--batches 8]
 
@@ -24,7 +29,13 @@ import torch
 
 from training.agents import build_agent
 from training.agents.fql import fql_actor_loss
-from training.agents.mfql import actor_loss, mean_flow_identity_loss, sample_flow_times
+from training.agents.mfql import (
+    actor_loss,
+    adaptive_l2_loss,
+    mean_flow_identity_loss,
+    mean_flow_identity_target,
+    sample_flow_times,
+)
 from training.checkpoint import load_policy_checkpoint
 from training.data.ogbench_files import load_task_datasets
 from training.replay_buffer import ReplayBuffer
@@ -56,11 +67,65 @@ def flat_gradient(loss: torch.Tensor, parameters: list[torch.Tensor]) -> torch.T
     )
 
 
+def mfi_draw_gradients(agent, batch, step: int, draws: list[int]) -> dict[str, float]:
+    """Norm of the alpha * MFI gradient when the loss averages M (e, t) draws per state."""
+    b, d = batch.actions.shape
+    alpha = agent.alpha_controller.value(step)
+    parameters = list(agent.policy.parameters())
+    norms = {}
+    for m in draws:
+        t = sample_flow_times(m * b, agent.config.time_steps, agent.generator)
+        loss, _ = mean_flow_identity_loss(agent.policy, batch, agent._noise(m * b, d), t, agent.config)
+        norms[f"M={m}"] = flat_gradient(alpha * loss, parameters).norm().item()
+    return norms
+
+
+def mfi_gradient_by_time(agent, batch, step: int, edges: list[float]) -> dict[str, float]:
+    """Norm of the alpha * MFI gradient from the rows whose t falls in each bin (each bin's rows
+    contribute their share of the batch mean, so the bins' gradients sum to the whole)."""
+    b, d = batch.actions.shape
+    cfg = agent.config
+    t = sample_flow_times(b, cfg.time_steps, agent.generator)
+    g, target = mean_flow_identity_target(
+        agent.policy, batch.observations, batch.actions, agent._noise(b, d), t, cfg.target_clip
+    )
+    alpha = agent.alpha_controller.value(step)
+    parameters = list(agent.policy.parameters())
+    norms = {}
+    for low, high in zip(edges[:-1], edges[1:], strict=True):
+        rows = ((t[:, 0] > low) & (t[:, 0] <= high)).nonzero().squeeze(1)
+        if len(rows) == 0:
+            continue
+        share = adaptive_l2_loss(g[rows], target[rows], cfg.adaptive_gamma, cfg.adaptive_c) * len(rows) / b
+        norms[f"t in ({low:g}, {high:g}]"] = flat_gradient(alpha * share, parameters).norm().item()
+    return norms
+
+
+def adam_step_direction(
+    optimizer: torch.optim.Optimizer, parameters: list[torch.Tensor]
+) -> torch.Tensor | None:
+    """The direction of Adam's next step for `parameters` (bias-corrected m / (sqrt(v) + eps)),
+    as a descent direction (the update is -lr times it); None if the checkpoint has no moments."""
+    group = optimizer.param_groups[0]
+    beta1, beta2 = group["betas"]
+    pieces = []
+    for p in parameters:
+        state = optimizer.state.get(p)
+        if not state:
+            return None
+        step = float(state["step"])
+        m_hat = state["exp_avg"] / (1 - beta1**step)
+        v_hat = state["exp_avg_sq"] / (1 - beta2**step)
+        pieces.append((m_hat / (v_hat.sqrt() + group["eps"])).flatten())
+    return torch.cat(pieces)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path, help="run or step directory")
     parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--dataset-dir", type=Path, help="default: the one the run was trained on")
+    parser.add_argument("--mfi-draws", default="1,4,16", help="MFQL: M values for the draws gradient")
     args = parser.parse_args()
     torch.set_flush_denormal(True)
     checkpoint = load_policy_checkpoint(args.checkpoint)
@@ -86,6 +151,8 @@ def main() -> None:
         q_grads.append(flat_gradient(q, parameters))
     bc_stack, q_stack = torch.stack(bc_grads), torch.stack(q_grads)
     cosine = torch.nn.functional.cosine_similarity(bc_stack, q_stack, dim=1)
+    optimizer = next(iter(agent.optimizers().values()))
+    adam = adam_step_direction(optimizer, parameters)
     report = {
         "checkpoint": str(checkpoint.path),
         "agent": config.agent,
@@ -96,7 +163,31 @@ def main() -> None:
         "bc_grad_norm_of_mean": round(bc_stack.mean(dim=0).norm().item(), 3),
         "q_grad_norm_of_mean": round(q_stack.mean(dim=0).norm().item(), 3),
         "cosine_bc_q": round(cosine.mean().item(), 3),
+        # Adam's step vs the Q term's gradient (both descent directions of their losses)
+        "cosine_adam_step_q": None
+        if adam is None
+        else round(torch.nn.functional.cosine_similarity(adam, q_stack.mean(dim=0), dim=0).item(), 3),
+        "cosine_adam_step_bc": None
+        if adam is None
+        else round(torch.nn.functional.cosine_similarity(adam, bc_stack.mean(dim=0), dim=0).item(), 3),
     }
+    if config.agent == "mfql":
+        draws = [int(m) for m in args.mfi_draws.split(",")]
+        per_batch = [
+            mfi_draw_gradients(agent, buffer.sample(config.batch_size), checkpoint.step, draws)
+            for _ in range(args.batches)
+        ]
+        report["bc_grad_norm_by_mfi_draws"] = {
+            key: round(sum(n[key] for n in per_batch) / len(per_batch), 3) for key in per_batch[0]
+        }
+        edges = [0.0, 0.25, 0.5, 0.75, 1.0]
+        by_time = [
+            mfi_gradient_by_time(agent, buffer.sample(config.batch_size), checkpoint.step, edges)
+            for _ in range(args.batches)
+        ]
+        report["bc_grad_norm_by_t_bin"] = {
+            key: round(sum(n.get(key, 0.0) for n in by_time) / len(by_time), 3) for key in by_time[0]
+        }
     print(json.dumps(report, indent=2))
 
 

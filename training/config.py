@@ -12,6 +12,7 @@ from typing import Literal
 
 PolicyType = Literal["dit", "mlp"]
 AlphaSchedule = Literal["adaptive", "cosine"]
+ActorLrSchedule = Literal["warmup-cosine", "constant"]
 HyperparameterSource = Literal["paper", "reference"]
 
 
@@ -110,12 +111,21 @@ class AgentConfig:
     normalize_q_loss: bool = False  # scale the Q term by 1 / stopgrad(mean|Q|)
     bound_loss_weight: float = 1.0  # weight of the [-1, 1] bound penalty
     actor_lr: float = 1e-4  # peak actor learning rate
+    actor_lr_schedule: ActorLrSchedule = "warmup-cosine"  # reference schedule, or constant actor_lr
     actor_warmup_fraction: float = 0.05  # linear warm-up share of offline steps
     actor_min_lr_ratio: float = 0.1  # cosine floor (and online lr) as a share of actor_lr
     critic_lr: float = PAPER_CRITIC_LR  # constant critic learning rate
+    schedule_steps: int | None = None  # steps the actor-lr and alpha schedules span (None: the run's)
+    mfi_draws: int = 1  # (e, t) draws per state in the MFI loss (1: the paper's single draw)
     grad_clip: float = 1.0  # global grad-norm clip, per optimiser (MFQL; FQL does not clip)
     flow_steps: int = 10  # FQL only: Euler steps of the BC flow that the one-step policy distils
     hyperparameters: HyperparameterSource = "paper"  # which critic lr/discount defaults were used
+
+    def __post_init__(self) -> None:
+        if self.mfi_draws < 1:
+            raise ValueError(f"mfi_draws must be >= 1; got {self.mfi_draws}")
+        if self.schedule_steps is not None and self.schedule_steps < 1:
+            raise ValueError(f"schedule_steps must be >= 1 (or unset); got {self.schedule_steps}")
 
 
 @dataclass(frozen=True)
@@ -137,6 +147,8 @@ class TrainConfig:
     checkpoint_every: int = 50_000  # steps between checkpoints (one is always written at the end)
     keep_checkpoints: int = 3  # newest step directories kept
     threads: int | None = None  # torch intra-op threads (None: torch default)
+    precision: Literal["fp32", "bf16"] = "fp32"  # number format of matmuls (resolved from 'auto')
+    compile: bool = False  # torch.compile the step's forward passes (speed only; same maths)
     agent_config: AgentConfig = field(default_factory=AgentConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
 

@@ -79,6 +79,19 @@ class TimeEmbedding(nn.Module):
         return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
 
 
+def full_precision(layer: nn.Module, x: Tensor) -> Tensor:
+    """`layer(x)` in float32 even inside a bf16 autocast region.
+
+    Output layers are tiny (width -> action_dim, width -> 1) but their rounding is what the
+    losses see: a bf16 Q value near -30 is only exact to 0.125, and the MFI target subtracts
+    nearly equal terms. Outside autocast (fp32 training, export) this is just `layer(x)`.
+    """
+    if not torch.is_autocast_enabled(x.device.type):
+        return layer(x)
+    with torch.autocast(x.device.type, enabled=False):
+        return layer(x.float())
+
+
 def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1 + scale) + shift
 
@@ -133,7 +146,14 @@ class DiTPolicy(nn.Module):
             # Reference mixing: x + 0.1 (block(x) - x)
             x = x + self.residual_scale * (block(x, c) - x)
         shift, scale = self.final_modulation(c).chunk(2, dim=-1)
-        return self.head(_modulate(self.final_norm(x), shift, scale))
+        return full_precision(self.head, _modulate(self.final_norm(x), shift, scale))
+
+
+def _run_mlp(net: nn.Sequential, x: Tensor) -> Tensor:
+    """The hidden layers as they are (bf16 under autocast), the output layer in float32."""
+    for layer in net[:-1]:
+        x = layer(x)
+    return full_precision(net[-1], x)
 
 
 def _mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, zero_head: bool) -> nn.Sequential:
@@ -158,7 +178,7 @@ class MLPPolicy(nn.Module):
 
     def forward(self, observations: Tensor, z: Tensor, t: Tensor) -> Tensor:
         """t is [B, 1], or [1, 1] for one time shared by every row."""
-        return self.net(torch.cat([observations, z, t.expand(z.shape[0], 1)], dim=-1))
+        return _run_mlp(self.net, torch.cat([observations, z, t.expand(z.shape[0], 1)], dim=-1))
 
 
 class OneStepMLPPolicy(nn.Module):
@@ -170,7 +190,7 @@ class OneStepMLPPolicy(nn.Module):
         self.net = _mlp(obs_dim + action_dim, config.mlp_hidden, action_dim, zero_head=False)
 
     def forward(self, observations: Tensor, z: Tensor, t: Tensor | None = None) -> Tensor:
-        return self.net(torch.cat([observations, z], dim=-1))
+        return _run_mlp(self.net, torch.cat([observations, z], dim=-1))
 
 
 def build_policy(obs_dim: int, action_dim: int, config: NetworkConfig, agent: str = "mfql") -> nn.Module:
@@ -232,4 +252,4 @@ class CriticEnsemble(nn.Module):
     def forward(self, observations: Tensor, actions: Tensor) -> Tensor:
         """Q values [E, B] for observations [B, obs_dim] and actions [B, action_dim]."""
         x = torch.cat([observations, actions], dim=-1).unsqueeze(0)
-        return self.net(x).squeeze(-1)
+        return _run_mlp(self.net, x).squeeze(-1)

@@ -9,13 +9,27 @@ from dataclasses import dataclass
 from training.config import AgentConfig
 
 
+def schedule_horizon(offline_steps: int, config: AgentConfig) -> int:
+    """The step count the schedules span: the run's offline steps, or `schedule_steps` if set.
+
+    A 30k-step run with schedule_steps = 1M trains "as if 1M steps, stopped early"
+    (ALGORITHM.md, "Schedules depend on the total step count").
+    """
+    return config.schedule_steps or offline_steps
+
+
 def actor_learning_rate(update_index: int, offline_steps: int, config: AgentConfig) -> float:
-    """Linear warm-up, cosine decay to min_ratio * lr over the offline steps, then the floor.
+    """Linear warm-up, cosine decay to min_ratio * lr over the offline steps, then the floor;
+    or `actor_lr` throughout with `actor_lr_schedule = 'constant'` (a study option: FQL's
+    constant-lr regime, not the reference's).
 
     `update_index` counts from 0 (optax's schedule count), so the very first update of a
-    run with warm-up uses lr 0, as the reference's schedule does.
+    run with warm-up uses lr 0, as the reference's schedule does. `offline_steps` is the
+    schedule's horizon (`schedule_horizon`).
     """
     peak = config.actor_lr
+    if config.actor_lr_schedule == "constant":
+        return peak
     floor = peak * config.actor_min_lr_ratio
     if update_index > offline_steps:
         return floor  # offline-to-online fine-tuning keeps the minimum

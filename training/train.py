@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -19,6 +20,7 @@ from training.config import NetworkConfig, TrainConfig, resolve_agent_config
 from training.evaluate import evaluate_policy
 from training.inference import ServingPolicy
 from training.networks import ObservationNormalizer
+from training.precision import resolve_precision
 from training.replay_buffer import ReplayBuffer
 from training.run_log import RunLog
 from training.training_state import restore_training_state, save_training_state
@@ -69,6 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-checkpoints", type=int, default=TrainConfig.keep_checkpoints)
     p.add_argument("--threads", type=int, help="torch intra-op threads")
     p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "auto"],
+        default="auto",
+        help="matmul number format; auto = bf16 where the CPU (AMX/AVX512-BF16) or GPU has it natively",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the step's forward passes (about a minute at start; cached in "
+        "~/.cache/mfql/torchinductor, or TORCHINDUCTOR_CACHE_DIR)",
+    )
+    p.add_argument(
         "--hyperparameters",
         choices=["paper", "reference"],
         default="paper",
@@ -82,6 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--actor-lr", type=float)
     p.add_argument("--critic-lr", type=float)
     p.add_argument("--normalize-q-loss", action="store_true", default=None)
+    p.add_argument(
+        "--actor-lr-schedule",
+        choices=["warmup-cosine", "constant"],
+        help="actor lr: the reference's warm-up + cosine (default) or constant --actor-lr",
+    )
+    p.add_argument(
+        "--schedule-steps",
+        type=int,
+        help="steps the actor-lr and alpha schedules span (default --steps); e.g. 1000000 = as if 1M, stopped early",
+    )
+    p.add_argument(
+        "--mfi-draws", type=int, help="(e, t) draws per state in the MFI loss (default 1, the paper's)"
+    )
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--overwrite", action="store_true", help="delete --out first")
     p.add_argument(
@@ -103,6 +130,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         actor_lr=args.actor_lr,
         critic_lr=args.critic_lr,
         normalize_q_loss=args.normalize_q_loss,
+        actor_lr_schedule=args.actor_lr_schedule,
+        schedule_steps=args.schedule_steps,
+        mfi_draws=args.mfi_draws,
     )
     return TrainConfig(
         env_name=args.env,
@@ -120,6 +150,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         checkpoint_every=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints,
         threads=args.threads,
+        precision=resolve_precision(args.precision),
+        compile=args.compile,
         agent_config=agent,
         network=NetworkConfig(
             policy=args.policy,
@@ -163,6 +195,8 @@ class Trainer:
             config.network,
             config.offline_steps,
             config.seed,
+            config.precision,
+            config.compile,
         )
         self.buffer = ReplayBuffer(train_set, self.mean, self.std, config.online_steps, config.seed)
         self.step, self.metrics = 0, {}
@@ -266,16 +300,21 @@ def main(argv: list[str] | None = None) -> int:
         resume_from = prepare_run_dir(run_dir, args.resume, args.overwrite)
         if resume_from is not None:
             stored = load_policy_checkpoint(resume_from).config
-            # The stored run defines the maths; only the online phase may be extended, and the
-            # thread count (speed and float rounding, not the maths) may be set anew.
+            # The stored run defines the maths (precision included); only the online phase may be
+            # extended, and the thread count and compilation (speed and float rounding, not the
+            # maths) may be set anew.
             config = replace(
                 stored,
                 online_steps=max(stored.online_steps, args.online_steps),
                 out_dir=str(run_dir),
                 threads=args.threads or stored.threads,
+                compile=args.compile or stored.compile,
             )
         if config.threads:
             torch.set_num_threads(config.threads)
+        if config.compile:
+            # A persistent compile cache: the first run pays the compile, later ones reuse it.
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache/mfql/torchinductor"))
         # Zero-initialised adaLN/head layers drift through denormal floats, which made CPU
         # matmuls ~3x slower (DiT: 1.6 -> 4.5 steps/s); flushing them changes no result that matters.
         torch.set_flush_denormal(True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from training.agents.fql import FQLAgent
 from training.agents.mfql import MFQLAgent
 from training.config import AgentConfig, NetworkConfig
+from training.precision import Precision
 
 Agent = MFQLAgent | FQLAgent
 AGENTS = {"mfql": MFQLAgent, "fql": FQLAgent}
@@ -18,7 +19,9 @@ def build_agent(
     network: NetworkConfig,
     offline_steps: int,
     seed: int,
+    precision: Precision = "fp32",
+    compile: bool = False,
 ) -> Agent:
     if name not in AGENTS:
         raise ValueError(f"unknown agent {name!r}; expected one of {sorted(AGENTS)}")
-    return AGENTS[name](obs_dim, action_dim, config, network, offline_steps, seed)
+    return AGENTS[name](obs_dim, action_dim, config, network, offline_steps, seed, precision, compile)

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from training.agents.common import Batch, best_of_k, critic_loss, ema_update, frozen_critic_q
 from training.config import AgentConfig, NetworkConfig
 from training.networks import CriticEnsemble, MLPPolicy, OneStepMLPPolicy
+from training.precision import Precision, matmul_autocast
 
 
 def flow_matching_loss(
@@ -80,9 +81,13 @@ class FQLAgent:
         network: NetworkConfig,
         offline_steps: int,
         seed: int = 0,
+        precision: Precision = "fp32",
+        compile: bool = False,
     ) -> None:
         torch.manual_seed(seed)
         self.config = config
+        self.precision = precision
+        self._losses = torch.compile(self._step_losses) if compile else self._step_losses
         self.obs_dim, self.action_dim = obs_dim, action_dim
         self.bc_flow = MLPPolicy(obs_dim, action_dim, network, zero_head=False)
         self.policy = OneStepMLPPolicy(obs_dim, action_dim, network)
@@ -95,26 +100,33 @@ class FQLAgent:
     def _noise(self, *shape: int) -> Tensor:
         return torch.randn(*shape, generator=self.generator)
 
+    def _step_losses(
+        self, batch: Batch, noises: tuple[Tensor, Tensor, Tensor], t: Tensor
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """L_critic and FQL's actor loss of one step and their info: the part `compile` compiles."""
+        next_noise, flow_noise, policy_noise = noises
+        cfg = self.config
+        c_loss, c_info = critic_loss(
+            self.critic, self.target_critic, self.policy, batch, next_noise, cfg.discount
+        )
+        a_loss, a_info = fql_actor_loss(
+            self.bc_flow, self.policy, self.critic, batch, (flow_noise, policy_noise), t, cfg
+        )
+        return c_loss, a_loss, {**c_info, **a_info}
+
     def update(self, batch: Batch, step: int) -> dict[str, float]:
         b, d = batch.actions.shape
         cfg = self.config
-        c_loss, c_info = critic_loss(
-            self.critic,
-            self.target_critic,
-            self.policy,
-            batch,
-            self._noise(cfg.num_candidates, b, d),
-            cfg.discount,
-        )
+        next_noise = self._noise(cfg.num_candidates, b, d)
         t = torch.rand(b, 1, generator=self.generator)
-        a_loss, a_info = fql_actor_loss(
-            self.bc_flow, self.policy, self.critic, batch, (self._noise(b, d), self._noise(b, d)), t, cfg
-        )
+        noises = (next_noise, self._noise(b, d), self._noise(b, d))
+        with matmul_autocast(self.precision):
+            c_loss, a_loss, info = self._losses(batch, noises, t)
         self.optimizer.zero_grad(set_to_none=True)
         (c_loss + a_loss).backward()
         self.optimizer.step()
         ema_update(self.target_critic, self.critic, cfg.tau)
-        info = {key: float(value.detach()) for key, value in {**c_info, **a_info}.items()}
+        info = {key: float(value.detach()) for key, value in info.items()}
         info.update({"alpha": cfg.alpha, "total_loss": info["critic/loss"] + info["actor/loss"]})
         return info
 

@@ -25,7 +25,8 @@ from training.agents.common import (
 )
 from training.config import AgentConfig, NetworkConfig
 from training.networks import CriticEnsemble, build_policy
-from training.schedules import AlphaController, actor_learning_rate
+from training.precision import Precision, matmul_autocast
+from training.schedules import AlphaController, actor_learning_rate, schedule_horizon
 
 
 def sample_flow_times(batch_size: int, time_steps: int, generator: torch.Generator) -> Tensor:
@@ -71,9 +72,17 @@ def adaptive_l2_loss(prediction: Tensor, target: Tensor, gamma: float, c: float)
 def mean_flow_identity_loss(
     policy: nn.Module, batch: Batch, noise: Tensor, t: Tensor, config: AgentConfig
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    g, target = mean_flow_identity_target(
-        policy, batch.observations, batch.actions, noise, t, config.target_clip
-    )
+    """Adaptive-L2 MFI loss over M = len(noise) / B independent (e, t) draws per state.
+
+    M = 1 is the paper's single-sample estimate. M > 1 (`mfi_draws`, a study option) averages
+    the same loss over more draws of the same states: the same expected gradient, with the
+    variance of the (e, t) sampling divided by M.
+    """
+    draws = noise.shape[0] // batch.observations.shape[0]
+    observations, actions = batch.observations, batch.actions
+    if draws > 1:
+        observations, actions = observations.repeat(draws, 1), actions.repeat(draws, 1)
+    g, target = mean_flow_identity_target(policy, observations, actions, noise, t, config.target_clip)
     loss = adaptive_l2_loss(g, target, config.adaptive_gamma, config.adaptive_c)
     return loss, {"mfi/loss": loss, "mfi/mse": (g - target).pow(2).mean()}
 
@@ -113,37 +122,52 @@ class MFQLAgent:
         network: NetworkConfig,
         offline_steps: int,
         seed: int = 0,
+        precision: Precision = "fp32",
+        compile: bool = False,
     ) -> None:
         torch.manual_seed(seed)
         self.config = config
-        self.offline_steps = offline_steps
+        self.precision = precision
+        # torch.compile fuses the elementwise work around the matmuls (norms, GELUs, adaLN
+        # modulation, casts) into one kernel each; the maths is the eager code's.
+        self._losses = torch.compile(self._step_losses) if compile else self._step_losses
+        self.offline_steps = schedule_horizon(offline_steps, config)
         self.obs_dim, self.action_dim = obs_dim, action_dim
         self.policy = build_policy(obs_dim, action_dim, network)
         self.critic = CriticEnsemble(obs_dim, action_dim, network)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor_optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
-        self.alpha_controller = AlphaController(config, offline_steps)
+        self.alpha_controller = AlphaController(config, self.offline_steps)
         self.generator = torch.Generator().manual_seed(seed + 1)
 
     def _noise(self, *shape: int) -> Tensor:
         return torch.randn(*shape, generator=self.generator)
 
+    def _step_losses(
+        self, batch: Batch, noises: tuple[Tensor, Tensor, Tensor], t: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
+        """L_critic, L_MFI, L_actor of one step and their info: the part `compile` compiles."""
+        next_noise, mfi_noise, actor_noise = noises
+        cfg = self.config
+        c_loss, c_info = critic_loss(
+            self.critic, self.target_critic, self.policy, batch, next_noise, cfg.discount
+        )
+        mfi_loss, mfi_info = mean_flow_identity_loss(self.policy, batch, mfi_noise, t, cfg)
+        a_loss, a_info = actor_loss(self.policy, self.critic, batch, actor_noise, cfg)
+        return c_loss, mfi_loss, a_loss, {**c_info, **mfi_info, **a_info}
+
     def update(self, batch: Batch, step: int) -> dict[str, float]:
         """One gradient step; `step` counts updates from 1."""
         b, d = batch.actions.shape
         cfg = self.config
-        c_loss, c_info = critic_loss(
-            self.critic,
-            self.target_critic,
-            self.policy,
-            batch,
-            self._noise(cfg.num_candidates, b, d),
-            cfg.discount,
-        )
-        t = sample_flow_times(b, cfg.time_steps, self.generator)
-        mfi_loss, mfi_info = mean_flow_identity_loss(self.policy, batch, self._noise(b, d), t, cfg)
-        a_loss, a_info = actor_loss(self.policy, self.critic, batch, self._noise(b, d), cfg)
+        m = cfg.mfi_draws
+        next_noise = self._noise(cfg.num_candidates, b, d)
+        t = sample_flow_times(m * b, cfg.time_steps, self.generator)
+        noises = (next_noise, self._noise(m * b, d), self._noise(b, d))
+        # Forward passes only: backward runs each op in its forward's dtype, Adam in float32.
+        with matmul_autocast(self.precision):
+            c_loss, mfi_loss, a_loss, info = self._losses(batch, noises, t)
 
         alpha = self.alpha_controller.value(step)
         if self.alpha_controller.due(step):
@@ -161,13 +185,7 @@ class MFQLAgent:
         self.critic_optimizer.step()
         ema_update(self.target_critic, self.critic, self.config.tau)
 
-        info = {
-            **c_info,
-            **mfi_info,
-            **a_info,
-            "actor/grad_norm": actor_grad,
-            "critic/grad_norm": critic_grad,
-        }
+        info = {**info, "actor/grad_norm": actor_grad, "critic/grad_norm": critic_grad}
         out = {key: float(value.detach()) for key, value in info.items()}
         out.update(
             {

@@ -69,10 +69,17 @@ def _validate_file(path: Path, task: TaskName) -> None:
     validate_raw_arrays(path, read_npz(path), keys)
 
 
+# ALGORITHM.md, "Details the reference implementation settles": dataset actions are clipped
+# to +-(1 - 1e-5) on load, so no target sits exactly on the policy's clipping bound.
+ACTION_CLIP = 1 - 1e-5
+# ... and a constant observation dimension (std < 1e-6) is normalised with std 1.
+MIN_OBSERVATION_STD = 1e-6
+
+
 def _as_offline(split: dict[str, np.ndarray], source: Path) -> OfflineDataset:
     return OfflineDataset(
         observations=np.asarray(split["observations"], dtype=np.float32),
-        actions=np.asarray(split["actions"], dtype=np.float32),
+        actions=np.clip(np.asarray(split["actions"], dtype=np.float32), -ACTION_CLIP, ACTION_CLIP),
         rewards=np.asarray(split["rewards"], dtype=np.float32),
         masks=np.asarray(split["masks"], dtype=np.float32),
         terminals=np.asarray(split["terminals"], dtype=np.float32),
@@ -100,9 +107,11 @@ def load_task_datasets(env_name: str, dataset_dir: Path) -> tuple[OfflineDataset
 
 
 def observation_statistics(dataset: OfflineDataset) -> tuple[np.ndarray, np.ndarray]:
-    """Per-dimension mean and standard deviation of the observations (float32)."""
+    """Per-dimension mean and standard deviation of the observations (float32); std < 1e-6 -> 1."""
     observations = dataset.observations.astype(np.float64)
-    return observations.mean(axis=0).astype(np.float32), observations.std(axis=0).astype(np.float32)
+    std = observations.std(axis=0)
+    std = np.where(std < MIN_OBSERVATION_STD, 1.0, std)
+    return observations.mean(axis=0).astype(np.float32), std.astype(np.float32)
 
 
 def make_task_env(env_name: str):

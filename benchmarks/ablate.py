@@ -1,0 +1,172 @@
+"""The MFQL study: one command trains a grid of arms on the same data, seeds and step budget.
+
+Each arm is a set of `mfql-train` flags on top of a shared base (MLP 4x256 policy and critics,
+the reference's critic lr and discount). Every run evaluates during training (25 episodes by
+default) and once more at the end (50 episodes, the same evaluation seeds for every arm),
+then the study writes `<out>/study.json`, `<out>/study.md` (a table) and `<out>/study.png`
+(success during training, one line per arm).
+
+    python benchmarks/ablate.py --dataset-dir data --steps 30000 --jobs 2 --threads 1 \\
+        --arms paper,lr-constant,draws-4 --out runs/study
+
+`--list` prints the arms. Extra `mfql-train` flags for every arm go after `--`,
+e.g. `-- --compile`. The arms and what each tests are in ARMS below; README
+("The MFQL study") reports the ones that were run. Runs already recorded in
+`<out>/study.json` are kept, so a study can be run in rounds into the same folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_methods import plot_learning_curves, summarize, train_and_evaluate  # noqa: E402
+
+BASE = [
+    "--policy", "mlp", "--mlp-hidden", "256,256,256,256", "--critic-hidden", "256,256,256,256",
+    "--hyperparameters", "reference", "--precision", "auto",
+]  # fmt: skip
+CONSTANT_LR = ["--actor-lr-schedule", "constant", "--actor-lr", "3e-4"]
+
+# name -> (what it tests, its flags on top of BASE)
+ARMS: dict[str, tuple[str, list[str]]] = {
+    "paper": ("the paper's setting, schedules squeezed into the run", []),
+    "horizon-1M": ("schedules as if 1M steps, stopped early", ["--schedule-steps", "1000000"]),
+    "lr-constant": ("constant actor lr 3e-4 (FQL's), no warm-up or decay", CONSTANT_LR),
+    "lr-constant-fp32": (
+        "lr-constant with fp32 matmuls (the bf16 check)",
+        [*CONSTANT_LR, "--precision", "fp32"],
+    ),
+    "draws-4": ("constant lr + 4 (e, t) draws per state in the MFI loss", [*CONSTANT_LR, "--mfi-draws", "4"]),
+    "alpha-30": ("constant lr, alpha 30", [*CONSTANT_LR, "--alpha", "30"]),
+    "alpha-100": ("constant lr, alpha 100", [*CONSTANT_LR, "--alpha", "100"]),
+    "alpha-1000": ("constant lr, alpha 1000", [*CONSTANT_LR, "--alpha", "1000"]),
+    "dit": ("constant lr, the reference's DiT policy", [*CONSTANT_LR, "--policy", "dit"]),
+    "fql": ("the FQL baseline (its own settings)", ["--agent", "fql"]),
+}
+
+
+def plot_losses(rows: list[dict], out: Path) -> Path:
+    """study-losses.png: critic loss, BC loss (MFQL: MFI; FQL: flow matching) and Q per arm."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (
+        ("critic/loss", "critic loss"),
+        ("mfi/loss|bc_flow/loss", "BC loss"),
+        ("actor/q", "Q of the policy's action"),
+    )
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for row in rows:
+        with open(Path(row["run_dir"]) / "metrics.csv", newline="") as handle:
+            lines = list(csv.DictReader(handle))
+        steps = [int(line["step"]) for line in lines]
+        for ax, (keys, title) in zip(axes, panels, strict=True):
+            key = next((k for k in keys.split("|") if k in lines[0]), None)
+            if key is None:
+                continue
+            values = [float(line[key]) for line in lines]
+            window = max(1, len(values) // 30)  # a running mean, so runs can be told apart
+            smooth = [
+                sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1])
+                for i in range(len(values))
+            ]
+            ax.plot(steps, smooth, label=f"{row['method']} seed {row['seed']}")
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("gradient step")
+    axes[0].set_yscale("log")
+    axes[1].set_yscale("log")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "study-losses.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def markdown(args: argparse.Namespace, rows: list[dict], summary: dict) -> str:
+    lines = [
+        f"{args.env}, {args.steps} steps, seeds {args.seeds}, final evaluation over {args.eval_episodes} "
+        f"episodes, base flags `{' '.join(BASE + args.extra)}`",
+        "",
+        "| arm | what it tests | success (final) | during training | steps/s |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in summary.items():
+        curve = []
+        for run in (r for r in rows if r["method"] == name):
+            with open(Path(run["run_dir"]) / "evaluations.csv") as handle:
+                curve.append(" / ".join(f"{float(line.split(',')[1]):.2f}" for line in list(handle)[1:]))
+        lines.append(
+            f"| {name} | {ARMS[name][0]} | {row['success_rate_mean']:.2f} +/- {row['success_rate_stdev']:.2f} "
+            f"| {'; '.join(curve)} | {row['train_steps_per_second']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--env", default="cube-single-play-singletask-task2-v0")
+    parser.add_argument("--dataset-dir", type=Path, default=Path("data"))
+    parser.add_argument("--steps", type=int, default=30_000)
+    parser.add_argument("--seeds", default="0", help="comma-separated training seeds")
+    parser.add_argument(
+        "--arms", default="paper,lr-constant,draws-4", help="comma-separated; --list shows all"
+    )
+    parser.add_argument("--list", action="store_true", help="print the arms and exit")
+    parser.add_argument("--eval-episodes", type=int, default=50)
+    parser.add_argument("--eval-every", type=int, default=10_000)
+    parser.add_argument("--curve-episodes", type=int, default=25)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads per run")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at the same time")
+    parser.add_argument("--out", type=Path, default=Path("runs/study"))
+    args = parser.parse_args(argv)
+    args.extra = extra
+    if args.list:
+        for name, (what, flags) in ARMS.items():
+            print(f"{name:12s} {what}: {' '.join(flags) or '(base only)'}")
+        return 0
+    arms = args.arms.split(",")
+    unknown = [name for name in arms if name not in ARMS]
+    if unknown:
+        parser.error(f"unknown arm(s) {unknown}; expected some of {list(ARMS)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    runs = [(name, seed) for name in arms for seed in seeds]
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        rows = list(
+            pool.map(lambda r: train_and_evaluate(args, r[0], r[1], [*BASE, *ARMS[r[0]][1], *extra]), runs)
+        )
+    previous = args.out / "study.json"
+    if previous.is_file():
+        done = set(runs)
+        rows = [
+            r for r in json.loads(previous.read_text())["runs"] if (r["method"], r["seed"]) not in done
+        ] + rows
+    if args.eval_every:
+        plot_learning_curves(args, rows).rename(args.out / "study.png")
+    plot_losses(rows, args.out)
+    summary = summarize(rows)
+    result = {"env": args.env, "steps": args.steps, "runs": rows, "summary": summary}
+    (args.out / "study.json").write_text(json.dumps(result, indent=2))
+    (args.out / "study.md").write_text(markdown(args, rows, summary))
+    print((args.out / "study.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
