@@ -152,16 +152,23 @@ def test_method_comparison_runs_both_agents_on_the_same_data(data_dir, tmp_path)
 def test_training_speed_benchmark_counts_flops_against_the_matmul_ceiling():
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "train_speed.py"
     result = subprocess.run(
-        [sys.executable, str(script), "--steps", "1", "--threads", "1", "--width", "32", "--methods", "mfql-mlp,fql"],
+        [
+            sys.executable, str(script), "--steps", "1", "--threads", "1", "--width", "32",
+            "--methods", "mfql-mlp,fql", "--precisions", "fp32,bf16", "--components",
+        ],
         capture_output=True, text=True, env=ENV, timeout=300, cwd=script.parents[1],
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout[: result.stdout.index("\n|")])
-    assert report["matmul_gflop_per_s"] > 0
-    mfql, fql = report["results"]
-    assert (mfql["method"], fql["method"]) == ("mfql-mlp", "fql")
+    assert set(report["matmul_gflop_per_s"]) == {"fp32", "bf16"}
+    rows = {(row["method"], row["precision"]): row for row in report["results"]}
+    assert set(rows) == {("mfql-mlp", "fp32"), ("mfql-mlp", "bf16"), ("fql", "fp32"), ("fql", "bf16")}
+    mfql, fql = rows["mfql-mlp", "fp32"], rows["fql", "fp32"]
     # MFQL's step does the K=5 target and the JVP; FQL's does a 10-step flow: both count work.
     assert mfql["gflop_per_step"] > 0 and fql["gflop_per_step"] > 0
-    ceiling = report["matmul_gflop_per_s"] / mfql["gflop_per_step"]  # from rounded values
+    assert rows["mfql-mlp", "bf16"]["gflop_per_step"] == pytest.approx(mfql["gflop_per_step"], rel=0.05)
+    ceiling = report["matmul_gflop_per_s"]["fp32"] / mfql["gflop_per_step"]  # from rounded values
     assert mfql["steps_per_s_ceiling"] == pytest.approx(ceiling, rel=0.05)
     assert "flow_bc_steps_per_s" in mfql and "flow_bc_steps_per_s" not in fql
+    assert len(mfql["components_ms"]) == 5 and all(ms > 0 for ms in mfql["components_ms"].values())
+    assert report["sampling"]["share_of_fastest_step"] > 0
