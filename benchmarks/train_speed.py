@@ -224,7 +224,10 @@ def measure(method: str, precision: str, args: argparse.Namespace, compile_: boo
 def run_reference(args: argparse.Namespace) -> dict:
     """The JAX reference's steps/s, from reference_speed.py run by the JAX venv's python."""
     result = subprocess.run(
-        [args.reference_python, str(args.reference_script), "--reference", str(args.reference), "--batch-size", str(args.batch_size)],
+        [
+            args.reference_python, str(args.reference_script), "--reference", str(args.reference),
+            "--batch-size", str(args.batch_size), "--steps", str(2 * args.steps),
+        ],
         capture_output=True, text=True, timeout=3600,
     )  # fmt: skip
     if result.returncode != 0:

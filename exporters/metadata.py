@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.metadata
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
 import onnx
 import onnxruntime
@@ -51,6 +52,15 @@ def _mfql_version() -> str | None:
         return importlib.metadata.version("mfql")
     except importlib.metadata.PackageNotFoundError:  # running from a source tree without install
         return None
+
+
+def _portable_config(config) -> dict:
+    """The training config with the run and dataset folders by name only: a bundle travels to
+    other machines, and the absolute paths of the one that built it mean nothing there."""
+    data = config_to_dict(config)
+    data["dataset_dir"] = Path(config.dataset_dir).name
+    data["out_dir"] = Path(config.out_dir).name
+    return data
 
 
 def _dataset_name(env_name: str) -> str:
@@ -106,14 +116,14 @@ def build_metadata(
         "agent": config.agent,
         "env_name": config.env_name,
         "dataset": _dataset_name(config.env_name),
-        "dataset_dir": config.dataset_dir,
         "training_seed": config.seed,
-        "training_config": config_to_dict(config),
+        "training_config": _portable_config(config),
         "training_step": checkpoint.step,
         "success_rate": (evaluation or checkpoint.metrics).get("success_rate"),
         "evaluation": _evaluation_summary(evaluation),
         "training_metrics": checkpoint.metrics,
-        "source_checkpoint": str(checkpoint.path),
+        # run/checkpoints/step_<N>: where it came from, without this machine's folders
+        "source_checkpoint": str(Path(*checkpoint.path.resolve().parts[-3:])),
         "source_checkpoint_sha256": checkpoint.sha256(),
         "exported_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "versions": {

@@ -171,3 +171,25 @@ def test_constant_observation_dimension_gets_std_one_and_actions_are_clipped():
     clipped = _as_offline(split, source="test").actions
     assert clipped.max() == np.float32(ACTION_CLIP) and clipped.min() == np.float32(-ACTION_CLIP)
     assert clipped[2, 0] == 0.5
+
+
+# --- torch.compile ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("agent_name", "policy_type"), [("mfql", "dit"), ("mfql", "mlp"), ("fql", "mlp")])
+def test_compiled_update_matches_the_eager_one(agent_name, policy_type):
+    """--compile changes speed, not the maths: same losses and weights after a few steps
+    (from the zero-initialised heads and adaLN layers on, as a real run starts)."""
+    config = resolve_agent_config(TASK, "reference", agent=agent_name)
+    network = dataclasses.replace(SMALL, policy=policy_type, dit_width=32, dit_depth=1, time_frequencies=16)
+    batches = [make_batch(seed=i) for i in range(3)]
+    agents = [build_agent(agent_name, 6, 3, config, network, 100, seed=0, compile=c) for c in (False, True)]
+    for step, batch in enumerate(batches, start=1):
+        eager, compiled = (agent.update(batch, step) for agent in agents)
+        for key, value in eager.items():
+            assert compiled[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
+    for (name, eager_p), compiled_p in zip(
+        agents[0].policy.named_parameters(), agents[1].policy.parameters(), strict=True
+    ):
+        torch.testing.assert_close(compiled_p, eager_p, rtol=1e-4, atol=1e-5, msg=name)
