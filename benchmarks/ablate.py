@@ -102,12 +102,17 @@ def markdown(args: argparse.Namespace, rows: list[dict], summary: dict) -> str:
         "|---|---|---|---|---|",
     ]
     for name, row in summary.items():
+        mine = [r for r in rows if r["method"] == name]
         curve = []
-        for run in (r for r in rows if r["method"] == name):
+        for run in mine:
             with open(Path(run["run_dir"]) / "evaluations.csv") as handle:
                 curve.append(" / ".join(f"{float(line.split(',')[1]):.2f}" for line in list(handle)[1:]))
+        if len(mine) == 1:  # one seed: the spread is the evaluation's own standard error
+            spread = f"+/- {mine[0]['success_rate_stderr']:.2f} (s.e.)"
+        else:
+            spread = f"+/- {row['success_rate_stdev']:.2f} (std over {len(mine)} seeds)"
         lines.append(
-            f"| {name} | {ARMS[name][0]} | {row['success_rate_mean']:.2f} +/- {row['success_rate_stdev']:.2f} "
+            f"| {name} | {ARMS[name][0]} | {row['success_rate_mean']:.2f} {spread} "
             f"| {'; '.join(curve)} | {row['train_steps_per_second']:.1f} |"
         )
     return "\n".join(lines) + "\n"

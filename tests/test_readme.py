@@ -133,6 +133,7 @@ def test_default_model_commands_match_the_makefile_and_the_shipped_metadata():
     )
     assert config["env_name"] == parsed.env and metadata["agent"] == parsed.agent
     assert config["threads"] == parsed.threads  # the thread count changes float rounding
+    assert config.get("precision", "fp32") == parsed.precision  # so does bf16 (runs before it were fp32)
     recorded = f"{metadata['evaluation']['success_rate']:.2f}"
     section = README[README.index("## The embedded default model") :]
     assert recorded in section[: section.index("\n## ")], f"README does not state the recorded {recorded}"
