@@ -16,7 +16,7 @@ from training.checkpoint import (
     load_policy_checkpoint,
     resolve_checkpoint,
 )
-from training.config import NetworkConfig, TrainConfig
+from training.config import AgentConfig, NetworkConfig, TrainConfig
 from training.inference import load_serving_policy
 from training.replay_buffer import ReplayBuffer
 from training.training_state import restore_training_state, save_training_state
@@ -48,19 +48,28 @@ def _train(agent, buffer, first: int, last: int) -> list[dict]:
 
 
 def test_resumed_training_reproduces_the_uninterrupted_losses(tmp_path):
-    config = TrainConfig(network=TINY, offline_steps=6)
+    # The alpha controller acts inside the run: it records every 2 steps from the start, and
+    # any change of the MFI loss moves alpha, so the resume at step 6 falls between changes.
+    agent_config = AgentConfig(
+        alpha_update_interval=2, alpha_warmup_fraction=0.0, alpha_threshold=1.0, actor_warmup_fraction=0.2
+    )
+    config = TrainConfig(network=TINY, offline_steps=12, agent_config=agent_config)
     agent, buffer = _fresh(config)
-    straight = _train(agent, buffer, 1, 6)
+    straight = _train(agent, buffer, 1, 12)
+    alphas = [info["alpha"] for info in straight]
+    assert len(set(alphas[:6])) > 1 and len(set(alphas[6:])) > 1, f"alpha must move on both sides: {alphas}"
 
     first, first_buffer = _fresh(config)
-    _train(first, first_buffer, 1, 3)
-    step_dir = save_training_state(tmp_path, 3, config, first, first_buffer, {})
+    _train(first, first_buffer, 1, 6)
+    step_dir = save_training_state(tmp_path, 6, config, first, first_buffer, {})
     resumed, resumed_buffer = _fresh(config, seed=123)  # different init: everything must come from disk
     restore_training_state(step_dir, resumed, resumed_buffer, load_policy_checkpoint(step_dir).model)
-    continued = _train(resumed, resumed_buffer, 4, 6)
-    for expected, got in zip(straight[3:], continued, strict=True):
+    assert resumed.alpha_controller.state_dict() == first.alpha_controller.state_dict()
+    continued = _train(resumed, resumed_buffer, 7, 12)
+    for expected, got in zip(straight[6:], continued, strict=True):
         for key in ("critic/loss", "mfi/loss", "actor/loss", "alpha", "actor/lr"):
             assert got[key] == pytest.approx(expected[key], rel=1e-6, abs=1e-7), key
+    assert list(resumed.alpha_controller.history) == pytest.approx(list(agent.alpha_controller.history))
 
 
 def test_checkpoint_describes_itself_and_builds_the_serving_policy(tmp_path):

@@ -105,6 +105,27 @@ def test_resume_may_change_the_thread_count_only(data_dir, tmp_path):
     assert stored["threads"] == 2 and stored["offline_steps"] == 30  # --steps is the stored run's
 
 
+def test_resume_mid_online_phase_may_extend_it(data_dir, tmp_path):
+    run = tmp_path / "run"
+    online = ("--eval-episodes", "0", "--steps", "4", "--checkpoint-every", "100")
+    first = run_cli(
+        "mfql-train",
+        "training.train",
+        *train_args(data_dir, run, *online, "--online-steps", "4", "--stop-after", "6"),
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = run_cli(
+        "mfql-train", "training.train", *train_args(data_dir, run, *online, "--online-steps", "8", "--resume")
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = run / "checkpoints" / "step_000000012"
+    stored = json.loads((final / "config.json").read_text())["config"]
+    assert (stored["offline_steps"], stored["online_steps"]) == (4, 8)
+    online_rows = load_file(str(final / "trainer.safetensors"))
+    assert online_rows["buffer.rewards"].shape == (8,) and online_rows["buffer.observations"].shape == (8, 28)
+    assert set(online_rows["buffer.masks"].tolist()) <= {0.0, 1.0}
+
+
 def test_missing_dataset_is_reported_with_the_generate_command(tmp_path):
     result = run_cli("mfql-train", "training.train", *train_args(tmp_path / "empty", tmp_path / "run"))
     assert result.returncode == 2

@@ -108,6 +108,41 @@ def _corrupt(tiny_dir: Path, tmp_path: Path, edit) -> Path:
     return tmp_path
 
 
+# OGBench's cube-single tasks: task2 moves the cube from (0.35, 0, 0.02) to (0.50, 0, 0.02);
+# success is the cube's centre (qpos[14:17]) within 0.04 of the goal.
+TASK2_START, TASK2_GOAL = np.array([0.35, 0.0, 0.02]), np.array([0.50, 0.0, 0.02])
+
+
+def test_relabelling_rewards_and_masks_follow_the_cube_row_by_row(tiny_dir, tmp_path):
+    rows = 3 * EPISODE_LENGTH
+    # Raw rows whose cube sits on task2's goal (or 0.03 from it: inside the tolerance). Row 59 ends
+    # episode 1, so the loader drops it; row 60 starts episode 2.
+    on_goal = {5: 0.0, 6: 0.03, 7: 0.0, 58: 0.0, 59: 0.0, 60: 0.0, 150: 0.03}
+    near_miss = {8: 0.05, 100: 0.045}  # outside the tolerance
+
+    def build(arrays):
+        arrays["qpos"][:, 14:17] = TASK2_START
+        for row, offset in {**on_goal, **near_miss}.items():
+            arrays["qpos"][row, 14:17] = TASK2_GOAL + np.array([offset, 0.0, 0.0])
+
+    folder = _corrupt(tiny_dir, tmp_path, build)
+    success = np.zeros(rows, dtype=bool)
+    success[list(on_goal)] = True
+    with np.load(folder / "cube-single-play-v0.npz") as raw:
+        kept = ~raw["terminals"].astype(bool)  # each episode's last row is only a next state
+    expected = success[kept]
+    train, _ = load_task_datasets(TASK, folder)
+    np.testing.assert_array_equal(train.rewards, np.where(expected, 0.0, -1.0))
+    np.testing.assert_array_equal(train.masks, np.where(expected, 0.0, 1.0))
+    assert train.rewards.sum() == -(train.size - 6)  # 7 built successes, one on a dropped row
+    # Relabelled for task3, whose goal is task2's start, the same states flip.
+    moved = np.zeros(rows, dtype=bool)
+    moved[list({**on_goal, **near_miss})] = True
+    task3, _ = load_task_datasets(TASK.replace("task2", "task3"), folder)
+    np.testing.assert_array_equal(task3.rewards, np.where(moved[kept], -1.0, 0.0))
+    np.testing.assert_array_equal(task3.masks, np.where(moved[kept], 1.0, 0.0))
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
@@ -116,8 +151,28 @@ def _corrupt(tiny_dir: Path, tmp_path: Path, edit) -> Path:
         (lambda a: a.__setitem__("actions", a["actions"][:-1]), "'actions' has 179 rows; expected 180"),
         (lambda a: a.__setitem__("actions", a["actions"].astype(str)), "'actions' has dtype <U"),
         (lambda a: a.__setitem__("terminals", a["terminals"][:, None]), "'terminals' has shape"),
+        (
+            lambda a: a.__setitem__("terminals", a["terminals"] * np.float32(2.0)),
+            r"'terminals' holds values \[0.0, 2.0\]; expected only 0 and 1",
+        ),
+        (
+            lambda a: a.__setitem__("terminals", a["terminals"].astype(np.int64) - 1),
+            r"'terminals' holds values \[-1, 0\]",
+        ),
+        (lambda a: a["terminals"].__setitem__(-1, False), "last row has terminal=False; expected 1"),
+        (lambda a: a.update({key: value[:0] for key, value in a.items()}), "'observations' has 0 rows"),
     ],
-    ids=["missing-key", "nan", "lengths", "dtype", "shape"],
+    ids=[
+        "missing-key",
+        "nan",
+        "lengths",
+        "dtype",
+        "shape",
+        "terminal-2",
+        "terminal-minus-1",
+        "last-row",
+        "empty",
+    ],
 )
 def test_malformed_file_names_the_file_and_the_problem(tiny_dir, tmp_path, edit, message):
     folder = _corrupt(tiny_dir, tmp_path, edit)

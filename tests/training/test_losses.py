@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
+from training.agents.common import frozen_critic_q
 from training.agents.mfql import (
     Batch,
+    MFQLAgent,
+    actor_loss,
     adaptive_l2_loss,
     best_of_k,
     critic_loss,
@@ -15,7 +20,7 @@ from training.agents.mfql import (
     mean_flow_identity_target,
     sample_flow_times,
 )
-from training.config import NetworkConfig
+from training.config import AgentConfig, NetworkConfig
 from training.networks import CriticEnsemble, build_policy
 
 SMALL = NetworkConfig(
@@ -180,3 +185,58 @@ def test_critic_target_uses_best_of_k_next_action_and_masks():
     noise_bad = torch.tensor([[[0.0], [0.0]], [[-1.0], [-1.0]]])  # best now 0.0 with Q -0.25
     loss_bad, _ = critic_loss(critic, QuadraticCritic(), FixedCandidates(), batch, noise_bad, discount=0.9)
     assert torch.isclose(loss_bad, (q - torch.tensor([-1.0 - 0.9 * 0.25, 0.0])).pow(2).mean())
+
+
+def _random_batch(n: int = 16, obs_dim: int = 3, action_dim: int = 2) -> Batch:
+    generator = torch.Generator().manual_seed(3)
+    return Batch(
+        torch.randn(n, obs_dim, generator=generator),
+        torch.rand(n, action_dim, generator=generator) * 2 - 1,
+        -torch.randint(0, 2, (n,), generator=generator).float(),
+        torch.ones(n),
+        torch.randn(n, obs_dim, generator=generator),
+    )
+
+
+def test_frozen_critic_q_passes_gradients_to_the_actions_only():
+    critic = CriticEnsemble(3, 2, NetworkConfig(critic_hidden=(16, 16)))
+    batch = _random_batch()
+    actions = batch.actions.clone().requires_grad_(True)
+    frozen_critic_q(critic, batch.observations, actions).sum().backward()
+    assert all(p.grad is None for p in critic.parameters())
+    reference = batch.actions.clone().requires_grad_(True)
+    critic(batch.observations, reference).mean(dim=0).sum().backward()
+    assert torch.allclose(actions.grad, reference.grad) and actions.grad.abs().sum() > 0
+
+
+def test_mfql_actor_loss_trains_the_policy_and_not_the_critic():
+    network = NetworkConfig(policy="mlp", mlp_hidden=(16, 16), critic_hidden=(16, 16))
+    policy = _randomised_policy("mlp", 3, 2).float()
+    critic = CriticEnsemble(3, 2, network)
+    batch = _random_batch()
+    loss, _ = actor_loss(policy, critic, batch, torch.randn(16, 2), AgentConfig())
+    loss.backward()
+    assert all(p.grad is None for p in critic.parameters())
+    assert sum(p.grad.abs().sum() for p in policy.parameters()) > 0
+
+
+def test_mfql_update_gives_the_critic_exactly_the_critic_losss_gradient():
+    config = AgentConfig(num_candidates=3, alpha=10.0)
+    network = NetworkConfig(policy="mlp", mlp_hidden=(16, 16), critic_hidden=(16, 16))
+    agent = MFQLAgent(3, 2, config, network, offline_steps=10, seed=0)
+    before = copy.deepcopy(agent.modules())
+    noise_state = agent.generator.get_state()
+    batch = _random_batch()
+    agent.update(batch, 1)
+    # The update draws the critic target's noise first: replay it on the pre-update networks.
+    replay = torch.Generator().set_state(noise_state)
+    next_noise = torch.randn(3, 16, 2, generator=replay)
+    loss, _ = critic_loss(
+        before["critic"], before["target_critic"], before["policy"], batch, next_noise, config.discount
+    )
+    loss.backward()
+    nn.utils.clip_grad_norm_(before["critic"].parameters(), config.grad_clip)
+    for (name, got), expected in zip(
+        agent.critic.named_parameters(), before["critic"].parameters(), strict=True
+    ):
+        assert torch.allclose(got.grad, expected.grad, atol=1e-7), name
