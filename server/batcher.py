@@ -1,10 +1,12 @@
 """Dynamic batching: one queue and one inference thread per served model version.
 
-A batch closes when it holds `max_batch_size` observations, or `max_queue_delay` after its
-first request arrived, whichever comes first; time spent waiting for the busy thread counts
-against the delay, so under load batches leave as soon as the thread is free. The thread
-waits on a condition variable (microsecond timeouts; the event loop's timers are rounded to
-milliseconds) and runs the runtime off the event loop, which keeps accepting requests.
+The batcher never idles: when the runtime is free, whatever is queued runs at once (a lone
+request alone), and requests that arrive while a batch runs form the next one, up to
+`max_batch_size` observations (continuous batching: batches grow with the load, not with a
+timer). `max_queue_delay` is an optional cap for those who want fuller batches at low load:
+when set, a batch may wait up to that long after its first request arrived for more
+requests (time spent waiting for the busy thread counts against it). The thread waits on a
+condition variable and runs the runtime off the event loop, which keeps accepting requests.
 
 Requests are never split. A request whose deadline has passed when its batch closes is
 dropped before inference (DeadlineExceeded). Requests with different K share a batch:
@@ -12,6 +14,8 @@ dropped before inference (DeadlineExceeded). Requests with different K share a b
 largest K with copies of its own noise (one call; the result is unchanged bit for bit, see
 `noise.pad_candidates`). benchmarks/serve.py measured group 1.3x pad's throughput on the
 reference-size MLP with K=1 and K=8 mixed: padding makes a K=1 row cost as much as a K=8 one.
+The batch-size histogram observes the observations that really ran together (late and
+abandoned requests excluded).
 """
 
 from __future__ import annotations
