@@ -2,8 +2,8 @@
 
 Names follow Prometheus conventions: `mfql_requests_total{model,protocol,status}`,
 `mfql_request_duration_seconds`, `mfql_queue_duration_seconds`, `mfql_inference_duration_seconds`,
-`mfql_batch_size`, `mfql_queue_depth`, `mfql_num_candidates`, `mfql_chosen_q_value`,
-`mfql_model_versions_loaded`, `mfql_model_versions_failed`.
+`mfql_batch_size`, `mfql_queue_depth`, `mfql_num_candidates`, `mfql_num_candidates_reduced_total`,
+`mfql_chosen_q_value`, `mfql_model_versions_loaded`, `mfql_model_versions_failed`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from prometheus_client.exposition import generate_latest
 
 from server.batcher import BatchObserver
 from server.errors import ServingError
+from server.served_model import ActResult
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -57,6 +58,12 @@ class ServerMetrics:
         self.num_candidates = Histogram(
             "mfql_num_candidates", "K used per request", ["model"], buckets=CANDIDATE_BUCKETS, registry=r
         )
+        self.candidates_reduced = Counter(
+            "mfql_num_candidates_reduced",
+            "Requests whose K the latency target lowered below the model's default",
+            ["model"],
+            registry=r,
+        )
         self.chosen_q = Summary(
             "mfql_chosen_q_value", "Critic value of the chosen actions", ["model"], registry=r
         )
@@ -72,10 +79,12 @@ class ServerMetrics:
         self.loaded.set(loaded)
         self.failed.set(failed)
 
-    def record_result(self, model: str, num_candidates: int, q_values) -> None:
-        self.num_candidates.labels(model).observe(num_candidates)
-        summary = self.chosen_q.labels(model)
-        for q in q_values.tolist():
+    def record_result(self, result: ActResult) -> None:
+        self.num_candidates.labels(result.model).observe(result.num_candidates)
+        if result.candidates_reduced:
+            self.candidates_reduced.labels(result.model).inc()
+        summary = self.chosen_q.labels(result.model)
+        for q in result.q_values.tolist():
             summary.observe(q)
 
     @contextmanager
