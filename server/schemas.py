@@ -26,11 +26,15 @@ Version = Annotated[int, Field(ge=1, lt=VERSION_LIMIT)] | Annotated[str, Field(p
 class ActBody(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"observation": [0.1, -0.2, 0.3], "num_candidates": 4, "seed": 7}]},
+        json_schema_extra={
+            "examples": [{"observation": [0.1, -0.2, 0.3], "num_candidates": 4, "seed": 7}],
+            "oneOf": [{"required": ["observation"]}, {"required": ["observations"]}],
+        },
     )
 
-    observation: list[Float32] | None = Field(None, min_length=1, description="one observation [obs_dim]")
-    observations: list[Annotated[list[Float32], Field(min_length=1)]] | None = Field(
+    # Not nullable: exactly one of the two is sent (the schema's oneOf, the validator below).
+    observation: list[Float32] = Field(None, min_length=1, description="one observation [obs_dim]")
+    observations: list[Annotated[list[Float32], Field(min_length=1)]] = Field(
         None, min_length=1, description="a batch of observations [B, obs_dim]"
     )
     num_candidates: int | None = Field(

@@ -135,7 +135,8 @@ class ModelVersion:
     def check_observations(self, value: Any, field_name: str) -> tuple[np.ndarray, bool]:
         expected = f"[{self.obs_dim}] or [B, {self.obs_dim}] (obs_dim={self.obs_dim})"
         try:
-            batch = np.asarray(value, dtype=np.float32)
+            with np.errstate(over="ignore"):  # beyond float32's range becomes inf, refused below
+                batch = np.asarray(value, dtype=np.float32)
         except (ValueError, TypeError) as exc:
             raise InvalidInput(f"{field_name}: expected numbers of shape {expected} ({exc})") from exc
         if batch.ndim not in (1, 2) or batch.shape[-1] != self.obs_dim or batch.size == 0:

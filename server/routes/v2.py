@@ -16,10 +16,12 @@ from typing import Any
 from fastapi import APIRouter, Path, Request, Response
 
 from server.binary_tensors import (
+    DATATYPES,
     HEADER_LENGTH,
     Tensor,
     decode_content,
     encode_response,
+    parameters_of,
     parse_inputs,
     requested_outputs,
     split_body,
@@ -65,15 +67,22 @@ def model_metadata(model: ModelVersion, versions: list[int], platform: str) -> d
 
 TENSOR = {
     "type": "object",
-    "required": ["name", "shape", "datatype"],
+    "required": ["name", "shape", "datatype", "data"],
     "properties": {
-        "name": {"type": "string"},
+        "name": {"enum": ["observation", "num_candidates", "seed"]},
         "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-        "datatype": {"type": "string"},
+        "datatype": {"enum": list(DATATYPES)},
         "data": {"type": "array"},
         "parameters": {"type": "object"},
     },
 }
+OUTPUT = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {"name": {"enum": list(OUTPUTS)}, "parameters": {"type": "object"}},
+}
+# JSON tensors; the binary extension (a JSON header, then raw tensors, with the header's length in
+# `Inference-Header-Content-Length`) is the same request framed differently (binary_tensors.py).
 INFER_BODY = {
     "requestBody": {
         "required": True,
@@ -85,14 +94,10 @@ INFER_BODY = {
                     "properties": {
                         "id": {"type": "string"},
                         "parameters": {"type": "object"},
-                        "inputs": {"type": "array", "items": TENSOR},
-                        "outputs": {"type": "array", "items": {"type": "object"}},
+                        "inputs": {"type": "array", "items": TENSOR, "minItems": 1},
+                        "outputs": {"type": "array", "items": OUTPUT},
                     },
                 }
-            },
-            "application/octet-stream": {
-                "schema": {"type": "string", "format": "binary"},
-                "description": "JSON header then raw tensors; `Inference-Header-Content-Length` gives the header's size",
             },
         },
     }
@@ -159,7 +164,7 @@ async def infer_on(request: Request, name: str, version: int | None) -> Response
         outputs = requested_outputs(header, OUTPUTS, DEFAULT_OUTPUTS)
         act = model.check_request(
             observation_input(tensors, model),
-            **options(header.get("parameters") or {}, tensors),
+            **options(parameters_of(header, "request"), tensors),
             received=received,
         )
         result = await model.act(act, received)
