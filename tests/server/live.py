@@ -64,9 +64,13 @@ class LiveServer:
 
 
 @contextlib.contextmanager
-def serving(repository: Path, *args: str, ready_timeout: float = 60.0) -> Iterator[LiveServer]:
-    """Start the server, wait for /v2/health/ready, yield it; SIGTERM it (then kill) on the way out."""
-    log = repository.parent / f"server-{os.getpid()}-{next(_logs)}.log"
+def serving(
+    repository: Path, *args: str, ready_timeout: float = 60.0, log_dir: Path | None = None
+) -> Iterator[LiveServer]:
+    """Start the server, wait for /v2/health/ready, yield it; SIGTERM it (then kill) on the way out.
+
+    The log goes beside the repository unless `log_dir` is given."""
+    log = (log_dir or repository.parent) / f"server-{os.getpid()}-{next(_logs)}.log"
     command = [*serve_command(), "--model-repository", str(repository), "--host", "127.0.0.1", "--port", "0"]
     env = {**os.environ, "MFQL_INTRA_OP_THREADS": "1", "MFQL_INTER_OP_THREADS": "1"}
     with log.open("w") as log_file:
