@@ -7,6 +7,7 @@ servers can never race for a port that was picked, released and then taken by so
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import os
@@ -117,3 +118,12 @@ def wait_until(condition, timeout: float = 20.0, interval: float = 0.02, message
             return value
         time.sleep(interval)
     pytest.fail(f"{message} not met within {timeout} s")
+
+
+async def eventually(condition, timeout: float = 10.0) -> None:
+    """Let the event loop run until `condition()` holds; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout} s")
+        await asyncio.sleep(0.001)

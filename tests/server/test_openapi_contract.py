@@ -30,7 +30,9 @@ def assert_no_failures(result: subprocess.CompletedProcess) -> None:
 
 def test_schemathesis_examples_and_coverage_phases_find_no_failure(shared_repository):
     with serving(shared_repository) as server:
-        result = schemathesis(server.url, "--phases", "examples,coverage", "--max-examples", "10", "--seed", "1")
+        result = schemathesis(
+            server.url, "--phases", "examples,coverage", "--max-examples", "10", "--seed", "1"
+        )
     assert_no_failures(result)
 
 
