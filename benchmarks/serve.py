@@ -323,9 +323,15 @@ def session_option_timings(repository: Path, model: str, repeats: int = 300) -> 
 # ---- peers: the no-op FastAPI floor and a plain FastAPI + onnxruntime handler -------------
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
-def peer(module: str, bundle: Path, scratch: Path) -> Iterator[str]:
-    """`uvicorn benchmarks.<module>:app` on a port of its own (read from its log); yields its URL."""
+def peer(module: str, bundle: Path, scratch: Path) -> Iterator[tuple[str, int]]:
+    """`uvicorn benchmarks.<module>:app` on a port of its own (read from its log); yields (URL, pid)."""
     log = scratch / f"{module}.log"
     command = [
         sys.executable,
@@ -348,7 +354,7 @@ def peer(module: str, bundle: Path, scratch: Path) -> Iterator[str]:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{module} did not start:\n{log.read_text()[-2000:]}")
             time.sleep(0.05)
-        yield bound[1]
+        yield bound[1], process.pid
     finally:
         process.terminate()
         process.wait(timeout=20)
@@ -422,8 +428,11 @@ def bench_closed_loop(url: str, model: str, concurrency: int, duration: float, w
             "errors": result["errors"]}  # fmt: skip
 
 
-def peers_round(urls: dict[str, str], model: str, duration: float) -> dict:
-    """Every server at c=1 and c=32 with the shared client, plus mfql-bench on the floor."""
+def peers_round(servers: dict[str, tuple[str, int]], model: str, duration: float) -> dict:
+    """Every server at c=1 and c=32 with the shared client, plus mfql-bench on the floor.
+
+    Each row also has the server's CPU time per answered request (all its threads), which a
+    machine shared with other jobs disturbs far less than latency or throughput."""
     rows = {}
     for name, protocol in (
         ("floor", "rest"),
@@ -431,15 +440,18 @@ def peers_round(urls: dict[str, str], model: str, duration: float) -> dict:
         ("mfql_rest", "rest"),
         ("mfql_ws", "ws"),
     ):
+        url, pid = servers[name]
         for concurrency in (1, 32):
             log(f"  {name} c={concurrency}")
-            rows[f"{name}_c{concurrency}"] = asyncio.run(
-                aiohttp_closed_loop(urls[name], model, protocol, concurrency, duration)
-            )
+            before = cpu_seconds(pid)
+            row = asyncio.run(aiohttp_closed_loop(url, model, protocol, concurrency, duration))
+            answered = row["throughput_rps"] * duration
+            row["server_cpu_ms_per_request"] = round((cpu_seconds(pid) - before) * 1e3 / max(answered, 1), 3)
+            rows[f"{name}_c{concurrency}"] = row
     for workers in (1, 2):
         log(f"  mfql-bench on the floor, c=32, {workers} worker(s)")
         rows[f"mfql_bench_floor_c32_w{workers}"] = bench_closed_loop(
-            urls["floor"], model, 32, duration, workers
+            servers["floor"][0], model, 32, duration, workers
         )
     return rows
 
@@ -464,16 +476,16 @@ def run_peers(repository: Path, model: str, duration: float, rounds: int) -> dic
     bundle = max((repository / model).iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else -1)
     OBS_DIM_OF[model] = json.loads((bundle / "metadata.json").read_text())["obs_dim"]
     with tempfile.TemporaryDirectory() as scratch, contextlib.ExitStack() as stack:
-        urls = {
+        servers = {
             "floor": stack.enter_context(peer("peer_noop", bundle, Path(scratch))),
             "plain_onnxruntime": stack.enter_context(peer("peer_onnx", bundle, Path(scratch))),
         }
         server = stack.enter_context(serving(repository, ready_timeout=120.0, log_dir=Path(scratch)))
-        urls["mfql_rest"] = urls["mfql_ws"] = server.url
+        servers["mfql_rest"] = servers["mfql_ws"] = (server.url, server.process.pid)
         runs = []
         for index in range(rounds):
             log(f"round {index + 1} of {rounds}")
-            rows = peers_round(urls, model, duration)
+            rows = peers_round(servers, model, duration)
             runs.append({"rows": rows, "ratios": peer_ratios(rows)})
     medians = {key: round(statistics.median(r["ratios"][key] for r in runs), 3) for key in runs[0]["ratios"]}
     return {"model": model, "duration_s_per_load": duration, "rounds": runs, "median_ratios": medians}
