@@ -105,7 +105,9 @@ def _parse_input(spec: Any, index: int, binary: memoryview, offset: int) -> tupl
     if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise InvalidInput(f"{name}: datatype {datatype!r} is not supported ({', '.join(DATATYPES)})")
     if shape is None:
-        raise MalformedRequest(f"{name}: 'shape' must be a list of non-negative integers, got {spec.get('shape')!r}")
+        raise MalformedRequest(
+            f"{name}: 'shape' must be a list of non-negative integers, got {spec.get('shape')!r}"
+        )
     dtype, count = DATATYPES[datatype], math.prod(shape)
     size = parameters_of(spec, name).get("binary_data_size")
     if size is not None:

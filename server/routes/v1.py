@@ -81,9 +81,7 @@ async def act_on(name: str | None, request: Request) -> Response:
         return Response(rest_answer(result, single), media_type="application/json")
 
 
-@router.post(
-    "/models/{name}/act", response_model=ActResponse, responses=ACT_ERRORS, openapi_extra=ACT_BODY
-)
+@router.post("/models/{name}/act", response_model=ActResponse, responses=ACT_ERRORS, openapi_extra=ACT_BODY)
 async def act(name: str, request: Request) -> Response:
     """Actions for one observation or a batch, from model `name` (newest ready version unless `version`)."""
     return await act_on(name, request)
