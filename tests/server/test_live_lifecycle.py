@@ -69,8 +69,9 @@ def triton_infer_with_timeout(hostport: str, timeout_us: int):
 def test_full_queue_answers_503_with_retry_after_and_late_requests_504(tmp_path):
     repository = tmp_path / "repository"
     write_test_bundle(repository / "cube" / "1")
-    # every batch waits 1.5 s, so requests pile up in the queue of 5 observations
-    with serving(repository, "--max-queue-delay-us", "1500000", "--max-queue-size", "5") as server:
+    # every batch waits 5 s for company (the optional cap), so requests pile up in the queue of 5
+    # observations, even when a loaded machine is slow to send them
+    with serving(repository, "--max-queue-delay-us", "5000000", "--max-queue-size", "5") as server:
         with ThreadPoolExecutor(8) as pool:
             queued = [pool.submit(act, server.url) for _ in range(3)]
             late = pool.submit(act, server.url, deadline_ms=100)
@@ -89,7 +90,7 @@ def test_full_queue_answers_503_with_retry_after_and_late_requests_504(tmp_path)
 def test_sigterm_turns_readiness_off_finishes_queued_requests_then_exits(tmp_path):
     repository = tmp_path / "repository"
     write_test_bundle(repository / "cube" / "1")
-    with serving(repository, "--max-queue-delay-us", "1500000") as server:
+    with serving(repository, "--max-queue-delay-us", "5000000") as server:
         with ThreadPoolExecutor(4) as pool:
             in_flight = [pool.submit(act, server.url, seed=s) for s in range(4)]
             wait_until(lambda: queue_depth(server.url) == 4, message="all four queued")
