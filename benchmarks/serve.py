@@ -2,6 +2,14 @@
 
     python benchmarks/serve.py                       # a reference-size MLP stand-in bundle, 4 s per load
     python benchmarks/serve.py --repository DIR --model NAME --duration 10
+    python benchmarks/serve.py --peers --repository server/default_model --model cube-single
+
+`--peers` measures mfql against two peers it starts itself on the same bundle, with one shared
+aiohttp closed-loop client, in interleaved rounds: the no-op FastAPI floor
+(benchmarks/peer_noop.py) and a plain FastAPI + onnxruntime handler without batching
+(benchmarks/peer_onnx.py). It prints the ratios issue 13 set as goals (REST c=32 throughput
+vs the floor, REST c=1 p50 vs the plain handler, WebSocket c=1 p50 vs the floor's p50) and
+how close mfql-bench (1 and 2 worker processes) pushes the floor compared with that client.
 
 Measures, each at batch 1 per request: throughput and p50/p99 latency at concurrency 1/8/32;
 dynamic batching on vs off (`--max-batch-size 1`); K=5 vs K=1; REST vs WebSocket vs v2;
@@ -17,14 +25,21 @@ Without `--repository` the model is a torch-free stand-in with the reference MLP
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import hashlib
 import http.client
 import json
+import os
+import re
+import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -305,15 +320,193 @@ def session_option_timings(repository: Path, model: str, repeats: int = 300) -> 
     return timings
 
 
+# ---- peers: the no-op FastAPI floor and a plain FastAPI + onnxruntime handler -------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def peer(module: str, bundle: Path, scratch: Path) -> Iterator[tuple[str, int]]:
+    """`uvicorn benchmarks.<module>:app` on a port of its own (read from its log); yields (URL, pid)."""
+    log = scratch / f"{module}.log"
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        f"benchmarks.{module}:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+    ]
+    env = {**os.environ, "MFQL_PEER_BUNDLE": str(bundle)}
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [*command, "--no-access-log"], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while not (bound := re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", log.read_text())):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{module} did not start:\n{log.read_text()[-2000:]}")
+            time.sleep(0.05)
+        yield bound[1], process.pid
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+async def aiohttp_closed_loop(url: str, model: str, protocol: str, concurrency: int, duration: float) -> dict:
+    """The shared client: `concurrency` coroutines, each sending its next request when answered."""
+    import aiohttp
+
+    observations = np.random.default_rng(0).standard_normal((64, OBS_DIM_OF[model])).astype(np.float32)
+    bodies = [json.dumps({"observation": o.tolist()}).encode() for o in observations]
+    headers = {"Content-Type": "application/json"}
+    latencies: list[float] = []
+    errors: Counter = Counter()
+    end = 0.0
+
+    async def rest(session, index: int) -> None:
+        while time.perf_counter() < end:
+            started = time.perf_counter()
+            async with session.post(
+                f"{url}/v1/models/{model}/act", data=bodies[index % 64], headers=headers
+            ) as r:
+                await r.read()
+            index += 1
+            if r.status == 200:
+                latencies.append(time.perf_counter() - started)
+            else:
+                errors[str(r.status)] += 1
+
+    async def websocket(session, index: int) -> None:
+        async with session.ws_connect(
+            f"{url.replace('http', 'ws', 1)}/v1/models/{model}/ws", compress=0
+        ) as ws:
+            await ws.receive_bytes()  # the metadata sent on connect
+            while time.perf_counter() < end:
+                started = time.perf_counter()
+                await ws.send_bytes(codec.packb({"observation": observations[index % 64]}))
+                reply = await ws.receive()
+                index += 1
+                if reply.type == aiohttp.WSMsgType.BINARY:
+                    latencies.append(time.perf_counter() - started)
+                else:
+                    errors["error frame"] += 1
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+        drive = websocket if protocol == "ws" else rest
+        started = time.perf_counter()
+        end = started + duration
+        await asyncio.gather(*(drive(session, i) for i in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    p50, p99 = np.percentile(np.asarray(latencies) * 1e3, [50, 99]) if latencies else (None, None)
+    return {
+        "throughput_rps": round(len(latencies) / elapsed, 1),
+        "p50_ms": None if p50 is None else round(float(p50), 3),
+        "p99_ms": None if p99 is None else round(float(p99), 3),
+        "errors": dict(errors),
+    }
+
+
+OBS_DIM_OF: dict[str, int] = {}
+
+
+def bench_closed_loop(url: str, model: str, concurrency: int, duration: float, workers: int) -> dict:
+    from clients.bench import LoadSpec, run_load
+
+    spec = LoadSpec(
+        url, model, "rest", concurrency=concurrency, duration=duration, max_requests=10**7, workers=workers
+    )
+    result = asyncio.run(run_load(spec))
+    return {"throughput_rps": round(result["throughput_rps"], 1), "p50_ms": round(result["latency_ms"]["p50"], 3),
+            "errors": result["errors"]}  # fmt: skip
+
+
+def peers_round(servers: dict[str, tuple[str, int]], model: str, duration: float) -> dict:
+    """Every server at c=1 and c=32 with the shared client, plus mfql-bench on the floor.
+
+    Each row also has the server's CPU time per answered request (all its threads), which a
+    machine shared with other jobs disturbs far less than latency or throughput."""
+    rows = {}
+    for name, protocol in (
+        ("floor", "rest"),
+        ("plain_onnxruntime", "rest"),
+        ("mfql_rest", "rest"),
+        ("mfql_ws", "ws"),
+    ):
+        url, pid = servers[name]
+        for concurrency in (1, 32):
+            log(f"  {name} c={concurrency}")
+            before = cpu_seconds(pid)
+            row = asyncio.run(aiohttp_closed_loop(url, model, protocol, concurrency, duration))
+            answered = row["throughput_rps"] * duration
+            row["server_cpu_ms_per_request"] = round((cpu_seconds(pid) - before) * 1e3 / max(answered, 1), 3)
+            rows[f"{name}_c{concurrency}"] = row
+    for workers in (1, 2):
+        log(f"  mfql-bench on the floor, c=32, {workers} worker(s)")
+        rows[f"mfql_bench_floor_c32_w{workers}"] = bench_closed_loop(
+            servers["floor"][0], model, 32, duration, workers
+        )
+    return rows
+
+
+def peer_ratios(rows: dict) -> dict:
+    rps = lambda key: rows[key]["throughput_rps"]  # noqa: E731
+    p50 = lambda key: rows[key]["p50_ms"]  # noqa: E731
+    return {
+        "rest_c32_throughput_vs_floor": ratio(rps("mfql_rest_c32"), rps("floor_c32")),  # goal >= 0.75
+        "rest_c1_p50_vs_plain_onnxruntime": ratio(p50("mfql_rest_c1"), p50("plain_onnxruntime_c1")),  # <= 1
+        "ws_c1_p50_vs_floor_p50": ratio(p50("mfql_ws_c1"), p50("floor_c1")),  # goal <= 1.5
+        "mfql_bench_1_worker_vs_aiohttp_on_floor_c32": ratio(
+            rps("mfql_bench_floor_c32_w1"), rps("floor_c32")
+        ),
+        "mfql_bench_2_workers_vs_aiohttp_on_floor_c32": ratio(
+            rps("mfql_bench_floor_c32_w2"), rps("floor_c32")
+        ),
+    }
+
+
+def run_peers(repository: Path, model: str, duration: float, rounds: int) -> dict:
+    bundle = max((repository / model).iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else -1)
+    OBS_DIM_OF[model] = json.loads((bundle / "metadata.json").read_text())["obs_dim"]
+    with tempfile.TemporaryDirectory() as scratch, contextlib.ExitStack() as stack:
+        servers = {
+            "floor": stack.enter_context(peer("peer_noop", bundle, Path(scratch))),
+            "plain_onnxruntime": stack.enter_context(peer("peer_onnx", bundle, Path(scratch))),
+        }
+        server = stack.enter_context(serving(repository, ready_timeout=120.0, log_dir=Path(scratch)))
+        servers["mfql_rest"] = servers["mfql_ws"] = (server.url, server.process.pid)
+        runs = []
+        for index in range(rounds):
+            log(f"round {index + 1} of {rounds}")
+            rows = peers_round(servers, model, duration)
+            runs.append({"rows": rows, "ratios": peer_ratios(rows)})
+    medians = {key: round(statistics.median(r["ratios"][key] for r in runs), 3) for key in runs[0]["ratios"]}
+    return {"model": model, "duration_s_per_load": duration, "rounds": runs, "median_ratios": medians}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repository", type=Path, help="model repository (default: a generated stand-in)")
     parser.add_argument("--model", default="bench-mlp")
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per load")
+    parser.add_argument(
+        "--peers", action="store_true", help="mfql vs the no-op floor and plain FastAPI + ORT"
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="--peers: interleaved rounds")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         repository = args.repository or write_standin_repository(Path(scratch) / "repository")
-        report = run(repository, args.model, args.duration)
+        if args.peers:
+            report = run_peers(repository.resolve(), args.model, args.duration, args.rounds)
+        else:
+            report = run(repository, args.model, args.duration)
     print(json.dumps(report, indent=2))
 
 

@@ -7,6 +7,12 @@ latency counts from the scheduled time, so a stalled server cannot hide its queu
 (coordinated omission). Nothing is retried: every refusal is counted by its status.
 ``--compare-batching URL2`` runs the same load against URL2 (the same model served with
 batching off) and prints both results and their ratios.
+
+The generator must never be what it measures. Over REST and v2 it sends pre-encoded bodies
+with aiohttp (the SDK's httpx client used a whole core for ~300 requests/s, less than any
+server it measured) and only reads the status and the body; ``--workers N`` splits the slots
+over N processes, each with its own event loop, for when one client core is not enough.
+The WebSocket load uses the SDK's WebSocket client (msgpack framing is cheap).
 """
 
 from __future__ import annotations
@@ -18,11 +24,13 @@ import json
 import sys
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 import numpy as np
 
+from clients import protocol
 from clients.connect import Protocol, add_connection_arguments, api_key_from, open_async_client
 from clients.errors import MfqlClientError
 from clients.http_client import RetryPolicy
@@ -47,6 +55,7 @@ class LoadSpec:
     timeout: float = 5.0
     api_key: str | None = None
     seed: int = 0  # synthetic observations
+    workers: int = 1  # processes sharing the slots (and the rate and the request budget)
 
 
 def is_loopback(url: str) -> bool:
@@ -59,72 +68,174 @@ def is_loopback(url: str) -> bool:
         return False
 
 
-async def _open_slots(spec: LoadSpec) -> tuple[list, asyncio.Queue]:
-    """The clients, and a queue of ``concurrency`` slots (a WebSocket slot owns its connection)."""
-    options = {"api_key": spec.api_key, "timeout": spec.timeout, "retry": NO_RETRIES}
+class HttpSlot:
+    """One in-flight REST or v2 request at a time over a shared aiohttp session: pre-encoded bodies."""
+
+    def __init__(self, session, url: str, path: str, bodies: list[bytes], headers: dict[str, str]):
+        self.session, self.url, self.bodies, self.headers = session, url + path, bodies, headers
+
+    async def send(self, index: int) -> str | None:
+        """None when answered with 200, else the status (or the error's name)."""
+        async with self.session.post(
+            self.url, data=self.bodies[index % len(self.bodies)], headers=self.headers
+        ) as r:
+            await r.read()
+            return None if r.status == 200 else str(r.status)
+
+
+class WebSocketSlot:
+    def __init__(self, client, observations: np.ndarray, num_candidates: int | None):
+        self.client, self.observations, self.num_candidates = client, observations, num_candidates
+
+    async def send(self, index: int) -> str | None:
+        await self.client.infer(self.observations[index % len(self.observations)], self.num_candidates)
+        return None
+
+
+def encoded_bodies(spec: LoadSpec, observations: np.ndarray) -> list[bytes]:
+    if spec.protocol == "v2":
+        return [json.dumps(protocol.v2_infer_body(o, spec.num_candidates)).encode() for o in observations]
+    return [
+        json.dumps(protocol.rest_act_body(o, single=False, num_candidates=spec.num_candidates)).encode()
+        for o in observations
+    ]
+
+
+async def _send_load(spec: LoadSpec, slots: list, start_index: int) -> dict:
+    """Drive ``slots`` until the duration or the request budget ends; raw latencies and errors."""
+    idle: asyncio.Queue = asyncio.Queue()
+    for slot in slots:
+        idle.put_nowait(slot)
+    latencies: list[float] = []
+    errors: Counter = Counter()
+
+    async def send(slot, index: int, started: float) -> None:
+        try:
+            status = await slot.send(index)
+        except MfqlClientError as exc:
+            status = str(exc.status) if exc.status is not None else type(exc).__name__
+        except (OSError, asyncio.TimeoutError) as exc:
+            status = type(exc).__name__
+        finally:
+            idle.put_nowait(slot)
+        if status is None:
+            latencies.append(time.perf_counter() - started)
+        else:
+            errors[status] += 1
+
+    tasks = set()
+    start = time.perf_counter()
+    end = start + spec.duration
+    sent = 0
+    while sent < spec.max_requests:
+        scheduled = None if spec.rate is None else start + sent / spec.rate
+        if scheduled is not None:
+            await asyncio.sleep(max(scheduled - time.perf_counter(), 0.0))
+        slot = await idle.get()
+        if time.perf_counter() >= end:
+            idle.put_nowait(slot)
+            break
+        started = time.perf_counter() if scheduled is None else scheduled
+        task = asyncio.create_task(send(slot, start_index + sent, started))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        sent += 1
+    await asyncio.gather(*tasks)
+    return {
+        "elapsed_s": time.perf_counter() - start,
+        "requests": sent,
+        "latencies": latencies,
+        "errors": errors,
+    }
+
+
+async def _worker_load(spec: LoadSpec, obs_dim: int, start_index: int) -> dict:
+    """One process's share: its own connections, the shared synthetic observations."""
+    rng = np.random.default_rng(spec.seed)
+    observations = rng.standard_normal((64, spec.batch, obs_dim)).astype(np.float32)
     if spec.protocol == "ws":
+        options = {"api_key": spec.api_key, "timeout": spec.timeout, "retry": NO_RETRIES}
         clients = [
             await open_async_client(spec.url, spec.model, "ws", **options) for _ in range(spec.concurrency)
         ]
-        slots = clients
-    else:
-        client = await open_async_client(
-            spec.url, spec.model, spec.protocol, max_connections=spec.concurrency, **options
+        try:
+            return await _send_load(
+                spec, [WebSocketSlot(c, observations, spec.num_candidates) for c in clients], start_index
+            )
+        finally:
+            for client in clients:
+                await client.aclose()
+    import aiohttp  # the bench extra; imported here so the SDK never needs it
+
+    headers = {"Content-Type": "application/json"}
+    if spec.api_key:
+        headers["Authorization"] = f"Bearer {spec.api_key}"
+    path = protocol.v2_infer_path(spec.model) if spec.protocol == "v2" else protocol.rest_act_path(spec.model)
+    connector = aiohttp.TCPConnector(limit=spec.concurrency, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=spec.timeout)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        bodies = encoded_bodies(spec, observations)
+        slots = [
+            HttpSlot(session, spec.url.rstrip("/"), path, bodies, headers) for _ in range(spec.concurrency)
+        ]
+        return await _send_load(spec, slots, start_index)
+
+
+def _run_worker(spec: LoadSpec, obs_dim: int, start_index: int) -> dict:
+    return asyncio.run(_worker_load(spec, obs_dim, start_index))
+
+
+def _share(total: int, parts: int, index: int) -> int:
+    return total // parts + (1 if index < total % parts else 0)
+
+
+def worker_specs(spec: LoadSpec) -> list[LoadSpec]:
+    """``spec`` split over its workers: slots, rate and request budget shared out, none empty."""
+    workers = min(spec.workers, spec.concurrency, spec.max_requests)
+    rate = None if spec.rate is None else spec.rate / workers
+    return [
+        replace(
+            spec,
+            concurrency=_share(spec.concurrency, workers, i),
+            max_requests=_share(spec.max_requests, workers, i),
+            rate=rate,
+            workers=1,
         )
-        clients, slots = [client], [client] * spec.concurrency
-    queue: asyncio.Queue = asyncio.Queue()
-    for slot in slots:
-        queue.put_nowait(slot)
-    return clients, queue
+        for i in range(workers)
+    ]
 
 
 async def run_load(spec: LoadSpec) -> dict:
     """Send the load described by ``spec``; throughput, latency percentiles, errors by status."""
-    clients, slots = await _open_slots(spec)
+    options = {"api_key": spec.api_key, "timeout": spec.timeout, "retry": NO_RETRIES}
+    probe = await open_async_client(
+        spec.url, spec.model, "rest" if spec.protocol == "ws" else spec.protocol, **options
+    )
     try:
-        metadata = await clients[0].metadata()
-        rng = np.random.default_rng(spec.seed)
-        observations = rng.standard_normal((64, spec.batch, metadata.obs_dim)).astype(np.float32)
-        latencies: list[float] = []
-        errors: Counter = Counter()
-
-        async def send(slot, observation, started: float) -> None:
-            try:
-                await slot.infer(observation, spec.num_candidates)
-                latencies.append(time.perf_counter() - started)
-            except MfqlClientError as exc:
-                errors[str(exc.status) if exc.status is not None else type(exc).__name__] += 1
-            finally:
-                slots.put_nowait(slot)
-
-        tasks = set()
-        start = time.perf_counter()
-        end = start + spec.duration
-        sent = 0
-        while sent < spec.max_requests:
-            scheduled = None if spec.rate is None else start + sent / spec.rate
-            if scheduled is not None:
-                await asyncio.sleep(max(scheduled - time.perf_counter(), 0.0))
-            slot = await slots.get()
-            if time.perf_counter() >= end:
-                slots.put_nowait(slot)
-                break
-            observation = observations[sent % len(observations)]
-            started = time.perf_counter() if scheduled is None else scheduled
-            task = asyncio.create_task(send(slot, observation, started))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-            sent += 1
-        await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - start
+        metadata = await probe.metadata()
     finally:
-        for client in clients:
-            await client.aclose()
+        await probe.aclose()
+    shares = worker_specs(spec)
+    if len(shares) == 1:
+        parts = [await _worker_load(shares[0], metadata.obs_dim, 0)]
+    else:
+        loop = asyncio.get_running_loop()
+        with ProcessPoolExecutor(len(shares)) as pool:
+            runs = [
+                loop.run_in_executor(pool, _run_worker, share, metadata.obs_dim, i * 1_000_003)
+                for i, share in enumerate(shares)
+            ]
+            parts = await asyncio.gather(*runs)
+    latencies = [t for part in parts for t in part["latencies"]]
+    errors: Counter = sum((Counter(part["errors"]) for part in parts), Counter())
+    elapsed = max(part["elapsed_s"] for part in parts)
+    sent = sum(part["requests"] for part in parts)
     return {
         "url": spec.url,
         "model": metadata.name,
         "protocol": spec.protocol,
         "concurrency": spec.concurrency,
+        "workers": len(shares),
         "rate": spec.rate,
         "batch": spec.batch,
         "num_candidates": spec.num_candidates,
@@ -166,6 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-candidates", type=int, help="K for best-of-K (default: the model's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic observations")
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="client processes sharing the slots (when one core is not enough)",
+    )
+    parser.add_argument(
         "--compare-batching",
         metavar="URL2",
         help="also run the same load against URL2 (same model, batching off) and print the ratios",
@@ -179,6 +296,7 @@ def _validate(args: argparse.Namespace) -> str | None:
         "--concurrency": args.concurrency,
         "--duration": args.duration,
         "--max-requests": args.max_requests,
+        "--workers": args.workers,
     }
     positive.update(
         {"--batch": args.batch, "--num-candidates": args.num_candidates or 1, "--rate": args.rate or 1}
@@ -211,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         timeout=args.timeout,
         api_key=api_key_from(args),
         seed=args.seed,
+        workers=args.workers,
     )
     try:
         result = asyncio.run(run_load(spec))

@@ -23,6 +23,7 @@ from server.limits import BodySizeLimitMiddleware
 from server.metrics import ServerMetrics
 from server.repository import ModelRepository, require_repository
 from server.routes import health, v1, v2, websocket
+from server.schemas import validation_message
 from server.settings import ServerSettings
 
 logger = logging.getLogger("mfql.app")
@@ -89,11 +90,7 @@ def _add_error_bodies(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = []
-        for error in exc.errors():
-            location = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
-            problems.append(f"{location}: {error['msg']}" if location else str(error["msg"]))
-        return _error(422, "; ".join(problems))
+        return _error(422, validation_message(list(exc.errors())))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:

@@ -1,10 +1,12 @@
 """Dynamic batching: one queue and one inference thread per served model version.
 
-A batch closes when it holds `max_batch_size` observations, or `max_queue_delay` after its
-first request arrived, whichever comes first; time spent waiting for the busy thread counts
-against the delay, so under load batches leave as soon as the thread is free. The thread
-waits on a condition variable (microsecond timeouts; the event loop's timers are rounded to
-milliseconds) and runs the runtime off the event loop, which keeps accepting requests.
+The batcher never idles: when the runtime is free, whatever is queued runs at once (a lone
+request alone), and requests that arrive while a batch runs form the next one, up to
+`max_batch_size` observations (continuous batching: batches grow with the load, not with a
+timer). `max_queue_delay` is an optional cap for those who want fuller batches at low load:
+when set, a batch may wait up to that long after its first request arrived for more
+requests (time spent waiting for the busy thread counts against it). The thread waits on a
+condition variable and runs the runtime off the event loop, which keeps accepting requests.
 
 Requests are never split. A request whose deadline has passed when its batch closes is
 dropped before inference (DeadlineExceeded). Requests with different K share a batch:
@@ -12,6 +14,8 @@ dropped before inference (DeadlineExceeded). Requests with different K share a b
 largest K with copies of its own noise (one call; the result is unchanged bit for bit, see
 `noise.pad_candidates`). benchmarks/serve.py measured group 1.3x pad's throughput on the
 reference-size MLP with K=1 and K=8 mixed: padding makes a K=1 row cost as much as a K=8 one.
+The batch-size histogram observes the observations that really ran together (late and
+abandoned requests excluded).
 """
 
 from __future__ import annotations
@@ -139,6 +143,7 @@ class DynamicBatcher:
         self._queue: collections.deque[PendingRequest] = collections.deque()
         self._queued_rows = 0
         self._running = 0  # requests taken off the queue and not yet answered
+        self._waiting = False  # the thread waits on the condition (else it runs a batch)
         self._closing = False
         self._condition = threading.Condition()
         self._thread = threading.Thread(target=self._work, name=f"infer-{name}", daemon=True)
@@ -171,7 +176,11 @@ class DynamicBatcher:
                 )
             self._queue.append(request)
             self._queued_rows += rows
-            self._condition.notify()
+            # Waking the thread costs a futex call and a GIL hand-over (a fifth of a REST
+            # request's CPU when done per request): only a waiting thread needs it; a busy one
+            # takes the queue when its batch is done.
+            if self._waiting:
+                self._condition.notify()
         self._observer.queue_depth(self._queued_rows)
         return await request.future
 
@@ -206,7 +215,7 @@ class DynamicBatcher:
     def _next_batch(self) -> list[PendingRequest] | None:
         with self._condition:
             while not self._queue and not self._closing:
-                self._condition.wait()
+                self._wait(None)
             if self._closing:
                 return None
             close_at = self._queue[0].enqueued + self.max_queue_delay_s
@@ -214,7 +223,7 @@ class DynamicBatcher:
                 remaining = close_at - time.perf_counter()
                 if remaining <= 0:
                     break
-                self._condition.wait(remaining)
+                self._wait(remaining)
             batch, rows = [], 0
             while self._queue and (not batch or rows + self._queue[0].rows <= self.max_batch_size):
                 request = self._queue.popleft()
@@ -225,6 +234,11 @@ class DynamicBatcher:
             depth = self._queued_rows
         self._observer.queue_depth(depth)
         return batch
+
+    def _wait(self, timeout: float | None) -> None:
+        self._waiting = True
+        self._condition.wait(timeout)
+        self._waiting = False
 
     def _drop_late(self, batch: list[PendingRequest]) -> list[PendingRequest]:
         now = time.perf_counter()
@@ -259,8 +273,11 @@ class DynamicBatcher:
         rows = sum(r.rows for r in batch)
         inference_ms = (finished - started) * 1e3
         queue_s = [started - r.enqueued for r in batch]
-        for request, outputs, waited in zip(batch, shares, queue_s, strict=True):
-            _resolve_soon(request, BatchedResult(outputs, waited * 1e3, inference_ms, rows))
+        answers = [
+            (request, BatchedResult(outputs, waited * 1e3, inference_ms, rows))
+            for request, outputs, waited in zip(batch, shares, queue_s, strict=True)
+        ]
+        _resolve_all_soon(answers)
         self._observer.batch_done(rows, finished - started, queue_s)
 
 
@@ -268,6 +285,21 @@ def _resolve_soon(request: PendingRequest, outcome: BatchedResult | ServingError
     # RuntimeError: the event loop is closed, so nobody is waiting for this answer any more
     with contextlib.suppress(RuntimeError):
         request.loop.call_soon_threadsafe(_resolve, request.future, outcome)
+
+
+def _resolve_all_soon(answers: list[tuple[PendingRequest, BatchedResult]]) -> None:
+    """One wake-up of each event loop per batch, not one per request (each writes its self-pipe)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list] = collections.defaultdict(list)
+    for request, outcome in answers:
+        by_loop[request.loop].append((request.future, outcome))
+    for loop, outcomes in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(_resolve_many, outcomes)
+
+
+def _resolve_many(outcomes: list[tuple[asyncio.Future, BatchedResult]]) -> None:
+    for future, outcome in outcomes:
+        _resolve(future, outcome)
 
 
 def _resolve(future: asyncio.Future, outcome: BatchedResult | ServingError) -> None:

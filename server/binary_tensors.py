@@ -101,13 +101,15 @@ def parse_inputs(header: dict, binary: memoryview) -> dict[str, Tensor]:
 def _parse_input(spec: Any, index: int, binary: memoryview, offset: int) -> tuple[Tensor, int]:
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
         raise MalformedRequest(f"inputs[{index}] must be an object with 'name', 'shape', 'datatype'")
-    name, datatype, shape = spec["name"], spec.get("datatype"), spec.get("shape")
-    if datatype not in DATATYPES:
+    name, datatype, shape = spec["name"], spec.get("datatype"), _shape(spec.get("shape"))
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise InvalidInput(f"{name}: datatype {datatype!r} is not supported ({', '.join(DATATYPES)})")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise MalformedRequest(f"{name}: 'shape' must be a list of non-negative integers, got {shape!r}")
+    if shape is None:
+        raise MalformedRequest(
+            f"{name}: 'shape' must be a list of non-negative integers, got {spec.get('shape')!r}"
+        )
     dtype, count = DATATYPES[datatype], math.prod(shape)
-    size = (spec.get("parameters") or {}).get("binary_data_size")
+    size = parameters_of(spec, name).get("binary_data_size")
     if size is not None:
         if size != count * dtype.itemsize or offset + size > len(binary):
             raise MalformedRequest(
@@ -127,12 +129,35 @@ def _parse_input(spec: Any, index: int, binary: memoryview, offset: int) -> tupl
     return Tensor(name, datatype, array.reshape(shape)), offset
 
 
+def _shape(value: Any) -> list[int] | None:
+    """A list of non-negative integers (JSON's 3.0 is an integer too), else None."""
+    if not isinstance(value, list):
+        return None
+    shape = []
+    for dim in value:
+        if isinstance(dim, bool) or not isinstance(dim, (int, float)) or not math.isfinite(dim):
+            return None
+        if dim < 0 or dim != int(dim):
+            return None
+        shape.append(int(dim))
+    return shape
+
+
+def parameters_of(spec: dict, where: str) -> dict:
+    """The `parameters` object of a request, input or output (absent: empty)."""
+    parameters = spec.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise MalformedRequest(f"{where}: 'parameters' must be an object, got {parameters!r}")
+    return parameters
+
+
 def requested_outputs(
     header: dict, known: tuple[str, ...], default: tuple[str, ...]
 ) -> list[tuple[str, bool]]:
     """(name, as binary) of each output to return, in request order."""
-    parameters = header.get("parameters") or {}
-    all_binary = bool(parameters.get("binary_data_output", False))
+    all_binary = bool(parameters_of(header, "request").get("binary_data_output", False))
     outputs = header.get("outputs")
     if not outputs:
         return [(name, all_binary) for name in default]
@@ -141,7 +166,7 @@ def requested_outputs(
         name = spec.get("name") if isinstance(spec, dict) else None
         if name not in known:
             raise InvalidInput(f"outputs: unknown output {name!r}; this model has {list(known)}")
-        binary = (spec.get("parameters") or {}).get("binary_data", all_binary)
+        binary = parameters_of(spec, name).get("binary_data", all_binary)
         chosen.append((name, bool(binary)))
     return chosen
 

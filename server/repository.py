@@ -119,7 +119,7 @@ class ModelRepository:
                 return self._ready[(name, number)]
             if versions:
                 raise NotFound(
-                    f"model {name!r} has no version {version!r}"
+                    f"model {name!r} has no version '{number}'"
                     f"{self._failure_note(name, number)}; available versions: {[str(v) for v in versions]}"
                 )
         if versions:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,11 +17,15 @@ import numpy as np
 from server.batcher import BatchObserver, DynamicBatcher
 from server.bundle_loader import Bundle, read_bundle, run_selftest
 from server.errors import BundleError, InvalidInput
+from server.latency_target import CandidateBudget
 from server.noise import SEED_LIMIT, fresh_seed, request_noise
 from server.runner import PolicyRuntime, load_runtime
 from server.settings import ServerSettings
 
 logger = logging.getLogger("mfql.model")
+# A value beyond float32's range becomes inf and is refused with a 422 naming it; numpy's
+# warning about the cast would only repeat that in the log (np.errstate per request cost 25 us).
+warnings.filterwarnings("ignore", message="overflow encountered in cast", category=RuntimeWarning)
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,7 @@ class ActRequest:
     num_candidates: int
     seed: int  # the one given, else a fresh one, so the answer can say which
     deadline: float | None  # time.perf_counter() value
+    candidates_named: bool = True  # False: K is the model's default, which a latency target may lower
 
 
 @dataclass(frozen=True)
@@ -41,9 +47,10 @@ class ActResult:
     actions: np.ndarray  # [B, action_dim]
     q_values: np.ndarray  # [B]
     candidates: np.ndarray  # [B, K, action_dim]
-    num_candidates: int
+    num_candidates: int  # the K used
     seed: int
     timing_ms: dict[str, float]
+    candidates_reduced: bool = False  # the latency target lowered K below the model's default
 
 
 def warmup_shapes(max_batch_size: int, default_k: int, max_k: int) -> list[tuple[int, int]]:
@@ -69,6 +76,7 @@ class ModelVersion:
     batcher: DynamicBatcher
     selftest: str  # the verification summary line
     default_deadline_ms: float | None = None
+    budget: CandidateBudget | None = None  # with --latency-target-ms
 
     @property
     def obs_dim(self) -> int:
@@ -125,12 +133,13 @@ class ModelVersion:
             num_candidates=self.check_num_candidates(num_candidates),
             seed=fresh_seed() if seed is None else check_seed(seed),
             deadline=self.deadline(deadline_ms, received),
+            candidates_named=num_candidates is not None,
         )
 
     def check_observations(self, value: Any, field_name: str) -> tuple[np.ndarray, bool]:
         expected = f"[{self.obs_dim}] or [B, {self.obs_dim}] (obs_dim={self.obs_dim})"
         try:
-            batch = np.asarray(value, dtype=np.float32)
+            batch = np.asarray(value, dtype=np.float32)  # beyond float32's range: inf, refused below
         except (ValueError, TypeError) as exc:
             raise InvalidInput(f"{field_name}: expected numbers of shape {expected} ({exc})") from exc
         if batch.ndim not in (1, 2) or batch.shape[-1] != self.obs_dim or batch.size == 0:
@@ -169,10 +178,13 @@ class ModelVersion:
 
     async def act(self, request: ActRequest, received: float) -> ActResult:
         """Draw the request's noise from its seed, run it in a batch, and time it."""
-        noise = request_noise(
-            request.seed, request.observations.shape[0], request.num_candidates, self.action_dim
-        )
+        k = request.num_candidates
+        if self.budget is not None and not request.candidates_named:
+            k = self.budget.candidates()
+        noise = request_noise(request.seed, request.observations.shape[0], k, self.action_dim)
         result = await self.batcher.submit(request.observations, noise, request.deadline)
+        if self.budget is not None:
+            self.budget.observe(result.queue_ms, result.inference_ms, k)
         outputs = result.outputs
         return ActResult(
             model=self.name,
@@ -180,7 +192,8 @@ class ModelVersion:
             actions=outputs["action"],
             q_values=outputs["q_value"],
             candidates=outputs["candidates"],
-            num_candidates=request.num_candidates,
+            num_candidates=k,
+            candidates_reduced=k < request.num_candidates,
             seed=request.seed,
             timing_ms={
                 "queue": round(result.queue_ms, 3),
@@ -242,6 +255,11 @@ def load_model_version(
             observation = rng.standard_normal((rows, meta.obs_dim)).astype(np.float32)
             outputs = runtime(observation, request_noise(0, rows, k, meta.action_dim))
             check_output_shapes(path, outputs, rows, k, meta)
+        budget = None
+        if settings.latency_target_ms is not None:
+            budget = CandidateBudget(
+                settings.latency_target_ms, meta.default_num_candidates, warm_inference_ms(runtime, meta)
+            )
     except BundleError:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever the runtime raises, the bundle cannot serve
@@ -259,4 +277,15 @@ def load_model_version(
         "model version loaded",
         extra={"model": name, "version": version, "provider": runtime.provider, "selftest": summary},
     )
-    return ModelVersion(name, version, bundle, runtime, batcher, summary, settings.default_deadline_ms)
+    return ModelVersion(
+        name, version, bundle, runtime, batcher, summary, settings.default_deadline_ms, budget
+    )
+
+
+def warm_inference_ms(runtime: PolicyRuntime, meta) -> float:
+    """One observation at the default K, timed after warm-up: the latency target's first estimate."""
+    observation = np.zeros((1, meta.obs_dim), np.float32)
+    noise = request_noise(0, 1, meta.default_num_candidates, meta.action_dim)
+    started = time.perf_counter()
+    runtime(observation, noise)
+    return (time.perf_counter() - started) * 1e3

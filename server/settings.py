@@ -36,7 +36,10 @@ class ServerSettings(BaseSettings):
     )
     max_batch_size: int = Field(256, ge=1, description="a batch closes at this many observations")
     max_queue_delay_us: int = Field(
-        500, ge=0, description="...or this long after its first request arrived, whichever comes first"
+        0,
+        ge=0,
+        description="optional: let a batch wait up to this long after its first request for fuller batches "
+        "(0: whatever is queued runs as soon as the runtime is free)",
     )
     max_queue_size: int = Field(
         1024, ge=1, description="observations queued per model version before requests get 503"
@@ -68,6 +71,12 @@ class ServerSettings(BaseSettings):
     )
     default_deadline_ms: float | None = Field(
         None, gt=0, description="deadline for requests that name none (None: no deadline)"
+    )
+    latency_target_ms: float | None = Field(
+        None,
+        gt=0,
+        description="lower K (down to 1) for requests that name none when the measured queue + inference "
+        "time would miss this many ms (None: always the model's default K)",
     )
     drain_timeout_s: float = Field(
         30.0, ge=0, description="on SIGTERM, longest wait for queued and in-flight requests to finish"

@@ -1,25 +1,54 @@
-"""Native REST (JSON): act, model listing and metadata, repository reload."""
+"""Native REST (JSON): act, model listing and metadata, repository reload.
+
+The act routes take the raw request: the body is validated by pydantic-core in one pass
+(`parse_act_body`), the app-wide objects are read from app.state, and the answer is encoded
+once by orjson, so a request costs no FastAPI dependency or body resolution. The body's
+schema is still the OpenAPI contract (`openapi_extra`).
+"""
 
 from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+import numpy as np
+import orjson
+from fastapi import APIRouter, Path, Query, Request, Response
 
-from server.deps import MetricsDep, RepositoryDep
+from server.deps import metrics_of, repository_of
 from server.repository import ModelRepository
-from server.schemas import ActBody, ActResponse, ModelDescription, ModelListing, ReloadReport
+from server.schemas import (
+    VERSION_LIMIT,
+    ActBody,
+    ActResponse,
+    ModelDescription,
+    ModelListing,
+    ReloadReport,
+    error_responses,
+    parse_act_body,
+)
 from server.served_model import ActResult
 
 router = APIRouter(prefix="/v1", tags=["native REST"])
 
+ACT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": ActBody.model_json_schema()}},
+    }
+}
+ACT_ERRORS = error_responses(400, 401, 404, 413, 422, 500, 503, 504)
+METADATA_ERRORS = error_responses(401, 404, 422, 503)
+VersionPath = Path(ge=1, lt=VERSION_LIMIT, description="a positive integer")
 
-def rest_answer(result: ActResult, single: bool) -> dict:
+
+def rest_answer(result: ActResult, single: bool) -> bytes:
+    # float64 first: the decimal orjson writes then reads back to exactly the float32 served
+    actions = result.actions.astype(np.float64)
+    q_values = result.q_values.astype(np.float64)
     answer: dict = (
-        {"action": result.actions[0].tolist(), "q_value": float(result.q_values[0])}
+        {"action": actions[0], "q_value": float(q_values[0])}
         if single
-        else {"actions": result.actions.tolist(), "q_values": result.q_values.tolist()}
+        else {"actions": actions, "q_values": q_values}
     )
     answer.update(
         num_candidates=result.num_candidates,
@@ -28,18 +57,18 @@ def rest_answer(result: ActResult, single: bool) -> dict:
         seed=result.seed,
         timing_ms=result.timing_ms,
     )
-    return answer
+    return orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-async def act_on(
-    name: str | None, body: ActBody, repository: RepositoryDep, metrics: MetricsDep
-) -> JSONResponse:
+async def act_on(name: str | None, request: Request) -> Response:
     received = time.perf_counter()
+    metrics = metrics_of(request)
     with metrics.track("rest") as tracked:
-        model = repository.resolve(name, body.version)
+        body = parse_act_body(await request.body())
+        model = repository_of(request).resolve(name, body.version)
         tracked.model = model.name
         single = body.observation is not None
-        request = model.check_request(
+        act = model.check_request(
             body.observation if single else body.observations,
             field_name="observation" if single else "observations",
             num_candidates=body.num_candidates,
@@ -47,47 +76,49 @@ async def act_on(
             deadline_ms=body.deadline_ms,
             received=received,
         )
-        result = await model.act(request, received)
-        metrics.record_result(model.name, result.num_candidates, result.q_values)
-        return JSONResponse(rest_answer(result, single))
+        result = await model.act(act, received)
+        metrics.record_result(result)
+        return Response(rest_answer(result, single), media_type="application/json")
 
 
-@router.post("/models/{name}/act", response_model=ActResponse)
-async def act(name: str, body: ActBody, repository: RepositoryDep, metrics: MetricsDep) -> JSONResponse:
+@router.post("/models/{name}/act", response_model=ActResponse, responses=ACT_ERRORS, openapi_extra=ACT_BODY)
+async def act(name: str, request: Request) -> Response:
     """Actions for one observation or a batch, from model `name` (newest ready version unless `version`)."""
-    return await act_on(name, body, repository, metrics)
+    return await act_on(name, request)
 
 
-@router.post("/act", response_model=ActResponse)
-async def act_default(body: ActBody, repository: RepositoryDep, metrics: MetricsDep) -> JSONResponse:
+@router.post("/act", response_model=ActResponse, responses=ACT_ERRORS, openapi_extra=ACT_BODY)
+async def act_default(request: Request) -> Response:
     """Like `/v1/models/{name}/act` for the default model: `MFQL_DEFAULT_MODEL`, else the only model,
     else the first ready model by name (`GET /v1/models` says which)."""
-    return await act_on(None, body, repository, metrics)
+    return await act_on(None, request)
 
 
-@router.get("/models", response_model=ModelListing)
-async def list_models(repository: RepositoryDep) -> dict:
+@router.get("/models", response_model=ModelListing, responses=error_responses(401))
+async def list_models(request: Request) -> dict:
     """Every model with its ready versions, the versions loading, and those that failed (with why)."""
-    return repository.listing()
+    return repository_of(request).listing()
 
 
-def describe(repository: ModelRepository, name: str, version: str | None) -> dict:
+def describe(repository: ModelRepository, name: str, version: int | None) -> dict:
     model = repository.resolve(name, version)
     return {**model.describe(), "versions": [str(v) for v in repository.versions(name)]}
 
 
-@router.get("/models/{name}", response_model=ModelDescription)
-async def model_metadata(name: str, repository: RepositoryDep, version: str | None = None) -> dict:
+@router.get("/models/{name}", response_model=ModelDescription, responses=METADATA_ERRORS)
+async def model_metadata(
+    name: str, request: Request, version: int | None = Query(None, ge=1, lt=VERSION_LIMIT)
+) -> dict:
     """Dims, bounds, K limits, provider, training env and success rate of a model version."""
-    return describe(repository, name, version)
+    return describe(repository_of(request), name, version)
 
 
-@router.get("/models/{name}/versions/{version}", response_model=ModelDescription)
-async def model_version_metadata(name: str, version: str, repository: RepositoryDep) -> dict:
-    return describe(repository, name, version)
+@router.get("/models/{name}/versions/{version}", response_model=ModelDescription, responses=METADATA_ERRORS)
+async def model_version_metadata(name: str, request: Request, version: int = VersionPath) -> dict:
+    return describe(repository_of(request), name, version)
 
 
-@router.post("/repository/reload", response_model=ReloadReport)
-async def reload_repository(repository: RepositoryDep) -> dict:
+@router.post("/repository/reload", response_model=ReloadReport, responses=error_responses(401))
+async def reload_repository(request: Request) -> dict:
     """Scan the model repository now (new versions load and verify before serving); failed ones retry."""
-    return await repository.reload(retry_failed=True)
+    return await repository_of(request).reload(retry_failed=True)

@@ -13,19 +13,22 @@ import importlib.metadata
 import time
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Path, Request, Response
 
 from server.binary_tensors import (
+    DATATYPES,
     HEADER_LENGTH,
     Tensor,
     decode_content,
     encode_response,
+    parameters_of,
     parse_inputs,
     requested_outputs,
     split_body,
 )
-from server.deps import MetricsDep, RepositoryDep, SettingsDep
+from server.deps import metrics_of, repository_of, settings_of
 from server.errors import InvalidInput
+from server.schemas import VERSION_LIMIT, error_responses
 from server.served_model import ModelVersion
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
@@ -62,37 +65,96 @@ def model_metadata(model: ModelVersion, versions: list[int], platform: str) -> d
     }
 
 
-@router.get("/models/{name}")
-@router.get("/models/{name}/versions/{version}")
-async def get_model_metadata(
-    name: str, repository: RepositoryDep, settings: SettingsDep, version: str | None = None
-) -> dict:
+TENSOR = {
+    "type": "object",
+    "required": ["name", "shape", "datatype", "data"],
+    "properties": {
+        "name": {"enum": ["observation", "num_candidates", "seed"]},
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "datatype": {"enum": list(DATATYPES)},
+        "data": {"type": "array"},
+        "parameters": {"type": "object"},
+    },
+}
+OUTPUT = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {"name": {"enum": list(OUTPUTS)}, "parameters": {"type": "object"}},
+}
+# JSON tensors; the binary extension (a JSON header, then raw tensors, with the header's length in
+# `Inference-Header-Content-Length`) is the same request framed differently (binary_tensors.py).
+INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["inputs"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "parameters": {"type": "object"},
+                        "inputs": {"type": "array", "items": TENSOR, "minItems": 1},
+                        "outputs": {"type": "array", "items": OUTPUT},
+                    },
+                }
+            },
+        },
+    }
+}
+METADATA_ERRORS = error_responses(401, 404, 422, 503)
+INFER_ERRORS = error_responses(400, 401, 404, 413, 422, 500, 503, 504)
+VersionPath = Path(ge=1, lt=VERSION_LIMIT, description="a positive integer")
+
+
+async def get_model_metadata(request: Request, name: str, version: int | None = None) -> dict:
+    repository, settings = repository_of(request), settings_of(request)
     model = repository.resolve(name, version)
     platform = "pytorch_libtorch" if settings.backend == "torchscript" else "onnxruntime_onnx"
     return model_metadata(model, repository.versions(name), platform)
 
 
-@router.get("/models/{name}/ready")
-@router.get("/models/{name}/versions/{version}/ready")
-async def model_ready(name: str, repository: RepositoryDep, version: str | None = None) -> dict:
-    model = repository.resolve(name, version)
+@router.get("/models/{name}", responses=METADATA_ERRORS)
+async def newest_model_metadata(name: str, request: Request) -> dict:
+    return await get_model_metadata(request, name)
+
+
+@router.get("/models/{name}/versions/{version}", responses=METADATA_ERRORS)
+async def model_version_metadata(name: str, request: Request, version: int = VersionPath) -> dict:
+    return await get_model_metadata(request, name, version)
+
+
+def ready_answer(request: Request, name: str, version: int | None = None) -> dict:
+    model = repository_of(request).resolve(name, version)
     return {"name": model.name, "version": str(model.version), "ready": True}
 
 
-@router.post("/models/{name}/infer")
-@router.post("/models/{name}/versions/{version}/infer")
-async def infer(
-    name: str,
-    request: Request,
-    repository: RepositoryDep,
-    metrics: MetricsDep,
-    settings: SettingsDep,
-    version: str | None = None,
-) -> Response:
+@router.get("/models/{name}/ready", responses=METADATA_ERRORS)
+async def model_ready(name: str, request: Request) -> dict:
+    return ready_answer(request, name)
+
+
+@router.get("/models/{name}/versions/{version}/ready", responses=METADATA_ERRORS)
+async def model_version_ready(name: str, request: Request, version: int = VersionPath) -> dict:
+    return ready_answer(request, name, version)
+
+
+@router.post("/models/{name}/infer", responses=INFER_ERRORS, openapi_extra=INFER_BODY)
+async def infer(name: str, request: Request) -> Response:
     """JSON tensors, or the binary tensor data extension (`Inference-Header-Content-Length`)."""
+    return await infer_on(request, name, None)
+
+
+@router.post("/models/{name}/versions/{version}/infer", responses=INFER_ERRORS, openapi_extra=INFER_BODY)
+async def infer_version(name: str, request: Request, version: int = VersionPath) -> Response:
+    return await infer_on(request, name, version)
+
+
+async def infer_on(request: Request, name: str, version: int | None) -> Response:
     received = time.perf_counter()
+    metrics, settings = metrics_of(request), settings_of(request)
     with metrics.track("v2") as tracked:
-        model = repository.resolve(name, version)
+        model = repository_of(request).resolve(name, version)
         tracked.model = model.name
         body = decode_content(
             await request.body(), request.headers.get("content-encoding"), settings.max_request_bytes
@@ -102,11 +164,11 @@ async def infer(
         outputs = requested_outputs(header, OUTPUTS, DEFAULT_OUTPUTS)
         act = model.check_request(
             observation_input(tensors, model),
-            **options(header.get("parameters") or {}, tensors),
+            **options(parameters_of(header, "request"), tensors),
             received=received,
         )
         result = await model.act(act, received)
-        metrics.record_result(model.name, result.num_candidates, result.q_values)
+        metrics.record_result(result)
         values = {"action": result.actions, "q_value": result.q_values, "candidates": result.candidates}
         response_header: dict[str, Any] = {
             "model_name": model.name,

@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 
 from clients import codec
 from server.auth import refuse_websocket
-from server.deps import MetricsDep, RepositoryDep
+from server.deps import metrics_of, repository_of
 from server.errors import InvalidInput, MalformedRequest, ServingError
 from server.metrics import ServerMetrics
 from server.repository import ModelRepository
@@ -36,15 +36,13 @@ router = APIRouter(tags=["WebSocket (openpi protocol)"])
 
 
 @router.websocket("/v1/models/{name}/ws")
-async def model_socket(
-    websocket: WebSocket, name: str, repository: RepositoryDep, metrics: MetricsDep
-) -> None:
-    await serve_socket(websocket, name, repository, metrics)
+async def model_socket(websocket: WebSocket, name: str) -> None:
+    await serve_socket(websocket, name, repository_of(websocket), metrics_of(websocket))
 
 
 @router.websocket("/")
-async def default_socket(websocket: WebSocket, repository: RepositoryDep, metrics: MetricsDep) -> None:
-    await serve_socket(websocket, None, repository, metrics)
+async def default_socket(websocket: WebSocket) -> None:
+    await serve_socket(websocket, None, repository_of(websocket), metrics_of(websocket))
 
 
 async def serve_socket(
@@ -91,7 +89,7 @@ async def answer(
                 received=received,
             )
             result = await model.act(act, received)
-            metrics.record_result(model.name, result.num_candidates, result.q_values)
+            metrics.record_result(result)
             return codec.packb(ws_reply(result, act.single))
     except ServingError as error:
         return json.dumps({"status": error.status, "error": error.message})

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 # One way to start a real server for every test folder; re-exported for the client tests.
-from tests.server.live import console_script, free_port, serve_command, serving
+from tests.server.live import console_script, serve_command, serving
 
-__all__ = ["console_script", "free_port", "running_server", "serve_command"]
+__all__ = ["console_script", "running_server", "serve_command"]
 
 CUBE = "cube"  # cube-single's dims, so mfql-rollout can drive the real env with it
 CUBE_OBS_DIM, CUBE_ACTION_DIM = 28, 5
@@ -19,6 +19,6 @@ API_KEY = "test-key-0123456789"
 
 @contextlib.contextmanager
 def running_server(repository: Path, *extra_args: str, ready_timeout: float = 60.0) -> Iterator[str]:
-    """Start `mfql-serve` on a free port, wait for /v2/health/ready, yield its URL, stop it."""
+    """Start `mfql-serve` on a port of its own, wait for /v2/health/ready, yield its URL, stop it."""
     with serving(repository, *extra_args, ready_timeout=ready_timeout) as server:
         yield server.url

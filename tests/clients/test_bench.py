@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
+from dataclasses import replace
 
 import pytest
 
-from clients.bench import LoadSpec, is_loopback, main, run_load
+from clients.bench import LoadSpec, is_loopback, main, run_load, worker_specs
 from tests.clients.live_server import CUBE, console_script
 
 LATENCY_KEYS = {"count", "mean", "p50", "p90", "p99", "max"}
@@ -112,3 +113,25 @@ def test_loopback_detection():
 def test_bounds_must_be_positive(capsys):
     assert main(["--concurrency", "0"]) == 2
     assert "--concurrency must be > 0" in capsys.readouterr().err
+
+
+def test_workers_share_slots_and_budget_and_their_counts_add_up(server_url):
+    result = _bench(
+        "--url", server_url, "--model", CUBE, "--concurrency", "3", "--workers", "2",
+        "--duration", "30", "--max-requests", "41",
+    )  # fmt: skip
+    _assert_consistent(result, 41)
+    assert (result["workers"], result["requests"], result["ok"]) == (2, 41, 41)
+
+
+def test_worker_specs_split_concurrency_rate_and_requests_without_empty_workers():
+    spec = LoadSpec("http://127.0.0.1:1", CUBE, concurrency=5, max_requests=7, rate=90.0, workers=4)
+    shares = worker_specs(spec)
+    assert [s.concurrency for s in shares] == [2, 1, 1, 1] and [s.max_requests for s in shares] == [
+        2,
+        2,
+        2,
+        1,
+    ]
+    assert all(s.rate == 22.5 and s.workers == 1 for s in shares)
+    assert len(worker_specs(replace(spec, concurrency=1))) == 1

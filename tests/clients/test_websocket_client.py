@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -88,8 +87,9 @@ def _serve(handler):
     return server, f"ws://127.0.0.1:{server.socket.getsockname()[1]}"
 
 
-def _echo_server(first_reply_delay: float):
-    """A WebSocket stub that answers each observation with its first elements as the action."""
+def _echo_server(first_reply: threading.Event):
+    """A WebSocket stub that answers each observation with its first elements as the action;
+    the first answer waits until `first_reply` is set."""
     calls = []
 
     def handler(connection):
@@ -98,7 +98,7 @@ def _echo_server(first_reply_delay: float):
             request = codec.unpackb(message)
             calls.append(request)
             if len(calls) == 1:
-                time.sleep(first_reply_delay)
+                first_reply.wait(30)
             observation = np.asarray(request["observation"])
             connection.send(codec.packb({"actions": observation[:2], "q_values": np.zeros(1)}))
 
@@ -106,11 +106,13 @@ def _echo_server(first_reply_delay: float):
 
 
 def test_reply_to_a_timed_out_call_is_discarded_not_returned_for_the_next_one():
-    server, url, calls = _echo_server(first_reply_delay=1.0)
+    first_reply = threading.Event()
+    server, url, calls = _echo_server(first_reply)
     try:
         with WebSocketPolicyClient(url) as client:
             with pytest.raises(RequestTimeout):
                 client.act([1.0, 1.0, 1.0], timeout=0.1)
+            first_reply.set()  # the late answer arrives only now, after the client gave up
             action = client.act([2.0, 2.0, 2.0])
     finally:
         server.shutdown()

@@ -1,4 +1,8 @@
-"""DynamicBatcher: when batches close, mixed K, deadlines, back-pressure, failures, seeded determinism."""
+"""DynamicBatcher: when batches close, mixed K, deadlines, back-pressure, failures, seeded determinism.
+
+Nothing here waits a fixed time for something to happen: tests wait on the condition itself
+(`eventually`), or hold the runtime on an event to make "the runtime is busy" a fact.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from server.errors import DeadlineExceeded, InferenceFailed, Unavailable
 from server.noise import pad_candidates, request_noise
 from server.runner import OnnxRunner
 from server.settings import ServerSettings
+from tests.server.live import eventually
 
 OBS_DIM, ACTION_DIM = 6, 3
 
@@ -23,16 +28,21 @@ class RecordingRuntime:
 
     provider = "numpy"
 
-    def __init__(self, fail: bool = False, delay: float = 0.0):
+    def __init__(self, fail: bool = False, hold: bool = False):
         self.calls: list[tuple[int, int]] = []
         self.fail = fail
-        self.delay = delay
         self.lock = threading.Lock()
+        self.running = threading.Event()  # set while a call is inside the runtime
+        self.release = threading.Event()  # with hold=True, each call waits for this
+        if not hold:
+            self.release.set()
 
     def __call__(self, observation, noise):
         with self.lock:
             self.calls.append((observation.shape[0], noise.shape[1]))
-        time.sleep(self.delay)
+        self.running.set()
+        self.release.wait(30)
+        self.running.clear()
         if self.fail:
             raise RuntimeError("boom")
         candidates = np.tanh(observation[:, None, :ACTION_DIM] + noise)
@@ -58,6 +68,22 @@ def request(seed: int, rows: int = 1, k: int = 1) -> tuple[np.ndarray, np.ndarra
     return observation, request_noise(seed, rows, k, ACTION_DIM)
 
 
+class Observed:
+    """A BatchObserver that keeps the batch sizes it was told about (what the histogram gets)."""
+
+    def __init__(self):
+        self.batch_rows: list[int] = []
+
+    def batch_done(self, rows, inference_s, queue_s):
+        self.batch_rows.append(rows)
+
+    def queue_depth(self, rows):
+        pass
+
+    def unloaded(self):
+        pass
+
+
 @pytest.fixture
 def batchers():
     made = []
@@ -79,18 +105,54 @@ async def test_batch_closes_as_soon_as_it_is_full(batchers):
     assert all(r.batch_rows == 4 for r in results)
 
 
-async def test_batch_closes_after_the_queue_delay_when_not_full(batchers):
+async def test_a_lone_request_runs_at_once_and_requests_arriving_while_busy_form_the_next_batch(batchers):
+    runtime, observed = RecordingRuntime(hold=True), Observed()
+    batcher = make_batcher(runtime, max_batch_size=64, max_queue_delay_s=0.0, observer=observed)
+    batchers.append(batcher)
+    lone = asyncio.ensure_future(batcher.submit(*request(0), None))
+    await eventually(runtime.running.is_set)  # it ran without waiting for company
+    assert runtime.calls == [(1, 1)]
+    waiting = [asyncio.ensure_future(batcher.submit(*request(i, rows=2), None)) for i in (1, 2, 3)]
+    await eventually(lambda: batcher.pending == 4)  # 1 running + 3 queued behind it
+    runtime.release.set()
+    results = await asyncio.wait_for(asyncio.gather(lone, *waiting), 10)
+    assert runtime.calls == [(1, 1), (6, 1)]  # the three that queued ran as one batch
+    assert [r.batch_rows for r in results] == [1, 6, 6, 6]
+    await eventually(lambda: len(observed.batch_rows) == 2)  # reported after the answers went out
+    assert observed.batch_rows == [1, 6]  # the histogram sees exactly the batches that ran
+
+
+async def test_queue_delay_is_an_optional_cap_that_waits_for_a_fuller_batch(batchers):
     runtime = RecordingRuntime()
     batcher = make_batcher(runtime, max_batch_size=64, max_queue_delay_s=0.2)
     batchers.append(batcher)
     started = time.perf_counter()
     first = asyncio.ensure_future(batcher.submit(*request(0), None))
-    await asyncio.sleep(0.05)
+    await eventually(lambda: batcher.pending == 1)
     second = await batcher.submit(*request(1, rows=2), None)
     elapsed = time.perf_counter() - started
     assert 0.19 <= elapsed < 5.0
     assert runtime.calls == [(3, 1)] and second.batch_rows == 3
     assert (await first).queue_ms >= 190
+
+
+async def test_late_and_abandoned_requests_are_not_counted_in_the_batch_size(batchers):
+    runtime, observed = RecordingRuntime(hold=True), Observed()
+    batcher = make_batcher(runtime, max_queue_delay_s=0.0, observer=observed)
+    batchers.append(batcher)
+    busy = asyncio.ensure_future(batcher.submit(*request(0), None))
+    await eventually(runtime.running.is_set)
+    late = asyncio.ensure_future(batcher.submit(*request(1), time.perf_counter() - 0.001))
+    abandoned = asyncio.ensure_future(batcher.submit(*request(2), None))
+    kept = asyncio.ensure_future(batcher.submit(*request(3, rows=2), None))
+    await eventually(lambda: batcher.pending == 4)
+    abandoned.cancel()
+    runtime.release.set()
+    await asyncio.wait_for(asyncio.gather(busy, kept), 10)
+    with pytest.raises(DeadlineExceeded):
+        await late
+    await eventually(lambda: len(observed.batch_rows) == 2)
+    assert runtime.calls == [(1, 1), (2, 1)] and observed.batch_rows == [1, 2]
 
 
 async def test_requests_are_never_split_and_batches_respect_the_size_limit(batchers):
@@ -162,7 +224,7 @@ async def test_full_queue_refuses_with_retry_after(batchers):
     batcher = make_batcher(runtime, max_queue_delay_s=30.0, max_batch_size=64, max_queue_size=3)
     batchers.append(batcher)
     waiting = asyncio.ensure_future(batcher.submit(*request(0, rows=3), None))
-    await asyncio.sleep(0.01)
+    await eventually(lambda: batcher.pending == 1)
     with pytest.raises(Unavailable, match="queue .* is full") as refused:
         await batcher.submit(*request(1), None)
     assert refused.value.status == 503 and refused.value.headers["Retry-After"] == "1"
@@ -182,13 +244,14 @@ async def test_runtime_failure_fails_its_batch_only(batchers):
 
 
 async def test_inference_runs_off_the_event_loop(batchers):
-    runtime = RecordingRuntime(delay=0.3)
+    runtime = RecordingRuntime(hold=True)
     batcher = make_batcher(runtime)
     batchers.append(batcher)
     submitted = asyncio.ensure_future(batcher.submit(*request(0), None))
-    ticks = 0
-    while not submitted.done():
-        await asyncio.sleep(0.01)
-        ticks += 1
-    assert ticks >= 10  # the loop kept running while the runtime slept
-    assert batcher.pending == 0
+    await eventually(runtime.running.is_set)
+    # the runtime is inside its call; the loop still runs other work to completion meanwhile
+    assert await asyncio.wait_for(asyncio.to_thread(lambda: "loop alive"), 10) == "loop alive"
+    assert not submitted.done()
+    runtime.release.set()
+    await asyncio.wait_for(submitted, 10)
+    await eventually(lambda: batcher.pending == 0)

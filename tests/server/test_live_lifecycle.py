@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import time
@@ -21,6 +22,12 @@ BODY = {"observation": [0.25] * 28, "seed": 1}
 
 def act(url: str, **options) -> httpx.Response:
     return httpx.post(f"{url}/v1/models/cube/act", json={**BODY, **options}, timeout=30.0)
+
+
+def queue_depth(url: str) -> float:
+    """Observations waiting in cube/1's queue, from the server's own gauge."""
+    found = re.search(r'mfql_queue_depth\{model="cube",version="1"\} (\S+)', httpx.get(f"{url}/metrics").text)
+    return float(found[1]) if found else 0.0
 
 
 def test_hot_reload_serves_a_copied_in_version_and_never_a_broken_one(tmp_path):
@@ -62,13 +69,14 @@ def triton_infer_with_timeout(hostport: str, timeout_us: int):
 def test_full_queue_answers_503_with_retry_after_and_late_requests_504(tmp_path):
     repository = tmp_path / "repository"
     write_test_bundle(repository / "cube" / "1")
-    # every batch waits 1.5 s, so requests pile up in the queue of 5 observations
-    with serving(repository, "--max-queue-delay-us", "1500000", "--max-queue-size", "5") as server:
+    # every batch waits 5 s for company (the optional cap), so requests pile up in the queue of 5
+    # observations, even when a loaded machine is slow to send them
+    with serving(repository, "--max-queue-delay-us", "5000000", "--max-queue-size", "5") as server:
         with ThreadPoolExecutor(8) as pool:
             queued = [pool.submit(act, server.url) for _ in range(3)]
             late = pool.submit(act, server.url, deadline_ms=100)
             late_v2 = pool.submit(triton_infer_with_timeout, server.hostport, 100_000)
-            time.sleep(0.5)
+            wait_until(lambda: queue_depth(server.url) == 5, message="5 observations queued")
             overflow = act(server.url)
             assert overflow.status_code == 503 and overflow.headers["Retry-After"] == "1"
             assert "queue of cube/1 is full" in overflow.json()["error"]
@@ -82,10 +90,10 @@ def test_full_queue_answers_503_with_retry_after_and_late_requests_504(tmp_path)
 def test_sigterm_turns_readiness_off_finishes_queued_requests_then_exits(tmp_path):
     repository = tmp_path / "repository"
     write_test_bundle(repository / "cube" / "1")
-    with serving(repository, "--max-queue-delay-us", "1500000") as server:
+    with serving(repository, "--max-queue-delay-us", "5000000") as server:
         with ThreadPoolExecutor(4) as pool:
             in_flight = [pool.submit(act, server.url, seed=s) for s in range(4)]
-            time.sleep(0.4)  # all four now wait in the queue
+            wait_until(lambda: queue_depth(server.url) == 4, message="all four queued")
             server.process.send_signal(signal.SIGTERM)
             wait_until(lambda: httpx.get(f"{server.url}/v2/health/ready").status_code == 503, 5.0,
                        message="readiness 503")  # fmt: skip
@@ -103,9 +111,9 @@ def test_a_second_signal_stops_without_waiting_for_the_queue(tmp_path):
     options = ("--max-queue-delay-us", "20000000", "--drain-timeout-s", "60")
     with serving(repository, *options) as server, ThreadPoolExecutor(1) as pool:
         pending = pool.submit(act, server.url)
-        time.sleep(0.3)
+        wait_until(lambda: queue_depth(server.url) == 1, message="the request queued")
         server.process.send_signal(signal.SIGINT)
-        time.sleep(0.3)
+        wait_until(lambda: "draining before shutdown" in server.log_text(), message="drain started")
         stopping = time.monotonic()
         server.process.send_signal(signal.SIGINT)
         assert server.process.wait(timeout=15) == 0

@@ -13,6 +13,7 @@ from server.metrics import ServerMetrics
 from server.repository import ModelRepository, scan_repository
 from server.settings import ServerSettings
 from tests.server.bundles import rewrite_metadata, write_test_bundle
+from tests.server.live import eventually
 
 OBSERVATION = np.linspace(-1, 1, 28, dtype=np.float32)
 
@@ -109,8 +110,8 @@ async def test_hot_reload_swaps_in_a_new_version_and_never_a_broken_one(reposito
     assert 'mfql_queue_depth{model="cube",version="2"}' in metrics.render()[0].decode()
     assert (await repository.reload())["unloaded"] == ["cube/2"]
     assert (await action_of(repository))[0] == 1 and repository.resolve("cube") is old
-    await asyncio.sleep(0.1)  # the retired version drains and unloads in the background
-    assert 'version="2"' not in metrics.render()[0].decode()
+    # the retired version drains and unloads in the background
+    await eventually(lambda: 'version="2"' not in metrics.render()[0].decode())
     assert repository.listing()["models"][0]["failed"] == []
 
 
@@ -127,9 +128,24 @@ async def test_drain_stops_new_requests_and_waits_for_queued_ones(repository_dir
     repository = await open_repository(repository_dir, repositories, max_queue_delay_us=200_000)
     model = repository.resolve("cube")
     queued = asyncio.ensure_future(model.act(model.check_request(OBSERVATION, seed=1), 0.0))
-    await asyncio.sleep(0.02)
+    await eventually(lambda: model.batcher.pending == 1)
     assert await repository.drain(timeout_s=5.0)
     assert queued.done() and queued.result().actions.shape == (1, 5)
     assert not repository.ready
     with pytest.raises(Unavailable, match="shutting down"):
         repository.resolve("cube")
+
+
+async def test_a_half_copied_version_fails_then_loads_once_its_copy_completes(repository_dir, repositories):
+    repository = await open_repository(repository_dir, repositories)
+    complete = write_test_bundle(repository_dir.parent / "staging" / "2", weights_seed=2)
+    half = repository_dir / "cube" / "2"
+    half.mkdir()
+    for name in ("metadata.json", "SHA256SUMS"):  # copied straight in, not under a hidden name
+        shutil.copy2(complete / name, half / name)
+    assert (await repository.reload())["failed"] == ["cube/2"]
+    assert repository.resolve("cube").version == 1
+    for path in complete.iterdir():  # the copy completes: the directory's content changed
+        shutil.copy2(path, half / path.name)
+    assert (await repository.reload())["loaded"] == ["cube/2"]  # retried without being asked to
+    assert (await action_of(repository))[0] == 2 and repository.listing()["models"][0]["failed"] == []

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import types
+import typing
 from pathlib import Path
 
 import pytest
@@ -28,46 +30,44 @@ def test_defaults_serve_the_embedded_repository_on_localhost():
     settings = ServerSettings()
     assert (settings.host, settings.port) == ("127.0.0.1", 8000)
     assert settings.repository_path == EMBEDDED_REPOSITORY == ROOT / "server" / "default_model"
-    assert (settings.max_batch_size, settings.max_queue_delay_us, settings.backend) == (256, 500, "onnx")
+    assert (settings.max_batch_size, settings.max_queue_delay_us, settings.backend) == (256, 0, "onnx")
+    assert settings.latency_target_ms is None and settings.default_deadline_ms is None
     assert settings.api_key_file is None and settings.provider_list is None
 
 
+def environment_value(field, existing_file: Path) -> tuple[str, object]:
+    """A valid value other than the default for a settings field: its MFQL_* text and the parsed value."""
+    kind = field.annotation
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None: the X
+        (kind,) = [a for a in typing.get_args(kind) if a is not type(None)]
+    if typing.get_origin(kind) is typing.Literal:
+        choice = next(c for c in typing.get_args(kind) if c != field.default)
+        return choice, choice
+    if kind is bool:
+        return str(not field.default).lower(), not field.default
+    if kind is int:
+        return str(field.default + 1), field.default + 1
+    if kind is float:
+        value = (field.default or 1.0) + 0.5
+        return str(value), value
+    if kind is Path:
+        return str(existing_file), existing_file
+    assert kind is str, f"no test value for a {field.annotation} setting"
+    return "CPUExecutionProvider", "CPUExecutionProvider"
+
+
 def test_every_option_reads_its_mfql_environment_variable(monkeypatch, tmp_path):
-    keys = tmp_path / "keys"
-    keys.write_text("k\n")
-    values = {
-        "MFQL_HOST": "0.0.0.0",
-        "MFQL_PORT": "9001",
-        "MFQL_MODEL_REPOSITORY": str(tmp_path),
-        "MFQL_API_KEY_FILE": str(keys),
-        "MFQL_MAX_BATCH_SIZE": "64",
-        "MFQL_MAX_QUEUE_DELAY_US": "250",
-        "MFQL_MAX_QUEUE_SIZE": "100",
-        "MFQL_INTRA_OP_THREADS": "2",
-        "MFQL_PROVIDERS": "CPUExecutionProvider",
-        "MFQL_BACKEND": "torchscript",
-        "MFQL_LOG_LEVEL": "DEBUG",
-        "MFQL_REPOSITORY_POLL_S": "0.5",
-        "MFQL_DEFAULT_DEADLINE_MS": "20",
-        "MFQL_ALLOW_SPINNING": "true",
-        "MFQL_DEFAULT_MODEL": "cube",
-    }
-    for key, value in values.items():
-        monkeypatch.setenv(key, value)
+    existing_file = tmp_path / "keys"
+    existing_file.write_text("k\n")
+    expected = {}
+    for name, field in ServerSettings.model_fields.items():
+        text, value = environment_value(field, existing_file)
+        assert value != field.default, name
+        monkeypatch.setenv(f"MFQL_{name.upper()}", text)
+        expected[name] = value
     settings = ServerSettings()
-    assert (settings.host, settings.port, settings.model_repository) == ("0.0.0.0", 9001, tmp_path)
-    assert (settings.max_batch_size, settings.max_queue_delay_s, settings.max_queue_size) == (
-        64,
-        0.00025,
-        100,
-    )
-    assert settings.provider_list == ["CPUExecutionProvider"] and settings.backend == "torchscript"
-    assert (settings.log_level, settings.repository_poll_s, settings.default_deadline_ms) == (
-        "debug",
-        0.5,
-        20.0,
-    )
-    assert settings.allow_spinning is True and settings.default_model == "cube"
+    assert {name: getattr(settings, name) for name in expected} == expected
+    assert len(expected) == len(ServerSettings.model_fields) >= 22
 
 
 def test_cli_flags_override_environment_variables(monkeypatch, tmp_path):
