@@ -43,6 +43,11 @@ ARMS: dict[str, tuple[str, list[str]]] = {
         [*CONSTANT_LR, "--precision", "fp32"],
     ),
     "draws-4": ("constant lr + 4 (e, t) draws per state in the MFI loss", [*CONSTANT_LR, "--mfi-draws", "4"]),
+    "paper-draws-4": ("the paper's setting + 4 (e, t) draws per state", ["--mfi-draws", "4"]),
+    "draws-4-alpha-1000": (
+        "draws-4 with alpha 1000",
+        [*CONSTANT_LR, "--mfi-draws", "4", "--alpha", "1000"],
+    ),
     "alpha-30": ("constant lr, alpha 30", [*CONSTANT_LR, "--alpha", "30"]),
     "alpha-100": ("constant lr, alpha 100", [*CONSTANT_LR, "--alpha", "100"]),
     "alpha-1000": ("constant lr, alpha 1000", [*CONSTANT_LR, "--alpha", "1000"]),
