@@ -25,7 +25,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_methods import plot_learning_curves, summarize, train_and_evaluate  # noqa: E402
+from compare_methods import (  # noqa: E402
+    plot_learning_curves,
+    split_extra,
+    summarize,
+    train_and_evaluate,
+)
 
 BASE = [
     "--policy", "mlp", "--mlp-hidden", "256,256,256,256", "--critic-hidden", "256,256,256,256",
@@ -124,9 +129,7 @@ def markdown(args: argparse.Namespace, rows: list[dict], summary: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
+    argv, extra = split_extra(argv)
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
