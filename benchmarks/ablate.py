@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_methods import (  # noqa: E402
+    add_run_arguments,
     plot_learning_curves,
     split_extra,
     summarize,
@@ -133,20 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--env", default="cube-single-play-singletask-task2-v0")
-    parser.add_argument("--dataset-dir", type=Path, default=Path("data"))
-    parser.add_argument("--steps", type=int, default=30_000)
-    parser.add_argument("--seeds", default="0", help="comma-separated training seeds")
+    add_run_arguments(parser, steps=30_000, eval_every=10_000, out="runs/study")
     parser.add_argument(
         "--arms", default="paper,lr-constant,draws-4", help="comma-separated; --list shows all"
     )
     parser.add_argument("--list", action="store_true", help="print the arms and exit")
-    parser.add_argument("--eval-episodes", type=int, default=50)
-    parser.add_argument("--eval-every", type=int, default=10_000)
-    parser.add_argument("--curve-episodes", type=int, default=25)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads per run")
-    parser.add_argument("--jobs", type=int, default=1, help="runs trained at the same time")
-    parser.add_argument("--out", type=Path, default=Path("runs/study"))
     args = parser.parse_args(argv)
     args.extra = extra
     if args.list:

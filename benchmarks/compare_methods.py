@@ -158,23 +158,30 @@ def split_extra(argv: list[str] | None) -> tuple[list[str], list[str]]:
     return argv[: argv.index("--")], argv[argv.index("--") + 1 :]
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, steps: int, eval_every: int, out: str) -> None:
+    """The options `train_and_evaluate` reads: data, budget, seeds, evaluations, parallelism."""
+    parser.add_argument("--env", default="cube-single-play-singletask-task2-v0")
+    parser.add_argument("--dataset-dir", type=Path, default=Path("data"))
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--seeds", default="0", help="comma-separated training seeds")
+    parser.add_argument("--eval-episodes", type=int, default=50)
+    parser.add_argument(
+        "--eval-every", type=int, default=eval_every, help="evaluate during training (curves)"
+    )
+    parser.add_argument("--curve-episodes", type=int, default=25, help="episodes per training evaluation")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads per run")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at the same time")
+    parser.add_argument("--out", type=Path, default=Path(out))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv, extra = split_extra(argv)
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--env", default="cube-single-play-singletask-task2-v0")
-    parser.add_argument("--dataset-dir", type=Path, default=Path("data"))
-    parser.add_argument("--steps", type=int, default=50_000)
-    parser.add_argument("--seeds", default="0", help="comma-separated training seeds")
+    add_run_arguments(parser, steps=50_000, eval_every=0, out="runs/compare")
     parser.add_argument("--policy", choices=["mlp", "dit"], default="mlp", help="MFQL's policy network")
-    parser.add_argument("--eval-episodes", type=int, default=50)
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads per run")
-    parser.add_argument("--jobs", type=int, default=1, help="runs trained at the same time")
-    parser.add_argument("--eval-every", type=int, default=0, help="evaluate during training (curves)")
-    parser.add_argument("--curve-episodes", type=int, default=25, help="episodes per training evaluation")
-    parser.add_argument("--out", type=Path, default=Path("runs/compare"))
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
