@@ -57,6 +57,13 @@ ARMS: dict[str, tuple[str, list[str]]] = {
     "alpha-100": ("constant lr, alpha 100", [*CONSTANT_LR, "--alpha", "100"]),
     "alpha-1000": ("constant lr, alpha 1000", [*CONSTANT_LR, "--alpha", "1000"]),
     "dit": ("constant lr, the reference's DiT policy", [*CONSTANT_LR, "--policy", "dit"]),
+    # MFQL's Q during training sits at about -27 where FQL's reaches -50 on the same data,
+    # while FQL succeeds more: the best-of-K target (a max over K candidates) may overestimate.
+    # The paper's hyperparameter K is 1 or 5; K = 1 is FQL's target (one candidate).
+    "k-1": (
+        "constant lr, K = 1 (critic target and action from one candidate)",
+        [*CONSTANT_LR, "--num-candidates", "1"],
+    ),
     "fql": ("the FQL baseline (its own settings)", ["--agent", "fql"]),
 }
 

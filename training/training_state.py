@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from training.agents import Agent
+from training.agents.common import load_optimizer_state
 from training.checkpoint import (
     CheckpointError,
     load_trainer_state,
@@ -64,7 +65,7 @@ def restore_training_state(
             start = prefix + "."
             module.load_state_dict({k[len(start) :]: v for k, v in model.items() if k.startswith(start)})
         for name, optimizer in agent.optimizers().items():
-            optimizer.load_state_dict(optimizer_state(name, tensors, state))
+            load_optimizer_state(optimizer, optimizer_state(name, tensors, state))
         agent.load_extra_state(state)
         agent.generator.set_state(tensors["rng.agent"])
         buffer.generator.set_state(tensors["rng.buffer"])

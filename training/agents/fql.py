@@ -14,7 +14,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from training.agents.common import Batch, best_of_k, critic_loss, ema_update, frozen_critic_q
+from training.agents.common import Batch, adam, best_of_k, critic_loss, ema_update, frozen_critic_q
 from training.config import AgentConfig, NetworkConfig
 from training.networks import CriticEnsemble, MLPPolicy, OneStepMLPPolicy
 from training.precision import Precision, matmul_autocast
@@ -94,7 +94,7 @@ class FQLAgent:
         self.critic = CriticEnsemble(obs_dim, action_dim, network)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         parameters = [*self.bc_flow.parameters(), *self.policy.parameters(), *self.critic.parameters()]
-        self.optimizer = torch.optim.Adam(parameters, lr=config.actor_lr)
+        self.optimizer = adam(parameters, lr=config.actor_lr)
         self.generator = torch.Generator().manual_seed(seed + 1)
 
     def _noise(self, *shape: int) -> Tensor:

@@ -19,6 +19,7 @@ from training.agents.common import (
     Batch,
     best_of_k,
     critic_loss,
+    adam,
     ema_update,
     frozen_critic_q,
     one_step_actions,
@@ -136,8 +137,8 @@ class MFQLAgent:
         self.policy = build_policy(obs_dim, action_dim, network)
         self.critic = CriticEnsemble(obs_dim, action_dim, network)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
+        self.actor_optimizer = adam(self.policy.parameters(), lr=config.actor_lr)
+        self.critic_optimizer = adam(self.critic.parameters(), lr=config.critic_lr)
         self.alpha_controller = AlphaController(config, self.offline_steps)
         self.generator = torch.Generator().manual_seed(seed + 1)
 
