@@ -37,7 +37,7 @@ def test_fused_adam_matches_the_default_update():
     _train((optimizer, fused), 20, 1e-3)
     for a, b in zip(plain.parameters(), fused.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    moved = sum((a - b).abs().sum() for a, b in zip(plain.parameters(), _net(0).parameters()))
+    moved = sum((a - b).abs().sum() for a, b in zip(plain.parameters(), _net(0).parameters(), strict=True))
     assert moved > 1e-2  # the comparison is not between two untouched networks
 
 
