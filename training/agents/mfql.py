@@ -17,9 +17,9 @@ from torch.func import jvp
 
 from training.agents.common import (
     Batch,
+    adam,
     best_of_k,
     critic_loss,
-    adam,
     ema_update,
     frozen_critic_q,
     one_step_actions,
