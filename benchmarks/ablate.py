@@ -115,8 +115,8 @@ def markdown(args: argparse.Namespace, rows: list[dict], summary: dict) -> str:
         f"{args.env}, {args.steps} steps, seeds {args.seeds}, final evaluation over {args.eval_episodes} "
         f"episodes, base flags `{' '.join(BASE + args.extra)}`",
         "",
-        "| arm | what it tests | success (final) | during training | steps/s |",
-        "|---|---|---|---|---|",
+        "| arm | what it tests | success (final) | during training | steps/s | training min |",
+        "|---|---|---|---|---|---|",
     ]
     for name, row in summary.items():
         mine = [r for r in rows if r["method"] == name]
@@ -127,10 +127,13 @@ def markdown(args: argparse.Namespace, rows: list[dict], summary: dict) -> str:
         if len(mine) == 1:  # one seed: the spread is the evaluation's own standard error
             spread = f"+/- {mine[0]['success_rate_stderr']:.2f} (s.e.)"
         else:
-            spread = f"+/- {row['success_rate_stdev']:.2f} (std over {len(mine)} seeds)"
+            each = ", ".join(f"{r['success_rate']:.2f}" for r in sorted(mine, key=lambda r: r["seed"]))
+            spread = f"+/- {row['success_rate_stdev']:.2f} (std over {len(mine)} seeds: {each})"
+        # training time alone (the trainer's steps/s): evaluations and checkpoints excluded
+        minutes = sum(args.steps / r["train_steps_per_second"] for r in mine) / len(mine) / 60
         lines.append(
             f"| {name} | {ARMS[name][0]} | {row['success_rate_mean']:.2f} {spread} "
-            f"| {'; '.join(curve)} | {row['train_steps_per_second']:.1f} |"
+            f"| {'; '.join(curve)} | {row['train_steps_per_second']:.1f} | {minutes:.0f} |"
         )
     return "\n".join(lines) + "\n"
 
