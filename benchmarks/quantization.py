@@ -6,7 +6,8 @@ per-channel scales are refused by ONNX Runtime's kernel for the critic ensemble'
 MatMuls) and quantises activations on the fly. The report gives, per (B, K): milliseconds of
 both graphs and their ratio, the largest and mean |difference| of the candidates (the policy's
 own error), of the chosen action, and of Q, and the share of observations whose best-of-K choice
-is unchanged. Observations come from a dataset file (`--dataset`, the realistic case: the
+is unchanged; and whether an answer depends on its batch-mates (int8 activations are quantised
+with one scale per call). Observations come from a dataset file (`--dataset`, the realistic case: the
 graph normalises raw observations) or, without one, the bundle's own self-test rows.
 
     python benchmarks/quantization.py --bundle server/default_model/cube-single/1 \
@@ -76,6 +77,21 @@ def compare(fp32, int8, observations: np.ndarray, batch: int, k: int, rng, budge
     }
 
 
+def batch_dependence(sess: onnxruntime.InferenceSession, observations: np.ndarray, rows: int = 64) -> float:
+    """Largest |action difference| between running `rows` observations one by one and as one batch."""
+    action_dim = sess.get_inputs()[1].shape[-1]
+    observation = observations[np.arange(rows) % len(observations)].astype(np.float32)
+    noise = np.random.default_rng(1).standard_normal((rows, 1, action_dim)).astype(np.float32)
+    alone = np.concatenate(
+        [
+            sess.run(None, {"observation": observation[i : i + 1], "noise": noise[i : i + 1]})[0]
+            for i in range(rows)
+        ]
+    )
+    together = sess.run(None, {"observation": observation, "noise": noise})[0]
+    return float(np.abs(alone - together).max())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -99,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         fp32, int8 = session(source, args.threads), session(quantized, args.threads)
         rng = np.random.default_rng(0)
         rows = [compare(fp32, int8, observations, b, k, rng, args.budget) for b, k in SHAPES]
+        dependence = {
+            "fp32": batch_dependence(fp32, observations),
+            "int8": batch_dependence(int8, observations),
+        }
     print(
         "| B | K | fp32 ms | int8 ms | speedup | candidates max / mean abs diff | action max diff "
         "| Q max diff (Q range) | same best-of-K choice |"
@@ -111,7 +131,11 @@ def main(argv: list[str] | None = None) -> int:
             f"| {r['action_max_abs_diff']:.3f} | {r['q_max_abs_diff']:.2f} ({r['q_range'][0]:.1f}..{r['q_range'][1]:.1f}) "
             f"| {r['same_choice']:.2f} |"
         )
-    print(json.dumps(rows))
+    print(
+        f"\nthe same 64 observations one by one vs as one batch, max |action diff|: "
+        f"fp32 {dependence['fp32']:.3g}, int8 {dependence['int8']:.3g}"
+    )
+    print(json.dumps({"shapes": rows, "batch_dependence": dependence}))
     return 0
 
 

@@ -16,7 +16,8 @@ def test_int8_probe_quantizes_the_default_bundle_and_reports_parity():
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
-    rows = json.loads(result.stdout.strip().splitlines()[-1])
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    rows = report["shapes"]
     assert [(r["B"], r["K"]) for r in rows] == [(1, 5), (256, 1), (256, 5)]
     for row in rows:
         assert row["fp32_ms"] > 0 and row["int8_ms"] > 0
@@ -25,3 +26,4 @@ def test_int8_probe_quantizes_the_default_bundle_and_reports_parity():
         assert 0 < row["candidate_max_abs_diff"] < 1.0
         assert 0.0 <= row["same_choice"] <= 1.0
     assert "| 256 | 5 |" in result.stdout
+    assert report["batch_dependence"]["fp32"] == 0.0  # float32: a row's answer ignores its batch-mates
