@@ -156,10 +156,17 @@ def _run_mlp(net: nn.Sequential, x: Tensor) -> Tensor:
     return full_precision(net[-1], x)
 
 
-def _mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, zero_head: bool) -> nn.Sequential:
+def _gelu(kind: str) -> nn.GELU:
+    """NetworkConfig.gelu: "tanh" (the reference's flax nn.gelu) or "erf" (the exact GELU)."""
+    if kind not in ("tanh", "erf"):
+        raise ValueError(f"gelu: expected 'tanh' or 'erf', got {kind!r}")
+    return nn.GELU(approximate="tanh" if kind == "tanh" else "none")
+
+
+def _mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, zero_head: bool, gelu: str) -> nn.Sequential:
     layers: list[nn.Module] = []
     for width in hidden:
-        layers += [_dense(in_dim, width, "xavier"), nn.GELU()]
+        layers += [_dense(in_dim, width, "xavier"), _gelu(gelu)]
         in_dim = width
     layers.append(_dense(in_dim, out_dim, "zero" if zero_head else "xavier"))
     return nn.Sequential(*layers)
@@ -174,7 +181,7 @@ class MLPPolicy(nn.Module):
 
     def __init__(self, obs_dim: int, action_dim: int, config: NetworkConfig, zero_head: bool = True) -> None:
         super().__init__()
-        self.net = _mlp(obs_dim + action_dim + 1, config.mlp_hidden, action_dim, zero_head)
+        self.net = _mlp(obs_dim + action_dim + 1, config.mlp_hidden, action_dim, zero_head, config.gelu)
 
     def forward(self, observations: Tensor, z: Tensor, t: Tensor) -> Tensor:
         """t is [B, 1], or [1, 1] for one time shared by every row."""
@@ -187,7 +194,9 @@ class OneStepMLPPolicy(nn.Module):
 
     def __init__(self, obs_dim: int, action_dim: int, config: NetworkConfig) -> None:
         super().__init__()
-        self.net = _mlp(obs_dim + action_dim, config.mlp_hidden, action_dim, zero_head=False)
+        self.net = _mlp(
+            obs_dim + action_dim, config.mlp_hidden, action_dim, zero_head=False, gelu=config.gelu
+        )
 
     def forward(self, observations: Tensor, z: Tensor, t: Tensor | None = None) -> Tensor:
         return _run_mlp(self.net, torch.cat([observations, z], dim=-1))
@@ -243,7 +252,11 @@ class CriticEnsemble(nn.Module):
         layers: list[nn.Module] = []
         in_dim = obs_dim + action_dim
         for hidden in config.critic_hidden:
-            layers += [EnsembleLinear(members, in_dim, hidden), nn.GELU(), EnsembleLayerNorm(members, hidden)]
+            layers += [
+                EnsembleLinear(members, in_dim, hidden),
+                _gelu(config.gelu),
+                EnsembleLayerNorm(members, hidden),
+            ]
             in_dim = hidden
         layers.append(EnsembleLinear(members, in_dim, 1))
         self.net = nn.Sequential(*layers)

@@ -60,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--mlp-hidden", type=_widths, help="MLP policy hidden widths, e.g. 256,256,256,256 (default 4x512)"
     )
     p.add_argument("--critic-hidden", type=_widths, help="each critic's hidden widths (default 4x512)")
+    p.add_argument(
+        "--gelu",
+        choices=["tanh", "erf"],
+        default=NetworkConfig.gelu,
+        help="GELU of the MLP policy and critics: exact erf (default) or the tanh approximation (the reference's)",
+    )
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--eval-every", type=int, default=TrainConfig.eval_every, help="0: only at the end")
     p.add_argument(
@@ -157,6 +163,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             policy=args.policy,
             mlp_hidden=args.mlp_hidden or NetworkConfig.mlp_hidden,
             critic_hidden=args.critic_hidden or NetworkConfig.critic_hidden,
+            gelu=args.gelu,
         ),
     )
 
