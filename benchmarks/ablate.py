@@ -110,6 +110,11 @@ def plot_losses(rows: list[dict], out: Path) -> Path:
     return path
 
 
+def describe_arm(name: str) -> str:
+    """What an arm tests; study.json may hold arms that another version of this script ran."""
+    return ARMS[name][0] if name in ARMS else "(an arm this version of ablate.py does not define)"
+
+
 def markdown(args: argparse.Namespace, rows: list[dict], summary: dict) -> str:
     lines = [
         f"{args.env}, {args.steps} steps, seeds {args.seeds}, final evaluation over {args.eval_episodes} "
@@ -132,7 +137,7 @@ def markdown(args: argparse.Namespace, rows: list[dict], summary: dict) -> str:
         # training time alone (the trainer's steps/s): evaluations and checkpoints excluded
         minutes = sum(args.steps / r["train_steps_per_second"] for r in mine) / len(mine) / 60
         lines.append(
-            f"| {name} | {ARMS[name][0]} | {row['success_rate_mean']:.2f} {spread} "
+            f"| {name} | {describe_arm(name)} | {row['success_rate_mean']:.2f} {spread} "
             f"| {'; '.join(curve)} | {row['train_steps_per_second']:.1f} | {minutes:.0f} |"
         )
     return "\n".join(lines) + "\n"

@@ -29,12 +29,17 @@ def test_study_runs_arms_in_rounds_and_diagnoses_a_checkpoint(data_dir, tmp_path
     out = tmp_path / "study"
     first = run_study(data_dir, out, "paper,draws-4")
     assert first.returncode == 0, first.stderr[-3000:]
+    # an arm that another version of ablate.py ran (study.json is shared by rounds)
+    study = json.loads((out / "study.json").read_text())
+    study["runs"].append({**study["runs"][0], "method": "retired-arm"})
+    (out / "study.json").write_text(json.dumps(study))
     second = run_study(data_dir, out, "fql")  # a later round adds to the same study
     assert second.returncode == 0, second.stderr[-3000:]
     study = json.loads((out / "study.json").read_text())
-    assert [run["method"] for run in study["runs"]] == ["paper", "draws-4", "fql"]
+    assert [run["method"] for run in study["runs"]] == ["paper", "draws-4", "retired-arm", "fql"]
     table = (out / "study.md").read_text()
     assert "| paper |" in table and "| draws-4 |" in table and "| fql |" in table
+    assert "| retired-arm | (an arm this version of ablate.py does not define) |" in table
     for picture in ("study.png", "study-losses.png"):
         assert (out / picture).stat().st_size > 1000
     config_file = next((out / "draws-4-seed0" / "checkpoints").glob("step_*/config.json"))
