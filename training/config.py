@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 PolicyType = Literal["dit", "mlp"]
 GeluKind = Literal["tanh", "erf"]
+GELU_KINDS: tuple[str, ...] = get_args(GeluKind)
 AlphaSchedule = Literal["adaptive", "cosine"]
 ActorLrSchedule = Literal["warmup-cosine", "constant"]
 HyperparameterSource = Literal["paper", "reference"]

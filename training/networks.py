@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from training.config import NetworkConfig
+from training.config import GELU_KINDS, NetworkConfig
 
 OBS_NORM_EPS = 1e-8
 # flax's truncated-normal variance scaling divides by this so the truncated std is exact.
@@ -158,8 +158,8 @@ def _run_mlp(net: nn.Sequential, x: Tensor) -> Tensor:
 
 def _gelu(kind: str) -> nn.GELU:
     """NetworkConfig.gelu: "tanh" (the reference's flax nn.gelu) or "erf" (the exact GELU)."""
-    if kind not in ("tanh", "erf"):
-        raise ValueError(f"gelu: expected 'tanh' or 'erf', got {kind!r}")
+    if kind not in GELU_KINDS:
+        raise ValueError(f"gelu: expected one of {GELU_KINDS}, got {kind!r}")
     return nn.GELU(approximate="tanh" if kind == "tanh" else "none")
 
 

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from training.agents import build_agent
 from training.checkpoint import CheckpointError, list_checkpoints, load_policy_checkpoint
-from training.config import NetworkConfig, TrainConfig, resolve_agent_config
+from training.config import GELU_KINDS, NetworkConfig, TrainConfig, resolve_agent_config
 from training.evaluate import evaluate_policy
 from training.inference import ServingPolicy
 from training.networks import ObservationNormalizer
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--critic-hidden", type=_widths, help="each critic's hidden widths (default 4x512)")
     p.add_argument(
         "--gelu",
-        choices=["tanh", "erf"],
+        choices=GELU_KINDS,
         default=NetworkConfig.gelu,
         help="GELU of the MLP policy and critics: exact erf (default) or the tanh approximation (the reference's)",
     )
