@@ -53,6 +53,10 @@ ARMS: dict[str, tuple[str, list[str]]] = {
         "draws-4 with alpha 1000",
         [*CONSTANT_LR, "--mfi-draws", "4", "--alpha", "1000"],
     ),
+    # alpha 10 is the reference code's default. The gradient diagnosis (README) puts the BC
+    # term's consistent part at ~9x the Q term's at alpha 300, so alpha 10-30 is where the two
+    # are of one size, as they are in FQL at its alpha.
+    "alpha-10": ("constant lr, alpha 10 (the reference code's default)", [*CONSTANT_LR, "--alpha", "10"]),
     "alpha-30": ("constant lr, alpha 30", [*CONSTANT_LR, "--alpha", "30"]),
     "alpha-100": ("constant lr, alpha 100", [*CONSTANT_LR, "--alpha", "100"]),
     "alpha-1000": ("constant lr, alpha 1000", [*CONSTANT_LR, "--alpha", "1000"]),
@@ -63,6 +67,10 @@ ARMS: dict[str, tuple[str, list[str]]] = {
     "k-1": (
         "constant lr, K = 1 (critic target and action from one candidate)",
         [*CONSTANT_LR, "--num-candidates", "1"],
+    ),
+    "ema": (
+        "constant lr, an EMA of the policy's weights acts (rate 0.001)",
+        [*CONSTANT_LR, "--policy-ema-rate", "0.001"],
     ),
     "fql": ("the FQL baseline (its own settings)", ["--agent", "fql"]),
 }

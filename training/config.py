@@ -130,6 +130,12 @@ class AgentConfig:
     critic_lr: float = PAPER_CRITIC_LR  # constant critic learning rate
     schedule_steps: int | None = None  # steps the actor-lr and alpha schedules span (None: the run's)
     mfi_draws: int = 1  # (e, t) draws per state in the MFI loss (1: the paper's single draw)
+    # EMA rate of a copy of the policy that acts (evaluation, export, serving); 0 = off, the
+    # paper's setting (the trained policy acts). A study option, not in the reference: the
+    # single-draw MFI gradient makes the trained weights jitter from step to step, and an
+    # average over ~1/rate steps acts with less of that noise. Training is unchanged (the
+    # critic's target actions still come from the trained policy).
+    policy_ema_rate: float = 0.0
     grad_clip: float = 1.0  # global grad-norm clip, per optimiser (MFQL; FQL does not clip)
     flow_steps: int = 10  # FQL only: Euler steps of the BC flow that the one-step policy distils
     hyperparameters: HyperparameterSource = "paper"  # which critic lr/discount defaults were used
@@ -139,6 +145,8 @@ class AgentConfig:
             raise ValueError(f"mfi_draws must be >= 1; got {self.mfi_draws}")
         if self.schedule_steps is not None and self.schedule_steps < 1:
             raise ValueError(f"schedule_steps must be >= 1 (or unset); got {self.schedule_steps}")
+        if not 0.0 <= self.policy_ema_rate < 1.0:
+            raise ValueError(f"policy_ema_rate must be in [0, 1) (0: off); got {self.policy_ema_rate}")
 
 
 @dataclass(frozen=True)

@@ -44,8 +44,10 @@ def serving_policy_from_checkpoint(checkpoint: PolicyCheckpoint) -> ServingPolic
     network = checkpoint.config.network
     policy = build_policy(checkpoint.obs_dim, checkpoint.action_dim, network, checkpoint.config.agent)
     critic = CriticEnsemble(checkpoint.obs_dim, checkpoint.action_dim, network)
+    # a run trained with `policy_ema_rate` > 0 acts with the EMA of its policy's weights
+    acting = "acting_policy" if checkpoint.config.agent_config.policy_ema_rate > 0 else "policy"
     try:
-        policy.load_state_dict(checkpoint.module_state("policy"))
+        policy.load_state_dict(checkpoint.module_state(acting))
         critic.load_state_dict(checkpoint.module_state("target_critic"))
     except RuntimeError as exc:
         raise CheckpointError(

@@ -115,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--mfi-draws", type=int, help="(e, t) draws per state in the MFI loss (default 1, the paper's)"
     )
+    p.add_argument(
+        "--policy-ema-rate",
+        type=float,
+        help="act with an EMA of the policy's weights at this rate, e.g. 0.001 (default 0: off, the paper's)",
+    )
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--overwrite", action="store_true", help="delete --out first")
     p.add_argument(
@@ -139,6 +144,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         actor_lr_schedule=args.actor_lr_schedule,
         schedule_steps=args.schedule_steps,
         mfi_draws=args.mfi_draws,
+        policy_ema_rate=args.policy_ema_rate,
     )
     return TrainConfig(
         env_name=args.env,
@@ -216,7 +222,9 @@ class Trainer:
     def serving_view(self) -> ServingPolicy:
         """The live networks behind the serving computation (no copy)."""
         normalizer = ObservationNormalizer(self.buffer.mean, self.buffer.std)
-        return ServingPolicy(normalizer, self.agent.policy, self.agent.target_critic, self.agent.action_dim)
+        return ServingPolicy(
+            normalizer, self.agent.acting_policy, self.agent.target_critic, self.agent.action_dim
+        )
 
     def evaluate(self) -> None:
         cfg = self.config

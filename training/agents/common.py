@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -91,6 +92,11 @@ def ema_update(target: nn.Module, online: nn.Module, tau: float) -> None:
         raise ValueError(f"EMA target has {len(targets)} parameters, online network {len(onlines)}")
     with torch.no_grad():
         torch._foreach_lerp_(targets, onlines, tau)
+
+
+def acting_copy(policy: nn.Module, ema_rate: float) -> nn.Module:
+    """The network that acts: `policy` itself (rate 0), or a frozen copy to be kept as its EMA."""
+    return copy.deepcopy(policy).requires_grad_(False) if ema_rate > 0 else policy
 
 
 def adam(parameters, lr: float) -> torch.optim.Adam:

@@ -14,7 +14,15 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from training.agents.common import Batch, adam, best_of_k, critic_loss, ema_update, frozen_critic_q
+from training.agents.common import (
+    Batch,
+    acting_copy,
+    adam,
+    best_of_k,
+    critic_loss,
+    ema_update,
+    frozen_critic_q,
+)
 from training.config import AgentConfig, NetworkConfig
 from training.networks import CriticEnsemble, MLPPolicy, OneStepMLPPolicy
 from training.precision import Precision, matmul_autocast
@@ -91,6 +99,7 @@ class FQLAgent:
         self.obs_dim, self.action_dim = obs_dim, action_dim
         self.bc_flow = MLPPolicy(obs_dim, action_dim, network, zero_head=False)
         self.policy = OneStepMLPPolicy(obs_dim, action_dim, network)
+        self.acting_policy = acting_copy(self.policy, config.policy_ema_rate)
         self.critic = CriticEnsemble(obs_dim, action_dim, network)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         parameters = [*self.bc_flow.parameters(), *self.policy.parameters(), *self.critic.parameters()]
@@ -126,6 +135,8 @@ class FQLAgent:
         (c_loss + a_loss).backward()
         self.optimizer.step()
         ema_update(self.target_critic, self.critic, cfg.tau)
+        if self.acting_policy is not self.policy:
+            ema_update(self.acting_policy, self.policy, cfg.policy_ema_rate)
         info = {key: float(value.detach()) for key, value in info.items()}
         info.update({"alpha": cfg.alpha, "total_loss": info["critic/loss"] + info["actor/loss"]})
         return info
@@ -136,16 +147,19 @@ class FQLAgent:
     ) -> tuple[Tensor, Tensor]:
         if noise is None:
             noise = self._noise(num_candidates, observations.shape[0], self.action_dim)
-        actions, q, _ = best_of_k(self.policy, self.target_critic, observations, noise)
+        actions, q, _ = best_of_k(self.acting_policy, self.target_critic, observations, noise)
         return actions, q
 
     def modules(self) -> dict[str, nn.Module]:
-        return {
+        modules = {
             "policy": self.policy,
             "bc_flow": self.bc_flow,
             "critic": self.critic,
             "target_critic": self.target_critic,
         }
+        if self.acting_policy is not self.policy:
+            modules["acting_policy"] = self.acting_policy
+        return modules
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"optimizer": self.optimizer}

@@ -17,6 +17,7 @@ from torch.func import jvp
 
 from training.agents.common import (
     Batch,
+    acting_copy,
     adam,
     best_of_k,
     critic_loss,
@@ -135,6 +136,8 @@ class MFQLAgent:
         self.offline_steps = schedule_horizon(offline_steps, config)
         self.obs_dim, self.action_dim = obs_dim, action_dim
         self.policy = build_policy(obs_dim, action_dim, network)
+        # `policy_ema_rate` > 0 (a study option): an EMA of the policy's weights acts
+        self.acting_policy = acting_copy(self.policy, config.policy_ema_rate)
         self.critic = CriticEnsemble(obs_dim, action_dim, network)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor_optimizer = adam(self.policy.parameters(), lr=config.actor_lr)
@@ -185,6 +188,8 @@ class MFQLAgent:
         self.actor_optimizer.step()
         self.critic_optimizer.step()
         ema_update(self.target_critic, self.critic, self.config.tau)
+        if self.acting_policy is not self.policy:
+            ema_update(self.acting_policy, self.policy, cfg.policy_ema_rate)
 
         info = {**info, "actor/grad_norm": actor_grad, "critic/grad_norm": critic_grad}
         out = {key: float(value.detach()) for key, value in info.items()}
@@ -208,11 +213,14 @@ class MFQLAgent:
         """
         if noise is None:
             noise = self._noise(num_candidates, observations.shape[0], self.action_dim)
-        actions, q, _ = best_of_k(self.policy, self.target_critic, observations, noise)
+        actions, q, _ = best_of_k(self.acting_policy, self.target_critic, observations, noise)
         return actions, q
 
     def modules(self) -> dict[str, nn.Module]:
-        return {"policy": self.policy, "critic": self.critic, "target_critic": self.target_critic}
+        modules = {"policy": self.policy, "critic": self.critic, "target_critic": self.target_critic}
+        if self.acting_policy is not self.policy:
+            modules["acting_policy"] = self.acting_policy
+        return modules
 
     def extra_state(self) -> dict:
         return {"alpha_controller": self.alpha_controller.state_dict()}
