@@ -33,10 +33,10 @@ def test_study_runs_arms_in_rounds_and_diagnoses_a_checkpoint(data_dir, tmp_path
     study = json.loads((out / "study.json").read_text())
     study["runs"].append({**study["runs"][0], "method": "retired-arm"})
     (out / "study.json").write_text(json.dumps(study))
-    second = run_study(data_dir, out, "fql")  # a later round adds to the same study
+    second = run_study(data_dir, out, "fql,ema")  # a later round adds to the same study
     assert second.returncode == 0, second.stderr[-3000:]
     study = json.loads((out / "study.json").read_text())
-    assert [run["method"] for run in study["runs"]] == ["paper", "draws-4", "retired-arm", "fql"]
+    assert [run["method"] for run in study["runs"]] == ["paper", "draws-4", "retired-arm", "fql", "ema"]
     table = (out / "study.md").read_text()
     assert "| paper |" in table and "| draws-4 |" in table and "| fql |" in table
     assert "| retired-arm | (an arm this version of ablate.py does not define) |" in table
@@ -58,3 +58,18 @@ def test_study_runs_arms_in_rounds_and_diagnoses_a_checkpoint(data_dir, tmp_path
     assert list(draws) == ["M=1", "M=4", "M=16"] and all(v > 0 for v in draws.values())
     assert report["bc_grad_norm_by_t_bin"] and all(v >= 0 for v in report["bc_grad_norm_by_t_bin"].values())
     assert -1.0 <= report["cosine_adam_step_q"] <= 1.0
+
+    # the generator diagnosis, on an MFQL run that acts with its EMA copy and on FQL
+    for run, agent in (("ema-seed0", "mfql"), ("fql-seed0", "fql")):
+        result = subprocess.run(
+            [sys.executable, str(BENCHMARKS / "generator_quality.py"), str(out / run), "--states", "64", "--k", "4"],
+            capture_output=True, text=True, env=ENV, timeout=300, cwd=BENCHMARKS.parent,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        report = json.loads(result.stdout)
+        assert report["agent"] == agent and (report["states"], report["k"]) == (64, 4)
+        assert 0 <= report["nearest_sq_dist"] <= report["mean_sq_dist"] <= 4 * 5  # cube actions in [-1, 1]^5
+        assert report["spread"] >= 0 and report["q_best_of_5"] >= report["q_candidates"] - 1e-4
+        assert ("bc_flow_nearest_sq_dist" in report) == (agent == "fql")
+    ema_config = json.loads(next((out / "ema-seed0" / "checkpoints").glob("step_*/config.json")).read_text())
+    assert ema_config["config"]["agent_config"]["policy_ema_rate"] == 0.001

@@ -1,0 +1,109 @@
+"""How well a checkpoint's one-step generator covers the dataset's actions, and what the critic thinks of it.
+
+For `--states` dataset transitions (s, a) of the run's own dataset, draws K one-step
+candidates per state from the policy that acts (MFQL: g(s, e, 1); FQL: its one-step policy)
+and reports, in the action space [-1, 1]^d:
+- `nearest_sq_dist`: squared distance from the dataset action to its nearest candidate,
+  averaged over states (coverage: how close the generator comes to what the data did);
+- `mean_sq_dist`: average squared distance of one candidate to the dataset action;
+- `spread`: per-dimension std of the K candidates, averaged (how stochastic the generator is);
+- `q_candidates` / `q_dataset`: the target critic's ensemble mean of the candidates and of the
+  dataset action, and `q_best_minus_dataset`: how much better the critic rates the best
+  candidate than what the data did;
+- FQL only, `bc_flow_*`: the same numbers for its 10-step BC flow (a multi-step generator
+  trained by flow matching on the same data), as a yardstick of what cloning alone reaches.
+
+    python benchmarks/generator_quality.py runs/study/lr-constant-seed0 [--states 2048 --k 16]
+
+Prints JSON. Reads the dataset named in the checkpoint's config, as mfql-train does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from training.agents.common import best_of_k, one_step_actions
+from training.agents.fql import euler_flow_actions
+from training.checkpoint import load_policy_checkpoint
+from training.data.ogbench_files import load_task_datasets
+from training.inference import serving_policy_from_checkpoint
+from training.networks import MLPPolicy
+from training.replay_buffer import ReplayBuffer
+
+
+def coverage(candidates: Tensor, actions: Tensor) -> dict[str, float]:
+    """candidates [K, B, d], dataset actions [B, d] -> distance and spread statistics."""
+    sq = (candidates - actions.unsqueeze(0)).pow(2).sum(dim=-1)  # [K, B]
+    return {
+        "nearest_sq_dist": round(sq.min(dim=0).values.mean().item(), 4),
+        "mean_sq_dist": round(sq.mean().item(), 4),
+        "spread": round(candidates.std(dim=0).mean().item(), 4),
+    }
+
+
+def critic_view(critic, observations: Tensor, candidates: Tensor, actions: Tensor) -> dict[str, float]:
+    k, b, d = candidates.shape
+    repeated = observations.unsqueeze(0).expand(k, -1, -1).reshape(k * b, -1)
+    q = critic(repeated, candidates.reshape(k * b, d)).mean(dim=0).reshape(k, b)
+    q_data = critic(observations, actions).mean(dim=0)
+    return {
+        "q_candidates": round(q.mean().item(), 3),
+        "q_dataset": round(q_data.mean().item(), 3),
+        "q_best_minus_dataset": round((q.max(dim=0).values - q_data).mean().item(), 3),
+    }
+
+
+@torch.no_grad()
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path, help="run or step directory")
+    parser.add_argument("--states", type=int, default=2048, help="dataset transitions to score")
+    parser.add_argument("--k", type=int, default=16, help="candidates per state")
+    parser.add_argument("--dataset-dir", type=Path, help="default: the one the run was trained on")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    checkpoint = load_policy_checkpoint(args.checkpoint)
+    config = checkpoint.config
+    train_set, _ = load_task_datasets(config.env_name, args.dataset_dir or Path(config.dataset_dir))
+    mean, std = checkpoint.model["normalizer.mean"].numpy(), checkpoint.model["normalizer.std"].numpy()
+    batch = ReplayBuffer(train_set, mean, std, 0, args.seed).sample(args.states)
+    module = serving_policy_from_checkpoint(checkpoint)
+    generator = torch.Generator().manual_seed(args.seed)
+    noise = torch.randn(args.k, args.states, checkpoint.action_dim, generator=generator)
+    observations, actions = batch.observations, batch.actions
+
+    flat_obs = observations.unsqueeze(0).expand(args.k, -1, -1).reshape(-1, checkpoint.obs_dim)
+    candidates = one_step_actions(module.policy, flat_obs, noise.reshape(-1, checkpoint.action_dim))
+    candidates = candidates.clamp(-1, 1).reshape(args.k, args.states, -1)
+    report = {
+        "checkpoint": str(checkpoint.path),
+        "agent": config.agent,
+        "step": checkpoint.step,
+        "states": args.states,
+        "k": args.k,
+        **coverage(candidates, actions),
+        **critic_view(module.critic, observations, candidates, actions),
+    }
+    _, best_q, _ = best_of_k(module.policy, module.critic, observations, noise[:5])
+    report["q_best_of_5"] = round(best_q.mean().item(), 3)
+    if config.agent == "fql":
+        flow = MLPPolicy(checkpoint.obs_dim, checkpoint.action_dim, config.network, zero_head=False)
+        flow.load_state_dict(checkpoint.module_state("bc_flow"))
+        flow_candidates = euler_flow_actions(
+            flow, flat_obs, noise.reshape(-1, checkpoint.action_dim), config.agent_config.flow_steps
+        ).reshape(args.k, args.states, -1)
+        for key, value in {
+            **coverage(flow_candidates, actions),
+            **critic_view(module.critic, observations, flow_candidates, actions),
+        }.items():
+            report[f"bc_flow_{key}"] = value
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
