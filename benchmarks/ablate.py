@@ -72,6 +72,13 @@ ARMS: dict[str, tuple[str, list[str]]] = {
         "constant lr, an EMA of the policy's weights acts (rate 0.001)",
         [*CONSTANT_LR, "--policy-ema-rate", "0.001"],
     ),
+    # alpha 30 with the K = 5 target let the policy climb to actions the critic overrates
+    # (Q of its action -14 at 20k vs -27 at alpha 300, farther from the data, 0.00 success):
+    # FQL's balance of BC and Q (alpha 30) with FQL's target (one candidate); acting stays best-of-5.
+    "alpha-30-target-k1": (
+        "constant lr, alpha 30, K = 1 in the critic target, best-of-5 when acting",
+        [*CONSTANT_LR, "--alpha", "30", "--num-candidates", "1", "--eval-num-candidates", "5"],
+    ),
     "fql": ("the FQL baseline (its own settings)", ["--agent", "fql"]),
 }
 

@@ -124,7 +124,7 @@ def _write_bundle_files(
     if "torchscript" in options.formats:
         torchscript_bytes = export_torchscript(exported, example, staging / TORCHSCRIPT_FILE)
     tolerance = TOLERANCES[precision]
-    default_k = checkpoint.config.agent_config.num_candidates
+    default_k = checkpoint.config.acting_num_candidates
     cases = selftest_cases(module, checkpoint, sorted({1, default_k, options.max_candidates}))
     onnx_report = compare_runtime(OnnxRuntimePolicy(staging / ONNX_FILE), cases, tolerance)
     parity = {"onnxruntime": _checked("ONNX Runtime", onnx_report)}
@@ -159,7 +159,7 @@ def export_bundle(checkpoint_path: Path, options: ExportOptions) -> ExportResult
     module, checkpoint = load_module(checkpoint_path)
     evaluation = read_evaluation(options.evaluation, checkpoint) if options.evaluation else None
     name = options.name or default_name(checkpoint, module)
-    default_k = checkpoint.config.agent_config.num_candidates
+    default_k = checkpoint.config.acting_num_candidates
     if options.max_candidates < default_k:
         raise ExportError(
             f"--max-candidates {options.max_candidates} is below the trained K = {default_k} of {checkpoint.path}"

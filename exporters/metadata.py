@@ -110,7 +110,7 @@ def build_metadata(
         "action_dim": d,
         "action_low": [-1.0] * d,
         "action_high": [1.0] * d,
-        "default_num_candidates": config.agent_config.num_candidates,
+        "default_num_candidates": config.acting_num_candidates,
         "max_num_candidates": contents.max_num_candidates,
         "policy_type": policy_type(module),
         "agent": config.agent,

@@ -177,6 +177,15 @@ class TrainConfig:
     def total_steps(self) -> int:
         return self.offline_steps + self.online_steps
 
+    @property
+    def acting_num_candidates(self) -> int:
+        """K the trained policy acts with: `eval_num_candidates` if the run set it, else the agent's K.
+
+        The two differ when the critic's target uses another K than acting (e.g. a K = 1
+        target with best-of-5 actions); evaluation, `mfql-eval` and export all act with this K.
+        """
+        return self.eval_num_candidates or self.agent_config.num_candidates
+
 
 def resolve_agent_config(
     env_name: str, hyperparameters: HyperparameterSource = "paper", agent: str = "mfql", **overrides: object

@@ -69,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("checkpoint", help="step directory, or run directory (newest step)")
     parser.add_argument("--env", help="singletask env name (default: the one the checkpoint was trained on)")
     parser.add_argument("--episodes", type=int, default=50)
-    parser.add_argument("--num-candidates", type=int, help="K for best-of-K (default: the trained K)")
+    parser.add_argument(
+        "--num-candidates", type=int, help="K for best-of-K (default: the K the run acts with)"
+    )
     parser.add_argument("--seed", type=int, default=1_000_000, help="first episode seed")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1 is fastest for one observation)"
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as exc:
         print(f"mfql-eval: {exc}", file=sys.stderr)
         return 2
-    k = args.num_candidates or checkpoint.config.agent_config.num_candidates
+    k = args.num_candidates or checkpoint.config.acting_num_candidates
     if k < 1 or args.episodes < 1:
         print("mfql-eval: --num-candidates and --episodes must be >= 1", file=sys.stderr)
         return 2

@@ -71,7 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--eval-episodes", type=int, default=TrainConfig.eval_episodes, help="0 turns evaluation off"
     )
-    p.add_argument("--eval-num-candidates", type=int, help="K at evaluation (default: --num-candidates)")
+    p.add_argument(
+        "--eval-num-candidates",
+        type=int,
+        help="K the policy acts with at evaluation, in mfql-eval and as the exported default (default: --num-candidates)",
+    )
     p.add_argument("--log-every", type=int, default=TrainConfig.log_every)
     p.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every)
     p.add_argument("--keep-checkpoints", type=int, default=TrainConfig.keep_checkpoints)
@@ -228,7 +232,7 @@ class Trainer:
 
     def evaluate(self) -> None:
         cfg = self.config
-        k = cfg.eval_num_candidates or cfg.agent_config.num_candidates
+        k = cfg.acting_num_candidates
         result = evaluate_policy(
             self.serving_view(), cfg.env_name, cfg.eval_episodes, k, cfg.seed + 10_000 * self.step
         )

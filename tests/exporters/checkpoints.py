@@ -37,6 +37,7 @@ class CheckpointSpec:
     action_dim: int
     metrics: dict
     seed: int = 0
+    eval_num_candidates: int | None = None  # the K the run acts with, if not the agent's
 
 
 RAW_ACTION_STD = 0.5
@@ -57,7 +58,13 @@ def _perturb_zero_layers(policy: torch.nn.Module, spec: CheckpointSpec) -> None:
 
 def write_checkpoint(run_dir: Path, spec: CheckpointSpec) -> Path:
     """A run directory holding one checkpoint of an untrained agent with perturbed heads."""
-    config = TrainConfig(env_name=ENV_NAME, network=spec.network, offline_steps=10, out_dir=str(run_dir))
+    config = TrainConfig(
+        env_name=ENV_NAME,
+        network=spec.network,
+        offline_steps=10,
+        out_dir=str(run_dir),
+        eval_num_candidates=spec.eval_num_candidates,
+    )
     agent = MFQLAgent(
         spec.obs_dim, spec.action_dim, AgentConfig(), spec.network, offline_steps=10, seed=spec.seed
     )
