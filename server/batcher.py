@@ -8,6 +8,13 @@ when set, a batch may wait up to that long after its first request arrived for m
 requests (time spent waiting for the busy thread counts against it). The thread waits on a
 condition variable and runs the runtime off the event loop, which keeps accepting requests.
 
+One exception saves a lone request two thread hand-overs (a futex wake and a GIL hand-off
+each way, most of what batching costs a request at low load): when the runtime is idle,
+nothing is queued, the request is small (at most `INLINE_MAX_ROWS` candidate rows) and small
+requests have been measured to run in under `inline_below_s`, it runs at once on the calling
+(event-loop) thread. The loop is then blocked for about that long, as it is while it parses a
+large body; a slower model, a larger request or any queue goes to the thread as before.
+
 Requests are never split. A request whose deadline has passed when its batch closes is
 dropped before inference (DeadlineExceeded). Requests with different K share a batch:
 `group` (the default) runs each K as its own call; `pad` widens every row to the batch's
@@ -119,6 +126,10 @@ STRATEGIES: dict[str, Callable[[PolicyRuntime, list[PendingRequest]], list[Outpu
 }
 
 
+INLINE_MAX_ROWS = 32  # observations x K of a request that may run inline (see the module doc)
+SMALL_RUN_SMOOTHING = 0.2  # weight of the newest small-request inference time in its running mean
+
+
 class DynamicBatcher:
     """`await batcher.submit(observation, noise, deadline)` -> BatchedResult, from the event loop."""
 
@@ -132,12 +143,16 @@ class DynamicBatcher:
         max_queue_size: int,
         mixed_candidates: str = "group",
         observer: BatchObserver | None = None,
+        inline_below_s: float = 0.0,
     ):
         self.runtime = runtime
         self.name = name
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_s
         self.max_queue_size = max_queue_size
+        self.inline_below_s = inline_below_s
+        self._small_run_s: float | None = None  # running mean of small lone requests' inference time
+        self._inline = False  # a request runs on the calling thread: the worker thread must wait
         self._run_batch = STRATEGIES[mixed_candidates]
         self._observer = observer or BatchObserver()
         self._queue: collections.deque[PendingRequest] = collections.deque()
@@ -154,6 +169,12 @@ class DynamicBatcher:
         """Requests queued or running: zero means drained."""
         with self._condition:
             return len(self._queue) + self._running
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued or running and the worker waiting: a small request now may run inline."""
+        with self._condition:
+            return not self._queue and self._running == 0 and self._waiting
 
     async def submit(
         self, observation: np.ndarray, noise: np.ndarray, deadline: float | None
@@ -174,15 +195,67 @@ class DynamicBatcher:
                     f"limit {self.max_queue_size}); retry later",
                     retry_after=1,
                 )
-            self._queue.append(request)
-            self._queued_rows += rows
+            inline = self._may_run_inline(request)
+            if inline:
+                self._inline = True
+                self._running += 1
+            else:
+                self._queue.append(request)
+                self._queued_rows += rows
             # Waking the thread costs a futex call and a GIL hand-over (a fifth of a REST
             # request's CPU when done per request): only a waiting thread needs it; a busy one
             # takes the queue when its batch is done.
-            if self._waiting:
+            if self._waiting and not inline:
                 self._condition.notify()
+        if inline:
+            return self._run_inline(request)
         self._observer.queue_depth(self._queued_rows)
         return await request.future
+
+    def _may_run_inline(self, request: PendingRequest) -> bool:
+        """Called with the lock held: see the module doc for when a request runs inline."""
+        return (
+            self.inline_below_s > 0
+            and self._small_run_s is not None
+            and self._small_run_s < self.inline_below_s
+            and request.rows * request.num_candidates <= INLINE_MAX_ROWS
+            and not self._queue
+            and self._running == 0
+            and self._waiting  # the worker is idle, not about to pick up a batch
+            and not self._inline
+        )
+
+    def _run_inline(self, request: PendingRequest) -> BatchedResult:
+        try:
+            if request.deadline is not None and time.perf_counter() > request.deadline:
+                raise DeadlineExceeded(
+                    "deadline passed before inference could start; dropped without computing"
+                )
+            started = time.perf_counter()
+            try:
+                (outputs,) = self._run_batch(self.runtime, [request])
+            except Exception as exc:  # noqa: BLE001 - as in _execute: this request fails, not the server
+                logger.exception("inference failed", extra={"model": self.name, "requests": 1})
+                raise InferenceFailed(f"inference failed: {type(exc).__name__}: {exc}") from exc
+            inference_s = time.perf_counter() - started
+            self._note_small_run(request, inference_s)
+            queue_s = started - request.enqueued
+            self._observer.batch_done(request.rows, inference_s, [queue_s])
+            return BatchedResult(outputs, queue_s * 1e3, inference_s * 1e3, request.rows)
+        finally:
+            with self._condition:
+                self._inline = False
+                self._running -= 1
+                if self._queue and self._waiting:  # another thread's loop queued meanwhile
+                    self._condition.notify()
+
+    def _note_small_run(self, request: PendingRequest, inference_s: float) -> None:
+        if request.rows * request.num_candidates > INLINE_MAX_ROWS:
+            return
+        previous = self._small_run_s
+        self._small_run_s = (
+            inference_s if previous is None else previous + SMALL_RUN_SMOOTHING * (inference_s - previous)
+        )
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the thread after the batch in progress; requests still queued get 503."""
@@ -214,7 +287,7 @@ class DynamicBatcher:
 
     def _next_batch(self) -> list[PendingRequest] | None:
         with self._condition:
-            while not self._queue and not self._closing:
+            while (not self._queue or self._inline) and not self._closing:
                 self._wait(None)
             if self._closing:
                 return None
@@ -270,6 +343,8 @@ class DynamicBatcher:
                 _resolve_soon(request, InferenceFailed(f"inference failed: {type(exc).__name__}: {exc}"))
             return
         finished = time.perf_counter()
+        if len(batch) == 1:
+            self._note_small_run(batch[0], finished - started)
         rows = sum(r.rows for r in batch)
         inference_ms = (finished - started) * 1e3
         queue_s = [started - r.enqueued for r in batch]

@@ -270,6 +270,7 @@ def load_model_version(
         max_batch_size=settings.max_batch_size,
         max_queue_delay_s=settings.max_queue_delay_s,
         max_queue_size=settings.max_queue_size,
+        inline_below_s=settings.inline_below_s,
         mixed_candidates=settings.mixed_candidates,
         observer=observer,
     )

@@ -41,6 +41,13 @@ class ServerSettings(BaseSettings):
         description="optional: let a batch wait up to this long after its first request for fuller batches "
         "(0: whatever is queued runs as soon as the runtime is free)",
     )
+    inline_below_us: int = Field(
+        250,
+        ge=0,
+        description="a small lone request (runtime idle, nothing queued, at most 32 candidate rows) runs at once "
+        "on the event loop when such requests have been measured to take less than this; it skips two thread "
+        "hand-overs, and blocks the loop for at most about that long (0: always on the inference thread)",
+    )
     max_queue_size: int = Field(
         1024, ge=1, description="observations queued per model version before requests get 503"
     )
@@ -115,3 +122,7 @@ class ServerSettings(BaseSettings):
     @property
     def max_queue_delay_s(self) -> float:
         return self.max_queue_delay_us / 1e6
+
+    @property
+    def inline_below_s(self) -> float:
+        return self.inline_below_us / 1e6

@@ -30,6 +30,7 @@ class RecordingRuntime:
 
     def __init__(self, fail: bool = False, hold: bool = False):
         self.calls: list[tuple[int, int]] = []
+        self.threads: list[str] = []  # the thread each call ran on
         self.fail = fail
         self.lock = threading.Lock()
         self.running = threading.Event()  # set while a call is inside the runtime
@@ -40,6 +41,7 @@ class RecordingRuntime:
     def __call__(self, observation, noise):
         with self.lock:
             self.calls.append((observation.shape[0], noise.shape[1]))
+            self.threads.append(threading.current_thread().name)
         self.running.set()
         self.release.wait(30)
         self.running.clear()
@@ -255,3 +257,56 @@ async def test_inference_runs_off_the_event_loop(batchers):
     runtime.release.set()
     await asyncio.wait_for(submitted, 10)
     await eventually(lambda: batcher.pending == 0)
+
+
+async def test_a_small_lone_request_runs_inline_once_such_requests_are_measured_fast(batchers):
+    runtime, observed = RecordingRuntime(), Observed()
+    threaded = make_batcher(runtime, observer=observed, inline_below_s=0.0)
+    inline = make_batcher(runtime, observer=observed, inline_below_s=60.0)
+    batchers.extend([threaded, inline])
+    answers = {}
+    for name, batcher in (("threaded", threaded), ("inline", inline)):
+        for seed in (1, 2):  # the first is measured on the thread, the second may run inline
+            await eventually(lambda b=batcher: b.idle)
+            answers[name, seed] = await batcher.submit(*request(seed, k=4), None)
+    caller = threading.current_thread().name
+    assert runtime.threads == ["infer-test/1"] * 3 + [caller]
+    for seed in (1, 2):  # where it ran changes nothing in the answer
+        for key, value in answers["threaded", seed].outputs.items():
+            np.testing.assert_array_equal(answers["inline", seed].outputs[key], value)
+    assert answers["inline", 2].batch_rows == 1 and answers["inline", 2].inference_ms > 0
+    assert observed.batch_rows == [1, 1, 1, 1]
+
+
+async def test_inline_stays_off_for_slow_models_large_requests_and_busy_runtimes(batchers):
+    runtime = RecordingRuntime()
+    slow = make_batcher(runtime, inline_below_s=1e-12)  # no request is that fast
+    fast = make_batcher(runtime, inline_below_s=60.0)
+    batchers.extend([slow, fast])
+    for batcher in (slow, fast):
+        await eventually(lambda b=batcher: b.idle)
+        await batcher.submit(*request(0), None)  # measured
+    await eventually(lambda: slow.idle)
+    await slow.submit(*request(1), None)
+    await eventually(lambda: fast.idle)
+    await fast.submit(*request(2, rows=4, k=9), None)  # 36 candidate rows: too large to run inline
+    assert set(runtime.threads) == {"infer-test/1"}
+
+
+async def test_an_inline_request_keeps_deadlines_and_failures_to_itself(batchers):
+    runtime = RecordingRuntime()
+    batcher = make_batcher(runtime, inline_below_s=60.0)
+    batchers.append(batcher)
+    await batcher.submit(*request(0), None)
+    await eventually(lambda: batcher.idle)
+    with pytest.raises(DeadlineExceeded):
+        await batcher.submit(*request(1), time.perf_counter() - 1.0)
+    runtime.fail = True
+    await eventually(lambda: batcher.idle)
+    with pytest.raises(InferenceFailed, match="boom"):
+        await batcher.submit(*request(2), None)
+    runtime.fail = False
+    await eventually(lambda: batcher.idle)
+    result = await batcher.submit(*request(3), None)  # the batcher serves on
+    assert result.outputs["action"].shape == (1, ACTION_DIM) and batcher.pending == 0
+    assert runtime.threads[-1] == threading.current_thread().name
