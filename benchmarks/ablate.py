@@ -68,6 +68,12 @@ ARMS: dict[str, tuple[str, list[str]]] = {
         "constant lr, K = 1 (critic target and action from one candidate)",
         [*CONSTANT_LR, "--num-candidates", "1"],
     ),
+    # The gradient diagnosis: rows with t <= 0.25 carry most of the MFI gradient's noise, and the
+    # policy acts only at t = 1, where the Q term pulls and the BC constraint is thinnest.
+    "time-linear": (
+        "constant lr, MFI flow times with density 2t (fewer near the data end, more near t = 1)",
+        [*CONSTANT_LR, "--flow-time-sampling", "linear"],
+    ),
     "ema": (
         "constant lr, an EMA of the policy's weights acts (rate 0.001)",
         [*CONSTANT_LR, "--policy-ema-rate", "0.001"],

@@ -46,7 +46,7 @@ def bc_and_q_losses(method: str, agent, batch, step: int) -> tuple[torch.Tensor,
     """(alpha-weighted BC loss, Q loss) of one batch, as the agent's update computes them."""
     b, d = batch.actions.shape
     if method == "mfql":
-        t = sample_flow_times(b, agent.config.time_steps, agent.generator)
+        t = sample_flow_times(b, agent.config.time_steps, agent.generator, agent.config.flow_time_sampling)
         mfi, _ = mean_flow_identity_loss(agent.policy, batch, agent._noise(b, d), t, agent.config)
         q_loss, _ = actor_loss(agent.policy, agent.critic, batch, agent._noise(b, d), agent.config)
         return agent.alpha_controller.value(step) * mfi, q_loss
@@ -74,7 +74,9 @@ def mfi_draw_gradients(agent, batch, step: int, draws: list[int]) -> dict[str, f
     parameters = list(agent.policy.parameters())
     norms = {}
     for m in draws:
-        t = sample_flow_times(m * b, agent.config.time_steps, agent.generator)
+        t = sample_flow_times(
+            m * b, agent.config.time_steps, agent.generator, agent.config.flow_time_sampling
+        )
         loss, _ = mean_flow_identity_loss(agent.policy, batch, agent._noise(m * b, d), t, agent.config)
         norms[f"M={m}"] = flat_gradient(alpha * loss, parameters).norm().item()
     return norms
@@ -85,7 +87,7 @@ def mfi_gradient_by_time(agent, batch, step: int, edges: list[float]) -> dict[st
     contribute their share of the batch mean, so the bins' gradients sum to the whole)."""
     b, d = batch.actions.shape
     cfg = agent.config
-    t = sample_flow_times(b, cfg.time_steps, agent.generator)
+    t = sample_flow_times(b, cfg.time_steps, agent.generator, cfg.flow_time_sampling)
     g, target = mean_flow_identity_target(
         agent.policy, batch.observations, batch.actions, agent._noise(b, d), t, cfg.target_clip
     )

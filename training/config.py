@@ -15,6 +15,11 @@ GeluKind = Literal["tanh", "erf"]
 GELU_KINDS: tuple[str, ...] = get_args(GeluKind)
 AlphaSchedule = Literal["adaptive", "cosine"]
 ActorLrSchedule = Literal["warmup-cosine", "constant"]
+# How the MFI loss draws flow times t: "uniform" is the paper's; "linear" has density 2t, so
+# half as many rows near the data end (t -> 0, where the gradient noise is) and twice as many
+# near t = 1, the only time the policy acts at.
+FlowTimeSampling = Literal["uniform", "linear"]
+FLOW_TIME_SAMPLINGS: tuple[str, ...] = get_args(FlowTimeSampling)
 HyperparameterSource = Literal["paper", "reference"]
 
 
@@ -130,6 +135,7 @@ class AgentConfig:
     critic_lr: float = PAPER_CRITIC_LR  # constant critic learning rate
     schedule_steps: int | None = None  # steps the actor-lr and alpha schedules span (None: the run's)
     mfi_draws: int = 1  # (e, t) draws per state in the MFI loss (1: the paper's single draw)
+    flow_time_sampling: FlowTimeSampling = "uniform"  # t of the MFI loss; "linear" is a study option
     # EMA rate of a copy of the policy that acts (evaluation, export, serving); 0 = off, the
     # paper's setting (the trained policy acts). A study option, not in the reference: the
     # single-draw MFI gradient makes the trained weights jitter from step to step, and an

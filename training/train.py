@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from training.agents import build_agent
 from training.checkpoint import CheckpointError, list_checkpoints, load_policy_checkpoint
-from training.config import GELU_KINDS, NetworkConfig, TrainConfig, resolve_agent_config
+from training.config import FLOW_TIME_SAMPLINGS, GELU_KINDS, NetworkConfig, TrainConfig, resolve_agent_config
 from training.evaluate import evaluate_policy
 from training.inference import ServingPolicy
 from training.networks import ObservationNormalizer
@@ -120,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--mfi-draws", type=int, help="(e, t) draws per state in the MFI loss (default 1, the paper's)"
     )
     p.add_argument(
+        "--flow-time-sampling",
+        choices=FLOW_TIME_SAMPLINGS,
+        help="t of the MFI loss: uniform (default, the paper's) or linear (density 2t: fewer near the data end)",
+    )
+    p.add_argument(
         "--policy-ema-rate",
         type=float,
         help="act with an EMA of the policy's weights at this rate, e.g. 0.001 (default 0: off, the paper's)",
@@ -149,6 +154,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         schedule_steps=args.schedule_steps,
         mfi_draws=args.mfi_draws,
         policy_ema_rate=args.policy_ema_rate,
+        flow_time_sampling=args.flow_time_sampling,
     )
     return TrainConfig(
         env_name=args.env,

@@ -145,6 +145,22 @@ def test_flow_times_use_the_grid_or_continuous_uniform():
     assert len(torch.unique(continuous)) > 4000 and continuous.min() > 0 and continuous.max() < 1
 
 
+def test_linear_flow_time_sampling_has_density_2t_on_the_grid_and_continuous():
+    generator = torch.Generator().manual_seed(0)
+    n = 200_000
+    # continuous: P(t <= x) = x^2, so a quarter of the draws fall below 1/2, and E[t] = 2/3
+    continuous = sample_flow_times(n, 10000, generator, "linear")
+    assert continuous.shape == (n, 1) and continuous.min() >= 0 and continuous.max() < 1
+    assert (continuous <= 0.5).float().mean().item() == pytest.approx(0.25, abs=0.005)
+    assert continuous.mean().item() == pytest.approx(2 / 3, abs=0.003)
+    # grid N = 4: P(i/4) = i/10 for i = 1..4
+    grid = sample_flow_times(n, 4, generator, "linear")
+    shares = [(grid == i / 4).float().mean().item() for i in range(1, 5)]
+    assert shares == pytest.approx([0.1, 0.2, 0.3, 0.4], abs=0.005)
+    with pytest.raises(ValueError, match="flow-time sampling"):
+        sample_flow_times(4, 10, generator, "cubic")
+
+
 class FixedCandidates(nn.Module):
     """A 'policy' whose one-step action is the noise itself, to control candidates exactly."""
 

@@ -25,16 +25,30 @@ from training.agents.common import (
     frozen_critic_q,
     one_step_actions,
 )
-from training.config import AgentConfig, NetworkConfig
+from training.config import FLOW_TIME_SAMPLINGS, AgentConfig, FlowTimeSampling, NetworkConfig
 from training.networks import CriticEnsemble, build_policy
 from training.precision import Precision, matmul_autocast
 from training.schedules import AlphaController, actor_learning_rate, schedule_horizon
 
 
-def sample_flow_times(batch_size: int, time_steps: int, generator: torch.Generator) -> Tensor:
-    """t on the grid {1/N, ..., 1} (N = time_steps), or continuous uniform when N > 1000."""
+def sample_flow_times(
+    batch_size: int, time_steps: int, generator: torch.Generator, sampling: FlowTimeSampling = "uniform"
+) -> Tensor:
+    """t on the grid {1/N, ..., 1} (N = time_steps), or continuous when N > 1000.
+
+    "uniform" (the paper's): every grid point, or every t in (0, 1), equally likely.
+    "linear" (a study option): probability proportional to t, i.e. t = sqrt(u) with u uniform
+    when continuous, grid point i/N with probability i / (N (N + 1) / 2) on the grid.
+    """
+    if sampling not in FLOW_TIME_SAMPLINGS:
+        raise ValueError(f"unknown flow-time sampling {sampling!r}; expected one of {FLOW_TIME_SAMPLINGS}")
     if time_steps > 1000:
-        return torch.rand(batch_size, 1, generator=generator)
+        u = torch.rand(batch_size, 1, generator=generator)
+        return u.sqrt() if sampling == "linear" else u
+    if sampling == "linear":
+        weights = torch.arange(1, time_steps + 1, dtype=torch.float64)
+        index = torch.multinomial(weights, batch_size, replacement=True, generator=generator) + 1
+        return (index.float() / time_steps).unsqueeze(1)
     index = torch.randint(1, time_steps + 1, (batch_size, 1), generator=generator)
     return index.float() / time_steps
 
@@ -167,7 +181,7 @@ class MFQLAgent:
         cfg = self.config
         m = cfg.mfi_draws
         next_noise = self._noise(cfg.num_candidates, b, d)
-        t = sample_flow_times(m * b, cfg.time_steps, self.generator)
+        t = sample_flow_times(m * b, cfg.time_steps, self.generator, cfg.flow_time_sampling)
         noises = (next_noise, self._noise(m * b, d), self._noise(b, d))
         # Forward passes only: backward runs each op in its forward's dtype, Adam in float32.
         with matmul_autocast(self.precision):
