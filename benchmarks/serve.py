@@ -434,14 +434,17 @@ def peers_round(servers: dict[str, tuple[str, int]], model: str, duration: float
     Each row also has the server's CPU time per answered request (all its threads), which a
     machine shared with other jobs disturbs far less than latency or throughput."""
     rows = {}
-    for name, protocol in (
-        ("floor", "rest"),
-        ("plain_onnxruntime", "rest"),
-        ("mfql_rest", "rest"),
-        ("mfql_ws", "ws"),
+    for name, protocol, concurrencies in (
+        ("floor", "rest", (1, 32)),
+        ("plain_onnxruntime", "rest", (1, 32)),
+        ("mfql_rest", "rest", (1, 32)),
+        ("mfql_ws", "ws", (1, 32)),
+        # the same mfql with --inline-below-us 0: every request through the inference thread
+        ("mfql_rest_threaded", "rest", (1,)),
+        ("mfql_ws_threaded", "ws", (1,)),
     ):
         url, pid = servers[name]
-        for concurrency in (1, 32):
+        for concurrency in concurrencies:
             log(f"  {name} c={concurrency}")
             before = cpu_seconds(pid)
             row = asyncio.run(aiohttp_closed_loop(url, model, protocol, concurrency, duration))
@@ -463,6 +466,9 @@ def peer_ratios(rows: dict) -> dict:
         "rest_c32_throughput_vs_floor": ratio(rps("mfql_rest_c32"), rps("floor_c32")),  # goal >= 0.75
         "rest_c1_p50_vs_plain_onnxruntime": ratio(p50("mfql_rest_c1"), p50("plain_onnxruntime_c1")),  # <= 1
         "ws_c1_p50_vs_floor_p50": ratio(p50("mfql_ws_c1"), p50("floor_c1")),  # goal <= 1.5
+        # what running a lone request on the event loop saves (--inline-below-us, default vs 0)
+        "rest_c1_p50_inline_vs_threaded": ratio(p50("mfql_rest_c1"), p50("mfql_rest_threaded_c1")),
+        "ws_c1_p50_inline_vs_threaded": ratio(p50("mfql_ws_c1"), p50("mfql_ws_threaded_c1")),
         "mfql_bench_1_worker_vs_aiohttp_on_floor_c32": ratio(
             rps("mfql_bench_floor_c32_w1"), rps("floor_c32")
         ),
@@ -482,6 +488,18 @@ def run_peers(repository: Path, model: str, duration: float, rounds: int) -> dic
         }
         server = stack.enter_context(serving(repository, ready_timeout=120.0, log_dir=Path(scratch)))
         servers["mfql_rest"] = servers["mfql_ws"] = (server.url, server.process.pid)
+        threaded = stack.enter_context(
+            serving(repository, "--inline-below-us", "0", ready_timeout=120.0, log_dir=Path(scratch))
+        )
+        servers["mfql_rest_threaded"] = servers["mfql_ws_threaded"] = (threaded.url, threaded.process.pid)
+        # Warm-up, not recorded: a fresh server answered its first half second of load several
+        # times slower (measured: REST c=1 p50 5.2 ms, then 0.8), and the first load of a round
+        # would otherwise pay it for one server only.
+        log("warm-up: every server, both protocols, c=1 and c=32, 0.5 s each")
+        for url, _ in set(servers.values()):
+            for protocol in ("rest", "ws") if url in (server.url, threaded.url) else ("rest",):
+                for concurrency in (1, 32):
+                    asyncio.run(aiohttp_closed_loop(url, model, protocol, concurrency, 0.5))
         runs = []
         for index in range(rounds):
             log(f"round {index + 1} of {rounds}")
