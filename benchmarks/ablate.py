@@ -103,7 +103,9 @@ def plot_losses(rows: list[dict], out: Path) -> Path:
         ("mfi/loss|bc_flow/loss", "BC loss"),
         ("actor/q", "Q of the policy's action"),
     )
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    methods = list(dict.fromkeys(row["method"] for row in rows))
+    colours = plt.get_cmap("tab20").colors
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
     for row in rows:
         with open(Path(row["run_dir"]) / "metrics.csv", newline="") as handle:
             lines = list(csv.DictReader(handle))
@@ -118,12 +120,18 @@ def plot_losses(rows: list[dict], out: Path) -> Path:
                 sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1])
                 for i in range(len(values))
             ]
-            ax.plot(steps, smooth, label=f"{row['method']} seed {row['seed']}")
+            ax.plot(
+                steps,
+                smooth,
+                color=colours[methods.index(row["method"]) % len(colours)],
+                linestyle=("-", "--", ":")[int(row["seed"]) % 3],
+                label=f"{row['method']} seed {row['seed']}",
+            )
             ax.set_title(title, fontsize=9)
             ax.set_xlabel("gradient step")
     axes[0].set_yscale("log")
     axes[1].set_yscale("log")
-    axes[0].legend(fontsize=7)
+    axes[2].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     path = out / "study-losses.png"
     fig.savefig(path, dpi=90)

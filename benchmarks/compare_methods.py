@@ -93,7 +93,12 @@ def plot_learning_curves(args: argparse.Namespace, rows: list[dict]) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    # one colour per method (seeds share it, with their own markers), legend beside the axes:
+    # a study of many arms stays readable
+    methods = list(dict.fromkeys(row["method"] for row in rows))
+    colours = plt.get_cmap("tab20").colors
+    markers = "osD^v<>"
+    fig, ax = plt.subplots(figsize=(9.0, 4.4))
     for row in rows:
         with open(Path(row["run_dir"]) / "evaluations.csv", newline="") as handle:
             points = list(csv.DictReader(handle))
@@ -101,15 +106,16 @@ def plot_learning_curves(args: argparse.Namespace, rows: list[dict]) -> Path:
             [int(p["step"]) for p in points],
             [float(p["success_rate"]) for p in points],
             yerr=[float(p["success_rate_stderr"]) for p in points],
-            marker="o",
+            marker=markers[int(row["seed"]) % len(markers)],
             capsize=3,
+            color=colours[methods.index(row["method"]) % len(colours)],
             label=f"{row['method']} seed {row['seed']}",
         )
     ax.set_xlabel("gradient step")
     ax.set_ylabel(f"success rate ({args.curve_episodes} episodes)")
     ax.set_ylim(-0.05, 1.05)
     ax.set_title(args.env, fontsize=9)
-    ax.legend()
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     out = args.out / "comparison.png"
     fig.savefig(out, dpi=90)

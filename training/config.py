@@ -37,10 +37,13 @@ class TaskFamily:
 
 # ALGORITHM.md, "Per-family defaults". Keys are env-name prefixes; the longest match wins.
 # cube-single's MFQL row was studied on 2026-11-30 (README, "The MFQL study"; runs with
-# benchmarks/ablate.py): at 30k steps no arm (constant actor lr, alpha 100 or 1000, 4 MFI
-# draws, K = 1, the DiT, schedules as if 1M steps) beat this setting robustly (the best, a
-# constant lr: 0.15 +/- 0.05 over 3 seeds, vs FQL's 0.49 +/- 0.05), so it stays the
-# reference's; the study's options are flags instead.
+# benchmarks/ablate.py): at 30k steps no arm (constant actor lr, alpha 30, 100 or 1000, 4 MFI
+# draws, K = 1, a K = 1 target with best-of-5 acting, the DiT, schedules as if 1M steps, an
+# EMA of the policy acting, flow times with density 2t) beat this setting robustly (the best,
+# a constant lr: 0.15 +/- 0.05 over 3 seeds, vs FQL's 0.49 +/- 0.05), so it stays the
+# reference's; the study's options are flags instead. Lower alpha lets the Q term push the
+# one-step policy off the data (README, generator quality). scene's row was run once with
+# the constant lr at 30k (README, "A second family"); it stays the assumed value.
 TASK_FAMILIES: dict[str, TaskFamily] = {
     "cube-single": TaskFamily(
         alpha=300.0, fql_alpha=300.0, num_candidates=5, discount=0.99, time_steps=10000, horizon=200
