@@ -58,6 +58,10 @@ ARMS: dict[str, tuple[str, list[str]]] = {
     # are of one size, as they are in FQL at its alpha.
     "alpha-10": ("constant lr, alpha 10 (the reference code's default)", [*CONSTANT_LR, "--alpha", "10"]),
     "alpha-30": ("constant lr, alpha 30", [*CONSTANT_LR, "--alpha", "30"]),
+    "alpha-50": (
+        "constant lr, alpha 50 (between alpha-30's drift and alpha-100's stall)",
+        [*CONSTANT_LR, "--alpha", "50"],
+    ),
     "alpha-100": ("constant lr, alpha 100", [*CONSTANT_LR, "--alpha", "100"]),
     "alpha-1000": ("constant lr, alpha 1000", [*CONSTANT_LR, "--alpha", "1000"]),
     "dit": ("constant lr, the reference's DiT policy", [*CONSTANT_LR, "--policy", "dit"]),
