@@ -173,6 +173,11 @@ class TrainConfig:
     batch_size: int = 256  # transitions per gradient step
     log_every: int = 100  # steps between CSV/TensorBoard rows
     eval_every: int = 100_000  # steps between evaluations (0: only at the end)
+    # Wall-clock minutes of training after which the run stops as if its last step were reached
+    # (final evaluation and checkpoint), even before `offline_steps`; evaluations and checkpoints
+    # do not count, a resume continues the count. None: run every step. Schedules still span offline_steps
+    # (or schedule_steps), so a budget-stopped run is the same run stopped early.
+    time_budget_minutes: float | None = None
     eval_episodes: int = 50  # evaluation episodes (0 turns evaluation off)
     eval_num_candidates: int | None = None  # K at evaluation (default: agent K)
     checkpoint_every: int = 50_000  # steps between checkpoints (one is always written at the end)
@@ -195,6 +200,10 @@ class TrainConfig:
         target with best-of-5 actions); evaluation, `mfql-eval` and export all act with this K.
         """
         return self.eval_num_candidates or self.agent_config.num_candidates
+
+    def __post_init__(self) -> None:
+        if self.time_budget_minutes is not None and not self.time_budget_minutes > 0:
+            raise ValueError(f"time_budget_minutes must be > 0 (or unset); got {self.time_budget_minutes}")
 
 
 def resolve_agent_config(

@@ -134,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--stop-after", type=int, help="stop (with a checkpoint) after this step, as an interruption would"
     )
+    p.add_argument(
+        "--time-budget-minutes",
+        type=float,
+        help="stop after this many minutes of training (evaluations excluded), with a final "
+        "evaluation and checkpoint; schedules still span --steps",
+    )
     return p
 
 
@@ -167,6 +173,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         batch_size=args.batch_size,
         log_every=args.log_every,
         eval_every=args.eval_every,
+        time_budget_minutes=args.time_budget_minutes,
         eval_episodes=args.eval_episodes,
         eval_num_candidates=args.eval_num_candidates,
         checkpoint_every=args.checkpoint_every,
@@ -223,10 +230,14 @@ class Trainer:
         )
         self.buffer = ReplayBuffer(train_set, self.mean, self.std, config.online_steps, config.seed)
         self.step, self.metrics = 0, {}
+        # Training wall-clock seconds of the run so far (evaluations excluded), for the time budget.
+        self.train_seconds = 0.0
         if resume_from is not None:
             checkpoint = load_policy_checkpoint(resume_from)
             restore_training_state(checkpoint.path, self.agent, self.buffer, checkpoint.model)
             self.step, self.metrics = checkpoint.step, dict(checkpoint.metrics)
+            self.train_seconds = float(self.metrics.get("train_seconds", 0.0))
+            self.metrics.pop("stopped_by_time_budget", None)  # a resume may carry on with a new budget
         self.log = RunLog(self.run_dir, resume_step=self.step if resume_from else None)
 
     def serving_view(self) -> ServingPolicy:
@@ -244,6 +255,11 @@ class Trainer:
         )
         self.log.evaluation(self.step, result)
         self.metrics = {
+            **{
+                key: self.metrics[key]
+                for key in ("train_seconds", "stopped_by_time_budget")
+                if key in self.metrics
+            },
             "success_rate": result["success_rate"],
             "eval_step": self.step,
             "eval_episodes": cfg.eval_episodes,
@@ -254,6 +270,7 @@ class Trainer:
         )
 
     def checkpoint(self) -> Path:
+        self.metrics["train_seconds"] = round(self.train_seconds, 3)
         return save_training_state(
             self.run_dir, self.step, self.config, self.agent, self.buffer, self.metrics
         )
@@ -264,15 +281,29 @@ class Trainer:
         env, observation = None, None
         bar = tqdm(total=cfg.total_steps, initial=self.step, desc="mfql-train", dynamic_ncols=True)
         update_seconds, updates = 0.0, 0
+        budget_seconds = cfg.time_budget_minutes * 60 if cfg.time_budget_minutes else None
+        clock = time.perf_counter()
         while self.step < end:
+            if budget_seconds is not None and self.train_seconds >= budget_seconds:
+                break  # a resumed run whose budget was already spent
             self.step += 1
             if self.step > cfg.offline_steps:
                 env, observation = self._interact(env, observation)
             started = time.perf_counter()
             info = self.agent.update(self.buffer.sample(cfg.batch_size), self.step)
-            update_seconds += time.perf_counter() - started
+            now = time.perf_counter()
+            update_seconds += now - started
             updates += 1
-            if self.step % cfg.log_every == 0 or self.step == end:
+            self.train_seconds += now - clock
+            clock = now
+            out_of_time = budget_seconds is not None and self.train_seconds >= budget_seconds
+            if out_of_time:
+                self.metrics["stopped_by_time_budget"] = True
+                tqdm.write(
+                    f"step {self.step}: time budget of {cfg.time_budget_minutes:g} min spent; "
+                    "final evaluation and checkpoint"
+                )
+            if self.step % cfg.log_every == 0 or self.step == end or out_of_time:
                 # Gradient steps per second since the last log line: sampling + update only,
                 # so evaluations and checkpoints do not dilute it.
                 info["time/steps_per_s"] = updates / update_seconds
@@ -288,11 +319,14 @@ class Trainer:
                 }
                 bar.set_postfix({label: f"{info[key]:.3g}" for label, key in shown.items() if key in info})
             bar.update(1)
-            final = self.step == cfg.total_steps
+            final = self.step == cfg.total_steps or out_of_time
             if cfg.eval_episodes > 0 and ((cfg.eval_every and self.step % cfg.eval_every == 0) or final):
                 self.evaluate()
-            if self.step % cfg.checkpoint_every == 0 or self.step == end:
+            if self.step % cfg.checkpoint_every == 0 or self.step == end or out_of_time:
                 self.checkpoint()
+            clock = time.perf_counter()  # evaluations and checkpoints do not spend the budget
+            if out_of_time:
+                break
         bar.close()
         self.log.close()
         return self.metrics
@@ -326,14 +360,15 @@ def main(argv: list[str] | None = None) -> int:
         if resume_from is not None:
             stored = load_policy_checkpoint(resume_from).config
             # The stored run defines the maths (precision included); only the online phase may be
-            # extended, and the thread count and compilation (speed and float rounding, not the
-            # maths) may be set anew.
+            # extended, and the thread count, compilation (speed and float rounding, not the
+            # maths) and the time budget may be set anew.
             config = replace(
                 stored,
                 online_steps=max(stored.online_steps, args.online_steps),
                 out_dir=str(run_dir),
                 threads=args.threads or stored.threads,
                 compile=args.compile or stored.compile,
+                time_budget_minutes=args.time_budget_minutes or stored.time_budget_minutes,
             )
         if config.threads:
             torch.set_num_threads(config.threads)
