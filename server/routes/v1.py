@@ -2,8 +2,8 @@
 
 The act routes take the raw request: the body is validated by pydantic-core in one pass
 (`parse_act_body`), the app-wide objects are read from app.state, and the answer is encoded
-once by orjson, so a request costs no FastAPI dependency or body resolution. The body's
-schema is still the OpenAPI contract (`openapi_extra`).
+once by orjson; `RawRequestRoute` calls them without FastAPI's per-request parameter
+resolution. The body's schema is still the OpenAPI contract (`openapi_extra`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 
 from server.deps import metrics_of, repository_of
 from server.repository import ModelRepository
+from server.routes.raw import raw_post
 from server.schemas import (
     VERSION_LIMIT,
     ActBody,
@@ -81,13 +82,15 @@ async def act_on(name: str | None, request: Request) -> Response:
         return Response(rest_answer(result, single), media_type="application/json")
 
 
-@router.post("/models/{name}/act", response_model=ActResponse, responses=ACT_ERRORS, openapi_extra=ACT_BODY)
+@raw_post(
+    router, "/models/{name}/act", response_model=ActResponse, responses=ACT_ERRORS, openapi_extra=ACT_BODY
+)
 async def act(name: str, request: Request) -> Response:
     """Actions for one observation or a batch, from model `name` (newest ready version unless `version`)."""
     return await act_on(name, request)
 
 
-@router.post("/act", response_model=ActResponse, responses=ACT_ERRORS, openapi_extra=ACT_BODY)
+@raw_post(router, "/act", response_model=ActResponse, responses=ACT_ERRORS, openapi_extra=ACT_BODY)
 async def act_default(request: Request) -> Response:
     """Like `/v1/models/{name}/act` for the default model: `MFQL_DEFAULT_MODEL`, else the only model,
     else the first ready model by name (`GET /v1/models` says which)."""

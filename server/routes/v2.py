@@ -28,6 +28,7 @@ from server.binary_tensors import (
 )
 from server.deps import metrics_of, repository_of, settings_of
 from server.errors import InvalidInput
+from server.routes.raw import raw_post
 from server.schemas import VERSION_LIMIT, error_responses
 from server.served_model import ModelVersion
 
@@ -139,7 +140,7 @@ async def model_version_ready(name: str, request: Request, version: int = Versio
     return ready_answer(request, name, version)
 
 
-@router.post("/models/{name}/infer", responses=INFER_ERRORS, openapi_extra=INFER_BODY)
+@raw_post(router, "/models/{name}/infer", responses=INFER_ERRORS, openapi_extra=INFER_BODY)
 async def infer(name: str, request: Request) -> Response:
     """JSON tensors, or the binary tensor data extension (`Inference-Header-Content-Length`)."""
     return await infer_on(request, name, None)

@@ -1,0 +1,53 @@
+"""`RawRequestRoute`: the hot routes skip FastAPI's per-request parameter resolution but stay documented."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.testclient import TestClient
+
+from server.app import create_app
+from server.routes.raw import RawRequestRoute, raw_post
+from server.settings import ServerSettings
+
+HOT_ROUTES = {"/v1/act", "/v1/models/{name}/act", "/v2/models/{name}/infer"}
+
+
+def test_an_endpoint_gets_the_request_and_its_path_parameters_and_is_documented():
+    router = APIRouter()
+
+    @raw_post(router, "/items/{name}/echo", responses={404: {"description": "no such item"}})
+    async def echo(name: str, request: Request) -> Response:
+        return Response(name.encode() + b":" + await request.body(), media_type="text/plain")
+
+    app = FastAPI()
+    app.include_router(router)
+    answer = TestClient(app).post("/items/a%20b/echo", content=b"payload")
+    assert answer.status_code == 200 and answer.text == "a b:payload"
+    operation = app.openapi()["paths"]["/items/{name}/echo"]["post"]
+    assert operation["parameters"][0]["name"] == "name" and "404" in operation["responses"]
+
+
+def test_an_endpoint_with_parameters_fastapi_would_have_to_resolve_is_refused():
+    async def typed(name: str, request: Request, version: int = 1) -> Response:
+        return Response()
+
+    with pytest.raises(TypeError, match="takes `request` and its path's parameters"):
+        RawRequestRoute("/items/{name}", typed, methods=["POST"])
+    with pytest.raises(TypeError, match="takes `request`"):
+        RawRequestRoute("/items", lambda: None, methods=["POST"])
+
+
+def test_the_servers_act_and_infer_routes_are_raw_and_keep_their_contract():
+    app = create_app(ServerSettings())
+    raw = {
+        route.path
+        for included in app.router.routes
+        for route in getattr(getattr(included, "original_router", None), "routes", [])
+        if isinstance(route, RawRequestRoute)
+    }
+    assert raw == HOT_ROUTES
+    paths = app.openapi()["paths"]
+    for path in HOT_ROUTES:
+        operation = paths[path]["post"]
+        assert "requestBody" in operation and {"200", "404", "422"} <= set(operation["responses"])
