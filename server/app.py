@@ -44,6 +44,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.state.settings = settings
     app.state.repository = repository
     app.state.metrics = metrics
+    for hot_routes in (v1.hot_routes, v2.hot_routes):  # act and infer first (routes/raw.py)
+        hot_routes.install(app)
     for router in (v1.router, v2.router, health.router, websocket.router):
         app.include_router(router)
     _add_error_bodies(app)

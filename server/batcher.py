@@ -85,6 +85,8 @@ class BatchObserver:
 
 
 def run_padded(runtime: PolicyRuntime, batch: list[PendingRequest]) -> list[Outputs]:
+    if len(batch) == 1:
+        return [runtime(batch[0].observation, batch[0].noise)]
     width = max(r.num_candidates for r in batch)
     observation = np.concatenate([r.observation for r in batch])
     noise = np.concatenate([pad_candidates(r.noise, width) for r in batch])
@@ -92,6 +94,8 @@ def run_padded(runtime: PolicyRuntime, batch: list[PendingRequest]) -> list[Outp
 
 
 def run_grouped(runtime: PolicyRuntime, batch: list[PendingRequest]) -> list[Outputs]:
+    if len(batch) == 1:  # a lone request (the common case at low load): no copies, no split
+        return [runtime(batch[0].observation, batch[0].noise)]
     results: list[Outputs | None] = [None] * len(batch)
     by_k: dict[int, list[int]] = collections.defaultdict(list)
     for index, request in enumerate(batch):

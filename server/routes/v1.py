@@ -16,7 +16,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 
 from server.deps import metrics_of, repository_of
 from server.repository import ModelRepository
-from server.routes.raw import raw_post
+from server.routes.raw import RawRoutes
 from server.schemas import (
     VERSION_LIMIT,
     ActBody,
@@ -30,6 +30,7 @@ from server.schemas import (
 from server.served_model import ActResult
 
 router = APIRouter(prefix="/v1", tags=["native REST"])
+hot_routes = RawRoutes(prefix="/v1", tags=["native REST"])  # act: installed on the app, first
 
 ACT_BODY = {
     "requestBody": {
@@ -82,15 +83,15 @@ async def act_on(name: str | None, request: Request) -> Response:
         return Response(rest_answer(result, single), media_type="application/json")
 
 
-@raw_post(
-    router, "/models/{name}/act", response_model=ActResponse, responses=ACT_ERRORS, openapi_extra=ACT_BODY
+@hot_routes.post(
+    "/models/{name}/act", response_model=ActResponse, responses=ACT_ERRORS, openapi_extra=ACT_BODY
 )
 async def act(name: str, request: Request) -> Response:
     """Actions for one observation or a batch, from model `name` (newest ready version unless `version`)."""
     return await act_on(name, request)
 
 
-@raw_post(router, "/act", response_model=ActResponse, responses=ACT_ERRORS, openapi_extra=ACT_BODY)
+@hot_routes.post("/act", response_model=ActResponse, responses=ACT_ERRORS, openapi_extra=ACT_BODY)
 async def act_default(request: Request) -> Response:
     """Like `/v1/models/{name}/act` for the default model: `MFQL_DEFAULT_MODEL`, else the only model,
     else the first ready model by name (`GET /v1/models` says which)."""

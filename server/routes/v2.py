@@ -28,11 +28,12 @@ from server.binary_tensors import (
 )
 from server.deps import metrics_of, repository_of, settings_of
 from server.errors import InvalidInput
-from server.routes.raw import raw_post
+from server.routes.raw import RawRoutes
 from server.schemas import VERSION_LIMIT, error_responses
 from server.served_model import ModelVersion
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
+hot_routes = RawRoutes(prefix="/v2", tags=["Open Inference Protocol v2"])  # infer: on the app, first
 
 OUTPUTS = ("action", "q_value", "candidates")
 DEFAULT_OUTPUTS = ("action", "q_value")
@@ -140,7 +141,7 @@ async def model_version_ready(name: str, request: Request, version: int = Versio
     return ready_answer(request, name, version)
 
 
-@raw_post(router, "/models/{name}/infer", responses=INFER_ERRORS, openapi_extra=INFER_BODY)
+@hot_routes.post("/models/{name}/infer", responses=INFER_ERRORS, openapi_extra=INFER_BODY)
 async def infer(name: str, request: Request) -> Response:
     """JSON tensors, or the binary tensor data extension (`Inference-Header-Content-Length`)."""
     return await infer_on(request, name, None)

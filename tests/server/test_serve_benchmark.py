@@ -40,3 +40,15 @@ def test_peers_benchmark_measures_every_server_and_reports_the_ratios():
         "ws_c1_p50_inline_vs_threaded",
     }
     assert all(value > 0 for value in report["median_ratios"].values())
+
+
+def test_handler_cpu_benchmark_calls_both_apps_and_reports_the_ratio():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "handler_cpu.py"), "--requests", "20", "--rounds", "1"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    mfql, plain = report["mfql_cpu_us"], report["plain_fastapi_onnxruntime_cpu_us"]
+    assert len(mfql) == len(plain) == 1 and mfql[0] > 0 and plain[0] > 0
+    assert abs(report["ratio_mfql_vs_plain"] - mfql[0] / plain[0]) < 0.01
