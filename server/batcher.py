@@ -10,8 +10,9 @@ condition variable and runs the runtime off the event loop, which keeps acceptin
 
 One exception saves a lone request two thread hand-overs (a futex wake and a GIL hand-off
 each way, most of what batching costs a request at low load): when the runtime is idle,
-nothing is queued, the request is small (at most `INLINE_MAX_ROWS` candidate rows) and small
-requests have been measured to run in under `inline_below_s`, it runs at once on the calling
+nothing is queued, no `max_queue_delay` asks requests to wait for company, the request is
+small (at most `INLINE_MAX_ROWS` candidate rows) and small requests have been measured to run
+in under `inline_below_s`, it runs at once on the calling
 (event-loop) thread. The loop is then blocked for about that long, as it is while it parses a
 large body; a slower model, a larger request or any queue goes to the thread as before.
 
@@ -220,6 +221,7 @@ class DynamicBatcher:
         """Called with the lock held: see the module doc for when a request runs inline."""
         return (
             self.inline_below_s > 0
+            and self.max_queue_delay_s == 0  # a delay asks a lone request to wait for company
             and self._small_run_s is not None
             and self._small_run_s < self.inline_below_s
             and request.rows * request.num_candidates <= INLINE_MAX_ROWS

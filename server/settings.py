@@ -44,7 +44,7 @@ class ServerSettings(BaseSettings):
     inline_below_us: int = Field(
         250,
         ge=0,
-        description="a small lone request (runtime idle, nothing queued, at most 32 candidate rows) runs at once "
+        description="a small lone request (runtime idle, nothing queued, at most 32 candidate rows, no queue delay) runs at once "
         "on the event loop when such requests have been measured to take less than this; it skips two thread "
         "hand-overs, and blocks the loop for at most about that long (0: always on the inference thread)",
     )

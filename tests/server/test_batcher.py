@@ -293,6 +293,16 @@ async def test_inline_stays_off_for_slow_models_large_requests_and_busy_runtimes
     assert set(runtime.threads) == {"infer-test/1"}
 
 
+async def test_inline_stays_off_when_a_queue_delay_asks_requests_to_wait_for_company(batchers):
+    runtime = RecordingRuntime()
+    batcher = make_batcher(runtime, inline_below_s=60.0, max_queue_delay_s=0.001)
+    batchers.append(batcher)
+    for seed in range(3):
+        await eventually(lambda: batcher.idle)
+        await batcher.submit(*request(seed), None)
+    assert runtime.threads == ["infer-test/1"] * 3
+
+
 async def test_an_inline_request_keeps_deadlines_and_failures_to_itself(batchers):
     runtime = RecordingRuntime()
     batcher = make_batcher(runtime, inline_below_s=60.0)
