@@ -1,13 +1,16 @@
 """CPU time per act request of mfql's REST handler vs a plain FastAPI + onnxruntime handler, no sockets.
 
-    python benchmarks/handler_cpu.py [--requests 3000] [--rounds 2] [--profile]
+    python benchmarks/handler_cpu.py [--requests 3000] [--rounds 2] [--concurrency 1,32] [--profile]
 
 Both ASGI apps (mfql's `create_app` on the embedded default model, and `benchmarks/peer_onnx.py`)
 are called directly on one event loop with the same JSON body, so the figure is the handler
 and framework cost alone: routing, parsing, validation, noise, inference, metrics, encoding.
 uvicorn, the network and the client are left out (`benchmarks/serve.py --peers` measures them
-end to end). Rounds alternate between the two apps; the ratio is what to compare, the absolute
-microseconds move with the machine. `--profile` adds a cProfile of mfql's handler.
+end to end). At concurrency c, c callers run their share of the requests at once on the loop
+(where mfql batches and the plain handler cannot). CPU time counts every thread of the
+process (mfql's inference thread too). Rounds alternate between the two apps; the ratios are
+what to compare, the absolute figures move with the machine. `--profile` adds a cProfile of
+mfql's handler at the first concurrency.
 """
 
 from __future__ import annotations
@@ -68,16 +71,22 @@ async def call(app, path: str, body: bytes) -> int:
     return status
 
 
-async def cpu_per_request_us(app, path: str, body: bytes, requests: int) -> float:
+async def cpu_and_rate(app, path: str, body: bytes, requests: int, concurrency: int) -> tuple[float, float]:
+    """(CPU microseconds per request, requests per second) of `requests` calls by `concurrency` callers."""
     for _ in range(min(200, requests)):  # warm-up: first-call allocations, caches
         assert await call(app, path, body) == 200
-    started = time.process_time()
-    for _ in range(requests):
-        await call(app, path, body)
-    return (time.process_time() - started) / requests * 1e6
+
+    async def caller() -> None:
+        for _ in range(requests // concurrency):
+            await call(app, path, body)
+
+    cpu, wall = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    done = requests // concurrency * concurrency
+    return (time.process_time() - cpu) / done * 1e6, done / (time.perf_counter() - wall)
 
 
-async def measure(requests: int, rounds: int, profile: bool) -> dict:
+async def measure(requests: int, rounds: int, concurrencies: list[int], profile: bool) -> dict:
     os.environ.setdefault("MFQL_PEER_BUNDLE", str(BUNDLE))
     sys.path.insert(0, str(ROOT))
     import benchmarks.peer_onnx as peer
@@ -90,26 +99,30 @@ async def measure(requests: int, rounds: int, profile: bool) -> dict:
     app = create_app(ServerSettings())
     await app.state.repository.reload()
     mfql_path, peer_path = "/v1/act", f"/v1/models/{metadata['name']}/act"
+    report: dict = {"requests_per_round": requests}
     try:
-        mfql, plain = [], []
-        for _ in range(rounds):
-            mfql.append(await cpu_per_request_us(app, mfql_path, body, requests))
-            plain.append(await cpu_per_request_us(peer.app, peer_path, body, requests))
+        for concurrency in concurrencies:
+            mfql, plain = [], []
+            for _ in range(rounds):
+                mfql.append(await cpu_and_rate(app, mfql_path, body, requests, concurrency))
+                plain.append(await cpu_and_rate(peer.app, peer_path, body, requests, concurrency))
+            report[f"c{concurrency}"] = {
+                "mfql_cpu_us": [round(cpu, 1) for cpu, _ in mfql],
+                "plain_cpu_us": [round(cpu, 1) for cpu, _ in plain],
+                "mfql_per_s": [round(rate) for _, rate in mfql],
+                "plain_per_s": [round(rate) for _, rate in plain],
+                "cpu_ratio_mfql_vs_plain": round(min(c for c, _ in mfql) / min(c for c, _ in plain), 3),
+                "rate_ratio_mfql_vs_plain": round(max(r for _, r in mfql) / max(r for _, r in plain), 3),
+            }
         if profile:
             profiler = cProfile.Profile()
             profiler.enable()
-            for _ in range(requests):
-                await call(app, mfql_path, body)
+            await cpu_and_rate(app, mfql_path, body, requests, concurrencies[0])
             profiler.disable()
             pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
     finally:
         await app.state.repository.close()
-    return {
-        "requests_per_round": requests,
-        "mfql_cpu_us": [round(v, 1) for v in mfql],
-        "plain_fastapi_onnxruntime_cpu_us": [round(v, 1) for v in plain],
-        "ratio_mfql_vs_plain": round(min(mfql) / min(plain), 3),
-    }
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,9 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--requests", type=int, default=3000, help="requests per app per round")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--concurrency", default="1,32", help="comma-separated numbers of concurrent callers")
     parser.add_argument("--profile", action="store_true", help="also print a cProfile of mfql's handler")
     args = parser.parse_args(argv)
-    print(json.dumps(asyncio.run(measure(args.requests, args.rounds, args.profile)), indent=2))
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    print(json.dumps(asyncio.run(measure(args.requests, args.rounds, concurrencies, args.profile)), indent=2))
     return 0
 
 

@@ -212,10 +212,41 @@ class DynamicBatcher:
             # takes the queue when its batch is done.
             if self._waiting and not inline:
                 self._condition.notify()
-        if inline:
+        if inline and await self._still_alone(request):
             return self._run_inline(request)
         self._observer.queue_depth(self._queued_rows)
         return await request.future
+
+    async def _still_alone(self, request: PendingRequest) -> bool:
+        """Whether a request that claimed the runtime to run inline is still alone after one yield.
+
+        The claim (`_inline`) makes requests arriving meanwhile queue. Yielding once lets the
+        requests this loop has already read reach `submit` too: under load they do, and then the
+        claimant joins the queue at its head and they run as one batch on the thread; without
+        the yield, each request would run inline in turn and batching would never start.
+        """
+        try:
+            await asyncio.sleep(0)
+        except BaseException:
+            self._release_inline_claim(requeue=None)
+            raise
+        with self._condition:
+            if not self._queue and not self._closing:
+                return True
+        self._release_inline_claim(requeue=request)
+        return False
+
+    def _release_inline_claim(self, requeue: PendingRequest | None) -> None:
+        with self._condition:
+            self._inline = False
+            self._running -= 1
+            if requeue is not None:
+                if self._closing:
+                    raise Unavailable(f"model version {self.name} is being unloaded; retry", retry_after=1)
+                self._queue.appendleft(requeue)
+                self._queued_rows += requeue.rows
+            if self._queue and self._waiting:
+                self._condition.notify()
 
     def _may_run_inline(self, request: PendingRequest) -> bool:
         """Called with the lock held: see the module doc for when a request runs inline."""

@@ -293,6 +293,43 @@ async def test_inline_stays_off_for_slow_models_large_requests_and_busy_runtimes
     assert set(runtime.threads) == {"infer-test/1"}
 
 
+async def test_requests_arriving_together_batch_on_the_thread_even_when_each_could_run_inline(batchers):
+    # A loop under load has several requests read at once: the first claims the idle runtime,
+    # yields once, finds the others queued behind its claim and joins them, so they run as
+    # one batch on the thread instead of one by one on the loop.
+    runtime, observed = RecordingRuntime(), Observed()
+    batcher = make_batcher(runtime, observer=observed, inline_below_s=60.0, max_batch_size=64)
+    batchers.append(batcher)
+    await batcher.submit(*request(0), None)  # measured on the thread: inline allowed from now on
+    await eventually(lambda: batcher.idle)
+    alone = await batcher.submit(*request(1), None)  # nobody else: inline
+    assert runtime.threads[-1] == threading.current_thread().name
+    await eventually(lambda: batcher.idle)
+    together = await asyncio.gather(*(batcher.submit(*request(seed), None) for seed in range(1, 9)))
+    assert runtime.threads[2:] and set(runtime.threads[2:]) == {"infer-test/1"}
+    assert observed.batch_rows[:2] == [1, 1] and max(observed.batch_rows[2:]) > 1
+    assert sum(observed.batch_rows[2:]) == 8 and batcher.pending == 0
+    for key, value in alone.outputs.items():  # where and with whom it ran changes nothing
+        np.testing.assert_array_equal(together[0].outputs[key], value)
+
+
+async def test_a_request_cancelled_while_it_holds_the_inline_claim_gives_the_runtime_back(batchers):
+    runtime = RecordingRuntime()
+    batcher = make_batcher(runtime, inline_below_s=60.0)
+    batchers.append(batcher)
+    await batcher.submit(*request(0), None)
+    await eventually(lambda: batcher.idle)
+    claimant = asyncio.ensure_future(batcher.submit(*request(1), None))
+    await asyncio.sleep(0)  # the claimant claims the runtime and yields
+    assert batcher.pending == 1
+    claimant.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await claimant
+    assert batcher.pending == 0 and len(runtime.calls) == 1  # nothing ran for it
+    await eventually(lambda: batcher.idle)
+    assert (await batcher.submit(*request(2), None)).batch_rows == 1  # and the batcher serves on
+
+
 async def test_inline_stays_off_when_a_queue_delay_asks_requests_to_wait_for_company(batchers):
     runtime = RecordingRuntime()
     batcher = make_batcher(runtime, inline_below_s=60.0, max_queue_delay_s=0.001)

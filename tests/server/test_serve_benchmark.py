@@ -42,13 +42,19 @@ def test_peers_benchmark_measures_every_server_and_reports_the_ratios():
     assert all(value > 0 for value in report["median_ratios"].values())
 
 
-def test_handler_cpu_benchmark_calls_both_apps_and_reports_the_ratio():
+def test_handler_cpu_benchmark_calls_both_apps_and_reports_the_ratios():
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "handler_cpu.py"), "--requests", "20", "--rounds", "1"],
+        [
+            sys.executable, str(ROOT / "benchmarks" / "handler_cpu.py"),
+            "--requests", "32", "--rounds", "1", "--concurrency", "1,8",
+        ],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
-    mfql, plain = report["mfql_cpu_us"], report["plain_fastapi_onnxruntime_cpu_us"]
-    assert len(mfql) == len(plain) == 1 and mfql[0] > 0 and plain[0] > 0
-    assert abs(report["ratio_mfql_vs_plain"] - mfql[0] / plain[0]) < 0.01
+    for concurrency in ("c1", "c8"):
+        row = report[concurrency]
+        mfql, plain = row["mfql_cpu_us"], row["plain_cpu_us"]
+        assert len(mfql) == len(plain) == 1 and mfql[0] > 0 and plain[0] > 0
+        assert abs(row["cpu_ratio_mfql_vs_plain"] - mfql[0] / plain[0]) < 0.01
+        assert abs(row["rate_ratio_mfql_vs_plain"] - row["mfql_per_s"][0] / row["plain_per_s"][0]) < 0.01
