@@ -15,8 +15,6 @@ import torch
 import training.data.ogbench_files
 from training.checkpoint import list_checkpoints, load_trainer_state
 from training.config import NetworkConfig, TrainConfig, resolve_agent_config
-from training.data.collection import CollectionConfig
-from training.data.generate import generate_dataset
 from training.train import Trainer
 
 TASK = "cube-single-play-singletask-task2-v0"
@@ -72,17 +70,9 @@ class ScriptedEpisodes:
         pass
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("data")
-    config = CollectionConfig("cube-single-v0", "play", episode_length=30)
-    generate_dataset(config, 2, seed=1, workers=1, out=folder / "cube-single-play-v0.npz", progress=False)
-    return folder
-
-
 @pytest.fixture
-def envs(monkeypatch, data_dir) -> list[ScriptedEpisodes]:
-    with np.load(data_dir / "cube-single-play-v0.npz") as raw:
+def envs(monkeypatch, two_episode_data_dir) -> list[ScriptedEpisodes]:
+    with np.load(two_episode_data_dir / "cube-single-play-v0.npz") as raw:
         mean, std = raw["observations"].mean(0), raw["observations"].std(0)
     made: list[ScriptedEpisodes] = []
 
@@ -131,8 +121,10 @@ def _assert_rows_are_the_transitions(trainer: Trainer, transitions: list[dict]) 
         assert rows["masks"][i] == 1.0 - float(step["terminated"]), i
 
 
-def test_online_steps_add_one_env_transition_each_with_mask_one_minus_terminated(data_dir, tmp_path, envs):
-    trainer = Trainer(_config(data_dir, tmp_path / "run"), None)
+def test_online_steps_add_one_env_transition_each_with_mask_one_minus_terminated(
+    two_episode_data_dir, tmp_path, envs
+):
+    trainer = Trainer(_config(two_episode_data_dir, tmp_path / "run"), None)
     offline_rows = trainer.buffer.size
     trainer.run()
     (env,) = envs
@@ -152,8 +144,10 @@ def test_online_steps_add_one_env_transition_each_with_mask_one_minus_terminated
 
 
 @pytest.mark.parametrize("agent", ["mfql", "fql"])
-def test_a_run_resumed_mid_online_phase_keeps_its_transitions_and_continues(data_dir, tmp_path, envs, agent):
-    config = _config(data_dir, tmp_path / "run", agent)
+def test_a_run_resumed_mid_online_phase_keeps_its_transitions_and_continues(
+    two_episode_data_dir, tmp_path, envs, agent
+):
+    config = _config(two_episode_data_dir, tmp_path / "run", agent)
     first = Trainer(config, None)
     offline_rows = first.buffer.size
     first.run(stop_after=OFFLINE + 6)

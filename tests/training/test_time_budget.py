@@ -11,22 +11,12 @@ import pytest
 import training.train
 from training.checkpoint import list_checkpoints, load_policy_checkpoint
 from training.config import NetworkConfig, TrainConfig, resolve_agent_config
-from training.data.collection import CollectionConfig
-from training.data.generate import generate_dataset
 from training.train import Trainer, build_parser, config_from_args
 
 TASK = "cube-single-play-singletask-task2-v0"
 STEPS = 30
 # Far below the time of one gradient step, so the first step spends it: no test depends on speed.
 SPENT_AFTER_ONE_STEP = 1e-9
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("data")
-    config = CollectionConfig("cube-single-v0", "play", episode_length=30)
-    generate_dataset(config, 2, seed=1, workers=1, out=folder / "cube-single-play-v0.npz", progress=False)
-    return folder
 
 
 @pytest.fixture
@@ -67,8 +57,10 @@ def _config(data_dir: Path, out: Path, budget: float | None) -> TrainConfig:
     )
 
 
-def test_a_spent_budget_ends_the_run_with_a_final_evaluation_and_checkpoint(data_dir, tmp_path, evaluations):
-    trainer = Trainer(_config(data_dir, tmp_path / "run", SPENT_AFTER_ONE_STEP), None)
+def test_a_spent_budget_ends_the_run_with_a_final_evaluation_and_checkpoint(
+    two_episode_data_dir, tmp_path, evaluations
+):
+    trainer = Trainer(_config(two_episode_data_dir, tmp_path / "run", SPENT_AFTER_ONE_STEP), None)
     metrics = trainer.run()
     assert trainer.step == 1
     assert len(evaluations) == 1  # the final evaluation, at the step the budget ran out
@@ -80,18 +72,18 @@ def test_a_spent_budget_ends_the_run_with_a_final_evaluation_and_checkpoint(data
     assert 0 < stored.metrics["train_seconds"] == metrics["train_seconds"]
 
 
-def test_a_resume_continues_the_count_and_may_set_a_new_budget(data_dir, tmp_path, evaluations):
+def test_a_resume_continues_the_count_and_may_set_a_new_budget(two_episode_data_dir, tmp_path, evaluations):
     run = tmp_path / "run"
-    Trainer(_config(data_dir, run, SPENT_AFTER_ONE_STEP), None).run()
+    Trainer(_config(two_episode_data_dir, run, SPENT_AFTER_ONE_STEP), None).run()
     spent = load_policy_checkpoint(run).metrics["train_seconds"]
 
     # the same budget again: nothing is left, so nothing runs
-    again = Trainer(_config(data_dir, run, SPENT_AFTER_ONE_STEP), list_checkpoints(run)[-1])
+    again = Trainer(_config(two_episode_data_dir, run, SPENT_AFTER_ONE_STEP), list_checkpoints(run)[-1])
     again.run()
     assert again.step == 1 and again.train_seconds == pytest.approx(spent, abs=1e-3)
 
     # no budget: the run carries on to its last step, counting on from what was spent
-    carried = Trainer(_config(data_dir, run, None), list_checkpoints(run)[-1])
+    carried = Trainer(_config(two_episode_data_dir, run, None), list_checkpoints(run)[-1])
     metrics = carried.run()
     assert carried.step == STEPS
     assert "stopped_by_time_budget" not in metrics
@@ -99,13 +91,13 @@ def test_a_resume_continues_the_count_and_may_set_a_new_budget(data_dir, tmp_pat
     assert load_policy_checkpoint(run).step == STEPS
 
 
-def test_the_cli_flag_reaches_the_config_and_must_be_positive(data_dir, tmp_path):
+def test_the_cli_flag_reaches_the_config_and_must_be_positive(two_episode_data_dir, tmp_path):
     args = build_parser().parse_args(
         [
             "--env",
             TASK,
             "--dataset-dir",
-            str(data_dir),
+            str(two_episode_data_dir),
             "--out",
             str(tmp_path / "r"),
             "--time-budget-minutes",
@@ -114,4 +106,4 @@ def test_the_cli_flag_reaches_the_config_and_must_be_positive(data_dir, tmp_path
     )
     assert config_from_args(args).time_budget_minutes == 90
     with pytest.raises(ValueError, match="time_budget_minutes must be > 0"):
-        replace(_config(data_dir, tmp_path / "r", None), time_budget_minutes=0.0)
+        replace(_config(two_episode_data_dir, tmp_path / "r", None), time_budget_minutes=0.0)
