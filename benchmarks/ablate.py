@@ -168,10 +168,17 @@ def markdown(args: argparse.Namespace, rows: list[dict], summary: dict) -> str:
             each = ", ".join(f"{r['success_rate']:.2f}" for r in sorted(mine, key=lambda r: r["seed"]))
             spread = f"+/- {row['success_rate_stdev']:.2f} (std over {len(mine)} seeds: {each})"
         # training time alone (the trainer's steps/s): evaluations and checkpoints excluded
-        minutes = sum(args.steps / r["train_steps_per_second"] for r in mine) / len(mine) / 60
+        steps = [r.get("steps_trained", args.steps) for r in mine]  # rows of older versions lack it
+        minutes = (
+            sum(n / r["train_steps_per_second"] for n, r in zip(steps, mine, strict=True)) / len(mine) / 60
+        )
+        if any(n != args.steps for n in steps):  # stopped by a time budget
+            minutes_and_steps = f"{minutes:.0f} ({', '.join(f'{n // 1000}k' for n in steps)} steps)"
+        else:
+            minutes_and_steps = f"{minutes:.0f}"
         lines.append(
             f"| {name} | {describe_arm(name)} | {row['success_rate_mean']:.2f} {spread} "
-            f"| {'; '.join(curve)} | {row['train_steps_per_second']:.1f} | {minutes:.0f} |"
+            f"| {'; '.join(curve)} | {row['train_steps_per_second']:.1f} | {minutes_and_steps} |"
         )
     return "\n".join(lines) + "\n"
 

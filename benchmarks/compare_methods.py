@@ -59,7 +59,8 @@ def train_and_evaluate(args: argparse.Namespace, name: str, seed: int, flags: li
     run(command)
     seconds = time.perf_counter() - start
     with open(run_dir / "metrics.csv", newline="") as handle:
-        rates = [float(row["time/steps_per_s"]) for row in csv.DictReader(handle)]
+        logged = list(csv.DictReader(handle))
+    rates = [float(row["time/steps_per_s"]) for row in logged]
     report = json.loads(
         run(
             [
@@ -78,7 +79,10 @@ def train_and_evaluate(args: argparse.Namespace, name: str, seed: int, flags: li
         "success_rate": report["success_rate"],
         "success_rate_stderr": report["success_rate_stderr"],
         "wall_seconds": round(seconds, 1),
-        # Every log interval holds the same number of steps: their harmonic mean is steps / time.
+        # the last logged step: fewer than --steps when `--time-budget-minutes` stopped the run
+        "steps_trained": int(logged[-1]["step"]),
+        # Every log interval holds the same number of steps (a budget-stopped run's last one may
+        # hold fewer; one short interval of many): their harmonic mean is steps / time.
         "train_steps_per_second": statistics.harmonic_mean(rates),
         "policy_latency_ms_p50": report["policy_latency_ms"]["p50"],
         "num_candidates": report["num_candidates"],

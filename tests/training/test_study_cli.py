@@ -37,6 +37,7 @@ def test_study_runs_arms_in_rounds_and_diagnoses_a_checkpoint(data_dir, tmp_path
     assert second.returncode == 0, second.stderr[-3000:]
     study = json.loads((out / "study.json").read_text())
     assert [run["method"] for run in study["runs"]] == ["paper", "draws-4", "retired-arm", "fql", "ema"]
+    assert all(run["steps_trained"] == 10 for run in study["runs"])
     table = (out / "study.md").read_text()
     assert "| paper |" in table and "| draws-4 |" in table and "| fql |" in table
     assert "| retired-arm | (an arm this version of ablate.py does not define) |" in table
@@ -73,3 +74,27 @@ def test_study_runs_arms_in_rounds_and_diagnoses_a_checkpoint(data_dir, tmp_path
         assert ("bc_flow_nearest_sq_dist" in report) == (agent == "fql")
     ema_config = json.loads(next((out / "ema-seed0" / "checkpoints").glob("step_*/config.json")).read_text())
     assert ema_config["config"]["agent_config"]["policy_ema_rate"] == 0.001
+
+
+def test_the_study_table_says_how_many_steps_a_time_budget_left_each_seed(tmp_path):
+    sys.path.insert(0, str(BENCHMARKS))
+    import ablate
+
+    rows = []
+    for seed, steps_trained in ((0, 150_000), (1, 140_500)):
+        run_dir = tmp_path / f"lr-constant-seed{seed}"
+        run_dir.mkdir()
+        (run_dir / "evaluations.csv").write_text("step,success_rate\n100000,0.25\n")
+        rows.append(
+            {
+                "method": "lr-constant", "seed": seed, "success_rate": 0.5, "success_rate_stderr": 0.07,
+                "train_steps_per_second": 20.0, "steps_trained": steps_trained, "run_dir": str(run_dir),
+                "policy_latency_ms_p50": 1.0,
+            }
+        )  # fmt: skip
+    args = ablate.argparse.Namespace(
+        env=TASK, steps=200_000, seeds="0,1", eval_episodes=50, extra=["--time-budget-minutes", "120"]
+    )
+    table = ablate.markdown(args, rows, ablate.summarize(rows))
+    # (150000 + 140500) / 20 / 2 s = 121 min on average
+    assert "| 20.0 | 121 (150k, 140k steps) |" in table
