@@ -44,14 +44,16 @@ VersionPath = Path(ge=1, lt=VERSION_LIMIT, description="a positive integer")
 
 
 def rest_answer(result: ActResult, single: bool) -> bytes:
-    # float64 first: the decimal orjson writes then reads back to exactly the float32 served
-    actions = result.actions.astype(np.float64)
-    q_values = result.q_values.astype(np.float64)
-    answer: dict = (
-        {"action": actions[0], "q_value": float(q_values[0])}
-        if single
-        else {"actions": actions, "q_values": q_values}
-    )
+    # Python floats (doubles) hold each float32 value exactly, and the decimal orjson writes for
+    # a double reads back to exactly the float32 served. One row: `tolist` (numpy's cast cost
+    # 10 us per answer at 32 clients in a profile, 1.5 us alone); a batch: one float64 cast.
+    if single:
+        answer: dict = {"action": result.actions[0].tolist(), "q_value": float(result.q_values[0])}
+    else:
+        answer = {
+            "actions": result.actions.astype(np.float64),
+            "q_values": result.q_values.astype(np.float64),
+        }
     answer.update(
         num_candidates=result.num_candidates,
         model=result.model,
