@@ -193,7 +193,7 @@ class DynamicBatcher:
         request = PendingRequest(observation, noise, deadline, loop.create_future(), loop)
         with self._condition:
             if self._closing:
-                raise Unavailable(f"model version {self.name} is being unloaded; retry", retry_after=1)
+                raise self._unloading()
             if self._queued_rows + rows > self.max_queue_size:
                 raise Unavailable(
                     f"queue of {self.name} is full ({self._queued_rows} observations waiting, "
@@ -242,11 +242,14 @@ class DynamicBatcher:
             self._running -= 1
             if requeue is not None:
                 if self._closing:
-                    raise Unavailable(f"model version {self.name} is being unloaded; retry", retry_after=1)
+                    raise self._unloading()
                 self._queue.appendleft(requeue)
                 self._queued_rows += requeue.rows
             if self._queue and self._waiting:
                 self._condition.notify()
+
+    def _unloading(self) -> Unavailable:
+        return Unavailable(f"model version {self.name} is being unloaded; retry", retry_after=1)
 
     def _may_run_inline(self, request: PendingRequest) -> bool:
         """Called with the lock held: see the module doc for when a request runs inline."""

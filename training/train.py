@@ -229,14 +229,15 @@ class Trainer:
             config.compile,
         )
         self.buffer = ReplayBuffer(train_set, self.mean, self.std, config.online_steps, config.seed)
-        self.step, self.metrics = 0, {}
+        self.step, self.metrics = 0, {}  # metrics: the last evaluation's
         # Training wall-clock seconds of the run so far (evaluations excluded), for the time budget.
         self.train_seconds = 0.0
+        self.stopped_by_time_budget = False
         if resume_from is not None:
             checkpoint = load_policy_checkpoint(resume_from)
             restore_training_state(checkpoint.path, self.agent, self.buffer, checkpoint.model)
             self.step, self.metrics = checkpoint.step, dict(checkpoint.metrics)
-            self.train_seconds = float(self.metrics.get("train_seconds", 0.0))
+            self.train_seconds = float(self.metrics.pop("train_seconds", 0.0))
             self.metrics.pop("stopped_by_time_budget", None)  # a resume may carry on with a new budget
         self.log = RunLog(self.run_dir, resume_step=self.step if resume_from else None)
 
@@ -255,11 +256,6 @@ class Trainer:
         )
         self.log.evaluation(self.step, result)
         self.metrics = {
-            **{
-                key: self.metrics[key]
-                for key in ("train_seconds", "stopped_by_time_budget")
-                if key in self.metrics
-            },
             "success_rate": result["success_rate"],
             "eval_step": self.step,
             "eval_episodes": cfg.eval_episodes,
@@ -269,10 +265,14 @@ class Trainer:
             f"step {self.step}: success {result['success_rate']:.3f} over {cfg.eval_episodes} episodes (K={k})"
         )
 
+    def run_metrics(self) -> dict:
+        """What a checkpoint records and `run` returns: the last evaluation and the training time."""
+        stopped = {"stopped_by_time_budget": True} if self.stopped_by_time_budget else {}
+        return {**self.metrics, "train_seconds": round(self.train_seconds, 3), **stopped}
+
     def checkpoint(self) -> Path:
-        self.metrics["train_seconds"] = round(self.train_seconds, 3)
         return save_training_state(
-            self.run_dir, self.step, self.config, self.agent, self.buffer, self.metrics
+            self.run_dir, self.step, self.config, self.agent, self.buffer, self.run_metrics()
         )
 
     def run(self, stop_after: int | None = None) -> dict:
@@ -298,7 +298,7 @@ class Trainer:
             clock = now
             out_of_time = budget_seconds is not None and self.train_seconds >= budget_seconds
             if out_of_time:
-                self.metrics["stopped_by_time_budget"] = True
+                self.stopped_by_time_budget = True
                 tqdm.write(
                     f"step {self.step}: time budget of {cfg.time_budget_minutes:g} min spent; "
                     "final evaluation and checkpoint"
@@ -329,7 +329,7 @@ class Trainer:
                 break
         bar.close()
         self.log.close()
-        return self.metrics
+        return self.run_metrics()
 
     def _interact(self, env, observation):
         """One environment step with the current policy; the transition joins the buffer."""

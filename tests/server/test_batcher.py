@@ -70,6 +70,15 @@ def request(seed: int, rows: int = 1, k: int = 1) -> tuple[np.ndarray, np.ndarra
     return observation, request_noise(seed, rows, k, ACTION_DIM)
 
 
+async def inline_ready(batchers: list, runtime, **options) -> DynamicBatcher:
+    """A batcher that may run small lone requests inline: one request measured on its thread, idle."""
+    batcher = make_batcher(runtime, inline_below_s=60.0, **options)
+    batchers.append(batcher)
+    await batcher.submit(*request(0), None)  # measured on the thread: inline allowed from now on
+    await eventually(lambda: batcher.idle)
+    return batcher
+
+
 class Observed:
     """A BatchObserver that keeps the batch sizes it was told about (what the histogram gets)."""
 
@@ -298,14 +307,13 @@ async def test_requests_arriving_together_batch_on_the_thread_even_when_each_cou
     # yields once, finds the others queued behind its claim and joins them, so they run as
     # one batch on the thread instead of one by one on the loop.
     runtime, observed = RecordingRuntime(), Observed()
-    batcher = make_batcher(runtime, observer=observed, inline_below_s=60.0, max_batch_size=64)
-    batchers.append(batcher)
-    await batcher.submit(*request(0), None)  # measured on the thread: inline allowed from now on
-    await eventually(lambda: batcher.idle)
+    batcher = await inline_ready(batchers, runtime, observer=observed, max_batch_size=64)
     alone = await batcher.submit(*request(1), None)  # nobody else: inline
     assert runtime.threads[-1] == threading.current_thread().name
     await eventually(lambda: batcher.idle)
     together = await asyncio.gather(*(batcher.submit(*request(seed), None) for seed in range(1, 9)))
+    # the thread tells the observer after it has answered: wait for the last batch's report
+    await eventually(lambda: sum(observed.batch_rows) == 10)
     assert runtime.threads[2:] and set(runtime.threads[2:]) == {"infer-test/1"}
     assert observed.batch_rows[:2] == [1, 1] and max(observed.batch_rows[2:]) > 1
     assert sum(observed.batch_rows[2:]) == 8 and batcher.pending == 0
@@ -315,10 +323,7 @@ async def test_requests_arriving_together_batch_on_the_thread_even_when_each_cou
 
 async def test_a_request_cancelled_while_it_holds_the_inline_claim_gives_the_runtime_back(batchers):
     runtime = RecordingRuntime()
-    batcher = make_batcher(runtime, inline_below_s=60.0)
-    batchers.append(batcher)
-    await batcher.submit(*request(0), None)
-    await eventually(lambda: batcher.idle)
+    batcher = await inline_ready(batchers, runtime)
     claimant = asyncio.ensure_future(batcher.submit(*request(1), None))
     await asyncio.sleep(0)  # the claimant claims the runtime and yields
     assert batcher.pending == 1
@@ -342,10 +347,7 @@ async def test_inline_stays_off_when_a_queue_delay_asks_requests_to_wait_for_com
 
 async def test_an_inline_request_keeps_deadlines_and_failures_to_itself(batchers):
     runtime = RecordingRuntime()
-    batcher = make_batcher(runtime, inline_below_s=60.0)
-    batchers.append(batcher)
-    await batcher.submit(*request(0), None)
-    await eventually(lambda: batcher.idle)
+    batcher = await inline_ready(batchers, runtime)
     with pytest.raises(DeadlineExceeded):
         await batcher.submit(*request(1), time.perf_counter() - 1.0)
     runtime.fail = True
