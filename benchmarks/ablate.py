@@ -89,6 +89,39 @@ ARMS: dict[str, tuple[str, list[str]]] = {
         "constant lr, alpha 30, K = 1 in the critic target, best-of-5 when acting",
         [*CONSTANT_LR, "--alpha", "30", "--num-candidates", "1", "--eval-num-candidates", "5"],
     ),
+    # The fourth session's reading: in FQL the BC anchor is a per-noise regression target at the
+    # very output the Q term moves; in MFQL the t = 1 output is one point of a noisy loss over
+    # all t. The anchor (`--anchor-weight`, FQL's alpha as its weight) gives MFQL that target
+    # from its own 2-step sample, so the noisy MFI weight can drop to where Q moves the policy.
+    "anchor-alpha-30": (
+        "constant lr, alpha 30, one-step action anchored (weight 300) to the network's own 2-step sample",
+        [*CONSTANT_LR, "--alpha", "30", "--anchor-weight", "300"],
+    ),
+    "anchor-alpha-100": (
+        "constant lr, alpha 100, one-step action anchored (weight 300) to the network's own 2-step sample",
+        [*CONSTANT_LR, "--alpha", "100", "--anchor-weight", "300"],
+    ),
+    # FQL's set-up with MFQL's one network: the anchor keeps alpha 30 on the data, and the
+    # critic's target takes one candidate (K = 1, FQL's target; the K = 5 target overrates
+    # Q: -27 against FQL's -50 on the same data); acting stays best-of-5.
+    "anchor-alpha-30-target-k1": (
+        "anchor-alpha-30 with K = 1 in the critic target, best-of-5 when acting",
+        [
+            *CONSTANT_LR,
+            "--alpha",
+            "30",
+            "--anchor-weight",
+            "300",
+            "--num-candidates",
+            "1",
+            "--eval-num-candidates",
+            "5",
+        ],
+    ),  # fmt: skip
+    "anchor-alpha-10": (
+        "constant lr, alpha 10 (the reference's default), one-step action anchored (weight 300)",
+        [*CONSTANT_LR, "--alpha", "10", "--anchor-weight", "300"],
+    ),
     "fql": ("the FQL baseline (its own settings)", ["--agent", "fql"]),
 }
 

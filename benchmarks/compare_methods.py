@@ -12,7 +12,9 @@ at a time (MFQL, MLP 4x256: 2 x 11.9 vs 18.5 steps/s), and both methods see the 
         --dataset-dir data --steps 50000 --seeds 0,1 --policy mlp --out runs/compare
 
 Writes `<out>/comparison.json` and `<out>/comparison.md` and prints the JSON.
-Extra `mfql-train` flags go after `--`, e.g. `-- --mlp-hidden 256,256,256,256`.
+Extra `mfql-train` flags go after `--`, e.g. `-- --mlp-hidden 256,256,256,256`; both methods
+get them, so MFQL-only options (`--mfi-draws`, `--anchor-weight`, ...), which `mfql-train
+--agent fql` refuses, belong in an arm of `benchmarks/ablate.py` instead.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 alpha is the one knob tuned per task; this measures what it balances. For a trained MFQL or
 FQL checkpoint it draws batches from the run's dataset and reports, for the policy's
 parameters:
-- the gradient norm of the BC term (MFQL: alpha * L_MFI; FQL: alpha * distillation loss) and
-  of the Q term (L_actor: -Q plus the bound penalty), per batch;
+- the gradient norm of the BC term (MFQL: alpha * L_MFI, plus the self-distillation anchor
+  when the run used `--anchor-weight`; FQL: alpha * distillation loss) and of the Q term
+  (-Q of the one-step action; MFQL's bound penalty, zero inside [-1, 1], left out), per batch;
 - the norm of each gradient averaged over the batches: a term that is mostly noise shrinks by
   about 1/sqrt(batches), a consistent one keeps its size;
 - the cosine between the two gradients;
@@ -43,13 +44,22 @@ from training.training_state import restore_training_state
 
 
 def bc_and_q_losses(method: str, agent, batch, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(alpha-weighted BC loss, Q loss) of one batch, as the agent's update computes them."""
+    """(weighted BC loss, Q loss) of one batch, as the agent's update computes them.
+
+    MFQL's BC loss is alpha x MFI, plus anchor_weight x the self-distillation anchor when the
+    run used one (`--anchor-weight`); its Q loss is the actor's -Q term (the [-1, 1] bound
+    penalty, zero inside the bounds, left out).
+    """
     b, d = batch.actions.shape
     if method == "mfql":
-        t = sample_flow_times(b, agent.config.time_steps, agent.generator, agent.config.flow_time_sampling)
-        mfi, _ = mean_flow_identity_loss(agent.policy, batch, agent._noise(b, d), t, agent.config)
-        q_loss, _ = actor_loss(agent.policy, agent.critic, batch, agent._noise(b, d), agent.config)
-        return agent.alpha_controller.value(step) * mfi, q_loss
+        cfg = agent.config
+        t = sample_flow_times(b, cfg.time_steps, agent.generator, cfg.flow_time_sampling)
+        mfi, _ = mean_flow_identity_loss(agent.policy, batch, agent._noise(b, d), t, cfg)
+        _, info = actor_loss(agent.policy, agent.critic, batch, agent._noise(b, d), cfg)
+        bc = agent.alpha_controller.value(step) * mfi
+        if "actor/anchor_loss" in info:
+            bc = bc + cfg.anchor_weight * info["actor/anchor_loss"]
+        return bc, info["actor/q_loss"]
     # FQL: its own actor loss; the BC flow's loss does not touch the one-step policy.
     t = torch.rand(b, 1, generator=agent.generator)
     noises = (agent._noise(b, d), agent._noise(b, d))

@@ -146,6 +146,14 @@ class AgentConfig:
     # `ema` arm). Training is unchanged (the critic's target actions still come from the
     # trained policy).
     policy_ema_rate: float = 0.0
+    # Self-distillation anchor (a study option, not in the paper or the reference): the actor
+    # loss adds anchor_weight * mean((g(s, e, 1) - sg(T(s, e)))^2), where T is an
+    # `anchor_steps`-step deterministic sample of the same network for the same noise e. It
+    # gives the one-step output that the Q term moves a per-noise regression target, as FQL's
+    # distillation does, so the noisy MFI weight (alpha) can be lowered without the policy
+    # leaving the data. 0 = off, the paper's setting.
+    anchor_weight: float = 0.0
+    anchor_steps: int = 2
     grad_clip: float = 1.0  # global grad-norm clip, per optimiser (MFQL; FQL does not clip)
     flow_steps: int = 10  # FQL only: Euler steps of the BC flow that the one-step policy distils
     hyperparameters: HyperparameterSource = "paper"  # which critic lr/discount defaults were used
@@ -157,6 +165,13 @@ class AgentConfig:
             raise ValueError(f"schedule_steps must be >= 1 (or unset); got {self.schedule_steps}")
         if not 0.0 <= self.policy_ema_rate < 1.0:
             raise ValueError(f"policy_ema_rate must be in [0, 1) (0: off); got {self.policy_ema_rate}")
+        if self.anchor_weight < 0:
+            raise ValueError(f"anchor_weight must be >= 0 (0: off); got {self.anchor_weight}")
+        if self.anchor_steps < 2:
+            raise ValueError(
+                f"anchor_steps must be >= 2 (the one-step output anchored to a sample of more steps); "
+                f"got {self.anchor_steps}"
+            )
 
 
 @dataclass(frozen=True)

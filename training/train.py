@@ -129,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="act with an EMA of the policy's weights at this rate, e.g. 0.001 (default 0: off, the paper's)",
     )
+    p.add_argument(
+        "--anchor-weight",
+        type=float,
+        help="MFQL study option: weight of the self-distillation anchor, the one-step action "
+        "regressed on a multi-step sample of the same network for the same noise (default 0: off, the paper's)",
+    )
+    p.add_argument("--anchor-steps", type=int, help="steps of the anchor's multi-step sample (default 2)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--overwrite", action="store_true", help="delete --out first")
     p.add_argument(
@@ -143,7 +150,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Flags that only MFQL's maths reads: refused with --agent fql rather than silently ignored.
+MFQL_ONLY_FLAGS = ("mfi_draws", "flow_time_sampling", "anchor_weight", "anchor_steps")
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    if args.agent == "fql":
+        given = ["--" + name.replace("_", "-") for name in MFQL_ONLY_FLAGS if getattr(args, name) is not None]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)}: MFQL options; FQL (--agent fql) has no MeanFlow loss to apply them to"
+            )
     agent = resolve_agent_config(
         args.env,
         args.hyperparameters,
@@ -161,6 +178,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         mfi_draws=args.mfi_draws,
         policy_ema_rate=args.policy_ema_rate,
         flow_time_sampling=args.flow_time_sampling,
+        anchor_weight=args.anchor_weight,
+        anchor_steps=args.anchor_steps,
     )
     return TrainConfig(
         env_name=args.env,
@@ -353,7 +372,11 @@ class Trainer:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    config = config_from_args(args)
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:  # a setting out of range, or an option the method does not have
+        print(f"mfql-train: {exc}", file=sys.stderr)
+        return 2
     run_dir = Path(config.out_dir)
     try:
         resume_from = prepare_run_dir(run_dir, args.resume, args.overwrite)

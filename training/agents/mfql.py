@@ -103,11 +103,37 @@ def mean_flow_identity_loss(
     return loss, {"mfi/loss": loss, "mfi/mse": (g - target).pow(2).mean()}
 
 
+@torch.no_grad()
+def self_distillation_target(
+    policy: nn.Module, observations: Tensor, noise: Tensor, one_step: Tensor, steps: int
+) -> Tensor:
+    """A `steps`-step deterministic sample of the policy for the same noise, clipped to [-1, 1].
+
+    A study option (AgentConfig.anchor_weight), not in the paper. g(s, z_t, t) = z_t - u with
+    u MeanFlow's average velocity over [0, t], so its estimate of the data end is
+    x0 = z_t - t u = (1 - t) z_t + t g. Starting from x0 = `one_step` = g(s, e, 1) (the noise
+    end, t = 1), each further step t_k = 1 - k / steps re-noises DDIM-style with the noise the
+    current estimate implies, z = (1 - t_k) x0 + t_k e_hat, and asks the network again from
+    there. At t < 1 the map from a noisy point to the data end contracts toward the data, so
+    the sample pulls a one-step action that the Q term moved back toward the data for this e.
+    """
+    x0, e_hat = one_step.detach(), noise
+    for k in range(1, steps):
+        t = 1.0 - k / steps
+        z = (1 - t) * x0 + t * e_hat
+        g = policy(observations, z, z.new_full((1, 1), t))
+        x0 = (1 - t) * z + t * g
+        e_hat = (z - (1 - t) * x0) / t
+    return x0.clamp(-1, 1)
+
+
 def actor_loss(
     policy: nn.Module, critic: nn.Module, batch: Batch, noise: Tensor, config: AgentConfig
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """-Q of the one-step action plus the [-1, 1] bound penalty (ALGORITHM.md (2)).
 
+    With `config.anchor_weight` > 0 (a study option, off in the paper) it also regresses the
+    one-step action on `self_distillation_target` for the same noise.
     The critic is evaluated with detached parameters, so this loss trains only the policy.
     """
     raw = one_step_actions(policy, batch.observations, noise)
@@ -117,7 +143,14 @@ def actor_loss(
     if config.normalize_q_loss:
         q_loss = q_loss / q.abs().mean().detach()
     loss = q_loss + config.bound_loss_weight * bound
+    info: dict[str, Tensor] = {}
+    if config.anchor_weight > 0:
+        target = self_distillation_target(policy, batch.observations, noise, raw, config.anchor_steps)
+        anchor = (raw - target).pow(2).mean()
+        loss = loss + config.anchor_weight * anchor
+        info["actor/anchor_loss"] = anchor
     info = {
+        **info,
         "actor/loss": loss,
         "actor/q_loss": q_loss,
         "actor/bound_loss": bound,
