@@ -37,6 +37,7 @@ BASE = [
     "--hyperparameters", "reference", "--precision", "auto",
 ]  # fmt: skip
 CONSTANT_LR = ["--actor-lr-schedule", "constant", "--actor-lr", "3e-4"]
+ANCHORED_ALPHA_30 = [*CONSTANT_LR, "--alpha", "30", "--anchor-weight", "300"]
 
 # name -> (what it tests, its flags on top of BASE)
 ARMS: dict[str, tuple[str, list[str]]] = {
@@ -95,7 +96,7 @@ ARMS: dict[str, tuple[str, list[str]]] = {
     # from its own 2-step sample, so the noisy MFI weight can drop to where Q moves the policy.
     "anchor-alpha-30": (
         "constant lr, alpha 30, one-step action anchored (weight 300) to the network's own 2-step sample",
-        [*CONSTANT_LR, "--alpha", "30", "--anchor-weight", "300"],
+        ANCHORED_ALPHA_30,
     ),
     "anchor-alpha-100": (
         "constant lr, alpha 100, one-step action anchored (weight 300) to the network's own 2-step sample",
@@ -106,18 +107,8 @@ ARMS: dict[str, tuple[str, list[str]]] = {
     # Q: -27 against FQL's -50 on the same data); acting stays best-of-5.
     "anchor-alpha-30-target-k1": (
         "anchor-alpha-30 with K = 1 in the critic target, best-of-5 when acting",
-        [
-            *CONSTANT_LR,
-            "--alpha",
-            "30",
-            "--anchor-weight",
-            "300",
-            "--num-candidates",
-            "1",
-            "--eval-num-candidates",
-            "5",
-        ],
-    ),  # fmt: skip
+        [*ANCHORED_ALPHA_30, "--num-candidates", "1", "--eval-num-candidates", "5"],
+    ),
     "anchor-alpha-10": (
         "constant lr, alpha 10 (the reference's default), one-step action anchored (weight 300)",
         [*CONSTANT_LR, "--alpha", "10", "--anchor-weight", "300"],
