@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from training.agents.common import Batch
+from tests.training.test_precision_and_study_options import make_batch
 from training.agents.mfql import actor_loss, self_distillation_target
 from training.config import AgentConfig, NetworkConfig
 from training.networks import CriticEnsemble, build_policy
@@ -66,24 +66,13 @@ def test_an_exact_meanflow_map_pulls_a_moved_one_step_action_back_to_the_data(st
     torch.testing.assert_close(target, data_action)
 
 
-def _batch(b: int = 8, obs_dim: int = 5, action_dim: int = 3) -> Batch:
-    g = torch.Generator().manual_seed(3)
-    return Batch(
-        observations=torch.randn(b, obs_dim, generator=g),
-        actions=torch.rand(b, action_dim, generator=g) * 2 - 1,
-        rewards=torch.zeros(b),
-        masks=torch.ones(b),
-        next_observations=torch.randn(b, obs_dim, generator=g),
-    )
-
-
 def test_actor_loss_adds_weight_times_the_regression_on_the_target_and_nothing_when_off():
     torch.manual_seed(0)
     network = NetworkConfig(policy="mlp", mlp_hidden=(16, 16), critic_hidden=(16, 16))
     policy, critic = build_policy(5, 3, network), CriticEnsemble(5, 3, network)
     for p in policy.parameters():  # the zero-initialised head would make g = 0 for every input
         nn.init.normal_(p, std=0.3)
-    batch, noise = _batch(), torch.randn(8, 3)
+    batch, noise = make_batch(b=8, obs_dim=5, action_dim=3, seed=3), torch.randn(8, 3)
 
     off, off_info = actor_loss(policy, critic, batch, noise, AgentConfig())
     assert "actor/anchor_loss" not in off_info

@@ -145,20 +145,20 @@ def actor_loss(
     if config.normalize_q_loss:
         q_loss = q_loss / q.abs().mean().detach()
     loss = q_loss + config.bound_loss_weight * bound
-    info: dict[str, Tensor] = {}
+    anchor = None
     if config.anchor_weight > 0:
         target = self_distillation_target(policy, batch.observations, noise, raw, config.anchor_steps)
         anchor = (raw - target).pow(2).mean()
         loss = loss + config.anchor_weight * anchor
-        info["actor/anchor_loss"] = anchor
     info = {
-        **info,
         "actor/loss": loss,
         "actor/q_loss": q_loss,
         "actor/bound_loss": bound,
         "actor/q": q.mean(),
         "actor/mse_to_data": (raw.clamp(-1, 1) - batch.actions).pow(2).mean(),
     }
+    if anchor is not None:
+        info["actor/anchor_loss"] = anchor
     return loss, info
 
 
