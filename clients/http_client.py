@@ -163,13 +163,14 @@ class PolicyClient(_HttpPolicyBase):
     def act(
         self, observation: Any, num_candidates: int | None = None, seed: int | None = None, **options
     ) -> np.ndarray:
-        """The action [action_dim] for one observation [obs_dim]. ``options``: see :meth:`infer`."""
+        """The action [action_dim] for one observation [obs_dim], or the chunk [H, action_dim] of a
+        chunked model. ``options``: see :meth:`infer`."""
         return self._infer(observation, True, num_candidates, seed, **options).actions[0]
 
     def act_batch(
         self, observations: Any, num_candidates: int | None = None, seed: int | None = None, **options
     ) -> np.ndarray:
-        """Actions [B, action_dim] for observations [B, obs_dim], in one request."""
+        """Actions [B, action_dim] ([B, H, action_dim] if chunked) for observations [B, obs_dim], in one request."""
         return self._infer(observations, False, num_candidates, seed, **options).actions
 
     def infer(

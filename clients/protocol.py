@@ -2,8 +2,13 @@
 
 Native REST (JSON), Open Inference Protocol v2 (JSON, KServe/Triton) and the openpi-style
 WebSocket (msgpack via :mod:`clients.codec`) all carry the same thing: a batch of raw
-observations in, one action and its critic value per observation out. Every transport
-in this package builds its requests and reads its answers here, so the shapes live once.
+observations in, one action (or, from a chunked model, one chunk of H actions) and its
+critic value per observation out. Every transport in this package builds its requests and
+reads its answers here, so the shapes live once.
+
+Shapes per observation: ``[action_dim]`` from a model of action horizon 1, as before
+chunking existed; ``[H, action_dim]`` from a chunked model (openpi's ``"actions"`` of shape
+(H, D)). An answer's ``action_horizon`` key, when present, must agree with that shape.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ class ModelMetadata:
     default_num_candidates: int | None = None
     max_num_candidates: int | None = None
     versions: tuple[str, ...] = ()
+    action_horizon: int = 1  # actions per answer (a chunk when > 1)
+    control_period_s: float | None = None  # seconds per action of a chunk, if the bundle knows it
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -44,6 +51,8 @@ class ModelMetadata:
                 default_num_candidates=_optional_int(payload.get("default_num_candidates")),
                 max_num_candidates=_optional_int(payload.get("max_num_candidates")),
                 versions=tuple(str(v) for v in payload.get("versions") or ()),
+                action_horizon=_horizon(payload.get("action_horizon")),
+                control_period_s=_optional_float(payload.get("control_period_s")),
                 raw=dict(payload),
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -51,15 +60,20 @@ class ModelMetadata:
 
     @classmethod
     def from_v2(cls, payload: dict) -> ModelMetadata:
-        """From v2 ``GET /v2/models/{name}``: dims come from the tensor shapes, bounds are unknown."""
+        """From v2 ``GET /v2/models/{name}``: dims come from the tensor shapes, bounds are unknown.
+
+        The ``action`` output is ``[-1, action_dim]``, or ``[-1, H, action_dim]`` for a chunked model.
+        """
         try:
             inputs = {t["name"]: t for t in payload["inputs"]}
             outputs = {t["name"]: t for t in payload["outputs"]}
+            action_shape = outputs["action"]["shape"]
             return cls(
                 name=str(payload["name"]),
                 obs_dim=int(inputs["observation"]["shape"][-1]),
-                action_dim=int(outputs["action"]["shape"][-1]),
+                action_dim=int(action_shape[-1]),
                 versions=tuple(str(v) for v in payload.get("versions") or ()),
+                action_horizon=int(action_shape[1]) if len(action_shape) == 3 else 1,
                 raw=dict(payload),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -68,7 +82,11 @@ class ModelMetadata:
 
 @dataclass(frozen=True)
 class Inference:
-    """One answer: ``actions`` [B, action_dim] float32 and ``q_values`` [B], plus what the server reports."""
+    """One answer: ``actions`` float32 and ``q_values`` [B], plus what the server reports.
+
+    ``actions`` is [B, action_dim] from a model of action horizon 1 and [B, H, action_dim]
+    from a chunked model; ``chunks`` is always [B, H, action_dim].
+    """
 
     actions: np.ndarray
     q_values: np.ndarray
@@ -77,6 +95,15 @@ class Inference:
     version: str | None = None
     seed: int | None = None
     timing_ms: dict = field(default_factory=dict)
+
+    @property
+    def action_horizon(self) -> int:
+        return 1 if self.actions.ndim == 2 else int(self.actions.shape[1])
+
+    @property
+    def chunks(self) -> np.ndarray:
+        """The actions as [B, H, action_dim] (H = 1 for a model that answers one action)."""
+        return self.actions[:, None] if self.actions.ndim == 2 else self.actions
 
 
 def observation_batch(observations: Any, single: bool) -> np.ndarray:
@@ -131,7 +158,7 @@ def parse_rest_act(payload: dict) -> Inference:
         else:
             actions, q_values = [payload["action"]], [payload["q_value"]]
         return Inference(
-            actions=np.asarray(actions, dtype=np.float32),
+            actions=_batched_actions(actions, payload.get("action_horizon")),
             q_values=np.asarray(q_values, dtype=np.float32).reshape(-1),
             num_candidates=_optional_int(payload.get("num_candidates")),
             model=payload.get("model"),
@@ -180,7 +207,7 @@ def parse_v2_infer(payload: dict) -> Inference:
         }
         parameters = payload.get("parameters") or {}
         return Inference(
-            actions=outputs["action"],
+            actions=_batched_actions(outputs["action"], parameters.get("action_horizon")),
             q_values=outputs["q_value"].reshape(-1),
             num_candidates=_optional_int(parameters.get("num_candidates")),
             model=payload.get("model_name"),
@@ -208,11 +235,12 @@ def ws_request(
     return message
 
 
-def parse_ws_reply(reply: Any) -> Inference:
+def parse_ws_reply(reply: Any, single: bool) -> Inference:
+    """The reply to one observation (``single``: ``actions`` [action_dim] or [H, action_dim]) or a batch."""
     try:
         actions = np.asarray(reply["actions"], dtype=np.float32)
         return Inference(
-            actions=actions.reshape(-1, actions.shape[-1]),
+            actions=_batched_actions(actions[None] if single else actions, reply.get("action_horizon")),
             q_values=np.asarray(reply["q_values"], dtype=np.float32).reshape(-1),
             num_candidates=_optional_int(reply.get("num_candidates")),
             model=reply.get("model"),
@@ -255,8 +283,36 @@ def _flatten_detail(detail: Any) -> str:
     return detail if isinstance(detail, str) else json.dumps(detail)
 
 
+def _batched_actions(actions: Any, action_horizon: Any) -> np.ndarray:
+    """[B, action_dim], or [B, H, action_dim] for H > 1, checked against the answer's ``action_horizon``."""
+    array = np.asarray(actions, dtype=np.float32)
+    if array.ndim not in (2, 3):
+        raise ServerError(
+            f"answered actions of shape {array.shape[1:]} per observation, expected [d] or [H, d]"
+        )
+    if array.ndim == 3 and array.shape[1] == 1:
+        array = array[:, 0]  # a chunk of one action is the action: H = 1 answers keep one shape
+    horizon = 1 if array.ndim == 2 else array.shape[1]
+    if action_horizon is not None and int(action_horizon) != horizon:
+        raise ServerError(
+            f"answer says action_horizon={action_horizon} but carries {horizon} action(s) per observation"
+        )
+    return array
+
+
+def _horizon(value: Any) -> int:
+    horizon = 1 if value is None else int(value)  # absent: a model from before chunking, H = 1
+    if horizon < 1:
+        raise ServerError(f"model metadata has action_horizon={horizon}, expected an integer >= 1")
+    return horizon
+
+
 def _optional_array(value: Any) -> np.ndarray | None:
     return None if value is None else np.asarray(value, dtype=np.float32)
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def _optional_int(value: Any) -> int | None:

@@ -4,10 +4,17 @@ It reads the model's metadata once, refuses an observation of the wrong size bef
 anything is sent, and can guard a fixed control rate: with ``control_period`` set, a call
 that gets no usable answer within the period returns the previous action (the hold
 action at the start of an episode) and counts a miss, instead of stalling the loop.
+
+A chunked model (action horizon H > 1) answers H actions per request. The policy then
+executes them open-loop, one per call, as openpi-client's ``ActionChunkBroker`` does: it
+asks for a new chunk after ``replan_every`` steps (default H, the whole chunk, as
+Q-chunking executes it), and ``reset()`` drops what is left of the chunk. A request that
+misses its control period falls back on the chunk's next planned action while one is left.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -28,6 +35,8 @@ class RemotePolicy:
     ``control_period``: seconds per control step; enables the action-rate guard.
     ``hold_action``: returned on a miss before any answer this episode (default: the middle
     of the action bounds).
+    ``replan_every``: for a chunked model, actions executed from each chunk before the next
+    request, 1..H (default H, read from the model's metadata).
     """
 
     def __init__(
@@ -37,16 +46,22 @@ class RemotePolicy:
         num_candidates: int | None = None,
         control_period: float | None = None,
         hold_action: Any = None,
+        replan_every: int | None = None,
     ):
         self.client = client
         self.metadata: ModelMetadata = client.metadata()
         self.num_candidates = num_candidates
         self.control_period = control_period
         self.hold_action = self._initial_hold(hold_action)
-        self.steps = 0
+        self.action_horizon = self.metadata.action_horizon
+        self.replan_every = self._check_replan_every(replan_every)
+        self.steps = 0  # calls
+        self.requests = 0  # calls that asked the server (answered or missed)
         self.misses = 0
-        self.last_answer: Inference | None = None  # the server's full answer to the last answered call
+        self.last_answer: Inference | None = None  # the server's full answer to the last answered request
         self._last_action = self.hold_action
+        self._plan: deque[np.ndarray] = deque()  # the current chunk's actions not yet executed
+        self._executed = 0  # actions executed from the current chunk
         self._options: dict[str, Any] = {}
         if control_period is not None:
             if control_period <= 0:
@@ -55,25 +70,39 @@ class RemotePolicy:
             if isinstance(client, PolicyClient):  # the server drops work that would come too late
                 self._options["deadline_ms"] = control_period * 1e3
 
+    @property
+    def needs_request(self) -> bool:
+        """True when the next call asks the server (its ``seed`` is used); False when it is served
+        from the buffered chunk."""
+        return not self._plan or self._executed >= self.replan_every
+
+    @property
+    def steps_from_chunk(self) -> int:
+        """Calls answered from the buffered chunk, without a request."""
+        return self.steps - self.requests
+
     def __call__(self, observation: Any, seed: int | None = None) -> np.ndarray:
+        """The action for this control step. ``seed`` seeds the request this call makes, if it
+        makes one (see :attr:`needs_request`); a step served from the chunk ignores it."""
         observation = self.check_observation(observation)
         self.steps += 1
-        try:
-            answer = self.client.infer(observation, self.num_candidates, seed, **self._options)
-        except MISSED_ANSWERS:
-            if self.control_period is None:
-                raise
-            self.misses += 1
-            return self._last_action
-        action = answer.actions[0]
-        if action.shape != (self.metadata.action_dim,):
-            raise ServerError(
-                f"model {self.metadata.name!r} answered an action of shape {action.shape}, "
-                f"expected ({self.metadata.action_dim},)"
-            )
-        self.last_answer = answer
-        self._last_action = action
-        return action
+        if self.needs_request:
+            self.requests += 1
+            try:
+                answer = self.client.infer(observation, self.num_candidates, seed, **self._options)
+            except MISSED_ANSWERS:
+                if self.control_period is None:
+                    raise
+                self.misses += 1
+                if self._plan:  # the old chunk still plans this step: better than repeating one
+                    self._last_action = self._plan.popleft()
+                return self._last_action
+            self._plan = deque(self._chunk_of(answer))
+            self._executed = 0
+            self.last_answer = answer
+        self._executed += 1
+        self._last_action = self._plan.popleft()
+        return self._last_action
 
     def check_observation(self, observation: Any) -> np.ndarray:
         """``observation`` as float32 [obs_dim]; raises :class:`DimensionMismatch` naming both sizes."""
@@ -86,8 +115,32 @@ class RemotePolicy:
         return array
 
     def reset(self) -> None:
-        """Start a new episode: a miss before the first answer returns the hold action again."""
+        """Start a new episode: the rest of the chunk is dropped, so the next call asks the server,
+        and a miss before the first answer returns the hold action again."""
+        self._plan.clear()
+        self._executed = 0
         self._last_action = self.hold_action
+
+    def _chunk_of(self, answer: Inference) -> np.ndarray:
+        chunk = answer.chunks[0]
+        expected = (self.action_horizon, self.metadata.action_dim)
+        if chunk.shape != expected:
+            raise ServerError(
+                f"model {self.metadata.name!r} answered actions of shape {answer.actions.shape[1:]}, "
+                f"expected {expected if self.action_horizon > 1 else expected[1:]} (action_horizon "
+                f"{self.action_horizon}, action_dim {self.metadata.action_dim})"
+            )
+        return chunk
+
+    def _check_replan_every(self, replan_every: int | None) -> int:
+        if replan_every is None:
+            return self.action_horizon
+        if not 1 <= replan_every <= self.action_horizon:
+            raise ValueError(
+                f"replan_every must be between 1 and model {self.metadata.name!r}'s action horizon "
+                f"{self.action_horizon}; got {replan_every}"
+            )
+        return int(replan_every)
 
     def _initial_hold(self, hold_action: Any) -> np.ndarray:
         action_dim = self.metadata.action_dim

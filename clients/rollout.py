@@ -2,9 +2,15 @@
 
 Episode semantics match ``mfql-eval`` (``training/evaluate.py``) step for step: episode i
 is reset with ``seed + i``, one action per step until terminated or truncated, success is
-``info['success']`` at the last step, so the same bundle gives the same success rate. Each
-request carries a seed drawn from ``default_rng(seed + i)``, so a rollout is reproducible
-and any step can be replayed against the server.
+``info['success']`` at the last step, so the same bundle gives the same success rate. A
+chunked model's chunk is executed open-loop for ``--replan-every`` steps (default: the
+model's action horizon H), then a new one is asked for, as ``mfql-eval --replan-every``
+does. Each request carries the next seed drawn from ``default_rng(seed + i)``, so a rollout
+is reproducible and any request can be replayed against the server.
+
+The control latency is reported three ways: every control step (``control_latency_ms``),
+the steps that asked the server (``request_latency_ms``, one per chunk) and the steps
+served from the buffered chunk (``step_latency_ms``, no network).
 """
 
 from __future__ import annotations
@@ -33,16 +39,19 @@ def make_env(env_name: str):
 
 def run_episodes(policy: RemotePolicy, env, episodes: int, seed: int) -> dict:
     """Run ``episodes`` episodes (env seeds seed, seed+1, ...); success, return, length, latency."""
-    successes, returns, lengths, latencies = [], [], [], []
+    successes, returns, lengths = [], [], []
+    latencies: dict[bool, list[float]] = {True: [], False: []}  # by "this step asked the server"
     for episode in range(episodes):
         observation, info = env.reset(seed=seed + episode)
         request_seeds = np.random.default_rng(seed + episode)
         policy.reset()
         done, total, length = False, 0.0, 0
         while not done:
+            asks = policy.needs_request
+            request_seed = int(request_seeds.integers(SEED_RANGE)) if asks else None
             start = time.perf_counter()
-            action = policy(observation, seed=int(request_seeds.integers(SEED_RANGE)))
-            latencies.append(time.perf_counter() - start)
+            action = policy(observation, seed=request_seed)
+            latencies[asks].append(time.perf_counter() - start)
             observation, reward, terminated, truncated, info = env.step(action)
             total += float(reward)
             length += 1
@@ -57,9 +66,15 @@ def run_episodes(policy: RemotePolicy, env, episodes: int, seed: int) -> dict:
         "success_rate_stderr": float(success.std(ddof=1) / np.sqrt(episodes)) if episodes > 1 else 0.0,
         "mean_return": float(np.mean(returns)),
         "mean_episode_length": float(np.mean(lengths)),
-        "control_latency_ms": latency_summary_ms(latencies),
+        "action_horizon": policy.action_horizon,
+        "replan_every": policy.replan_every,
+        "control_latency_ms": latency_summary_ms(latencies[True] + latencies[False]),
         "steps": policy.steps,
         "misses": policy.misses,
+        "requests": policy.requests,
+        "request_latency_ms": latency_summary_ms(latencies[True]),
+        "steps_from_chunk": policy.steps_from_chunk,
+        "step_latency_ms": latency_summary_ms(latencies[False]),
     }
 
 
@@ -77,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=1_000_000, help="first episode seed (mfql-eval's default)"
     )
     parser.add_argument(
+        "--replan-every",
+        type=int,
+        help="chunked models: actions executed from each chunk before asking again (default: its horizon)",
+    )
+    parser.add_argument(
         "--control-period-ms",
         type=float,
         help="guard this control period: a late answer repeats the last action and counts a miss",
@@ -86,23 +106,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.episodes < 1 or (args.num_candidates is not None and args.num_candidates < 1):
-        print("mfql-rollout: --episodes and --num-candidates must be >= 1", file=sys.stderr)
+    if any(
+        value is not None and value < 1 for value in (args.episodes, args.num_candidates, args.replan_every)
+    ):
+        print("mfql-rollout: --episodes, --num-candidates and --replan-every must be >= 1", file=sys.stderr)
         return 2
     period = None if args.control_period_ms is None else args.control_period_ms / 1e3
     try:
         with open_client(
             args.url, args.model, args.protocol, api_key=api_key_from(args), timeout=args.timeout
         ) as client:
-            policy = RemotePolicy(client, num_candidates=args.num_candidates, control_period=period)
+            policy = RemotePolicy(
+                client,
+                num_candidates=args.num_candidates,
+                control_period=period,
+                replan_every=args.replan_every,
+            )
             env = make_env(args.env)
             try:
                 result = run_episodes(policy, env, args.episodes, args.seed)
             finally:
                 env.close()
-    except (MfqlClientError, ValueError) as exc:
+    except MfqlClientError as exc:
         print(f"mfql-rollout: {exc}", file=sys.stderr)
         return 1
+    except ValueError as exc:  # a setting the model or the client refuses, e.g. --replan-every > H
+        print(f"mfql-rollout: {exc}", file=sys.stderr)
+        return 2
     answer = policy.last_answer
     result = {
         "env": args.env,

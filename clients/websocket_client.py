@@ -2,8 +2,9 @@
 
 The protocol is openpi's: on connect the server sends its metadata (msgpack), then each
 binary message ``{"observation": array, "num_candidates"?, "seed"?}`` gets one binary reply
-``{"actions", "q_values", "server_timing"}`` or a text frame holding an error, and the
-connection stays usable. Replies come back in order, so after a timed-out call the client
+``{"actions", "q_values", "server_timing"}`` (``actions`` of shape (H, D) for one observation
+of a chunked model, as openpi's) or a text frame holding an error, and the connection stays
+usable. Replies come back in order, so after a timed-out call the client
 remembers one stale reply and discards it before reading the next call's; a dropped
 connection is reopened on the next call.
 """
@@ -88,11 +89,11 @@ class _WebSocketBase:
         batch = protocol.observation_batch(observations, single)
         return codec.packb(protocol.ws_request(batch, single, num_candidates, seed))
 
-    def _answer(self, reply: bytes | str) -> Inference:
+    def _answer(self, reply: bytes | str, single: bool) -> Inference:
         if isinstance(reply, str):
             raise error_from_text(reply)
         try:
-            return protocol.parse_ws_reply(codec.unpackb(reply))
+            return protocol.parse_ws_reply(codec.unpackb(reply), single)
         except codec.CodecError as exc:
             raise ServerError(f"unreadable WebSocket reply: {exc}") from exc
 
@@ -136,13 +137,13 @@ class WebSocketPolicyClient(_WebSocketBase):
             raise ConnectionFailed(f"cannot open {self.url}: {exc!r}") from exc
 
     def act(self, observation: Any, num_candidates: int | None = None, seed: int | None = None, **options):
-        """The action [action_dim] for one observation [obs_dim]."""
+        """The action [action_dim] for one observation [obs_dim] (a chunk [H, action_dim] if chunked)."""
         return self._infer(observation, True, num_candidates, seed, **options).actions[0]
 
     def act_batch(
         self, observations: Any, num_candidates: int | None = None, seed: int | None = None, **options
     ):
-        """Actions [B, action_dim] for observations [B, obs_dim], in one message."""
+        """Actions [B, action_dim] ([B, H, action_dim] if chunked) for observations [B, obs_dim], in one message."""
         return self._infer(observations, False, num_candidates, seed, **options).actions
 
     def infer(
@@ -161,7 +162,7 @@ class WebSocketPolicyClient(_WebSocketBase):
             while True:
                 reply = self._ws.recv(timeout=max(deadline - time.monotonic(), 0.0))
                 if self._stale == 0:
-                    return self._answer(reply)
+                    return self._answer(reply, single)
                 self._stale -= 1
         except TimeoutError as exc:
             self._stale += 1
@@ -251,7 +252,7 @@ class AsyncWebSocketPolicyClient(_WebSocketBase):
             await self._connect()
         try:
             return await asyncio.wait_for(
-                self._exchange(message), self.timeout if timeout is None else timeout
+                self._exchange(message, single), self.timeout if timeout is None else timeout
             )
         except asyncio.TimeoutError as exc:  # not the builtin TimeoutError before Python 3.11
             self._stale += 1
@@ -260,12 +261,12 @@ class AsyncWebSocketPolicyClient(_WebSocketBase):
             self._ws = None
             raise error_from_close(exc, self.url) from exc
 
-    async def _exchange(self, message: bytes) -> Inference:
+    async def _exchange(self, message: bytes, single: bool) -> Inference:
         await self._ws.send(message)
         while True:
             reply = await self._ws.recv()
             if self._stale == 0:
-                return self._answer(reply)
+                return self._answer(reply, single)
             self._stale -= 1
 
     async def aclose(self) -> None:

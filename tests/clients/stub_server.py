@@ -2,6 +2,8 @@
 
 It plays a list of answers in order (the last one repeats) and records every request, so
 tests assert on what the client sent and how often, never on how long anything took.
+``CHUNKED_METADATA`` and ``chunk_answer`` play a chunked model (action horizon H > 1), whose
+REST answer to one observation is a list of H actions.
 """
 
 from __future__ import annotations
@@ -49,11 +51,30 @@ class Seen:
     body: dict | None
 
 
-class StubServer:
-    """``with StubServer([Answer(503), Answer()]) as stub: ... stub.url ... stub.requests``."""
+CHUNK_HORIZON = 3
+CHUNKED_METADATA = {**METADATA, "name": "chunked", "action_horizon": CHUNK_HORIZON, "control_period_s": 0.05}
 
-    def __init__(self, answers: list[Answer]):
+
+def chunk_actions(index: int, horizon: int = CHUNK_HORIZON) -> list[list[float]]:
+    """Chunk number ``index``: step j is the action [index, j / 4] (exact in float32), naming its place."""
+    return [[float(index), j / 4] for j in range(horizon)]
+
+
+def chunk_answer(index: int, horizon: int = CHUNK_HORIZON, **body) -> Answer:
+    """The REST answer to one observation of a chunked model, carrying chunk number ``index``."""
+    payload = {**ACT_OK, "action": chunk_actions(index, horizon), "action_horizon": horizon, **body}
+    return Answer(body=payload)
+
+
+class StubServer:
+    """``with StubServer([Answer(503), Answer()]) as stub: ... stub.url ... stub.requests``.
+
+    ``metadata``: what ``GET /v1/models/{name}`` answers (default: an H = 1 model).
+    """
+
+    def __init__(self, answers: list[Answer], metadata: dict = METADATA):
         self.answers = list(answers)
+        self.metadata = metadata
         self.requests: list[Seen] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -64,7 +85,7 @@ class StubServer:
         with self._lock:
             self.requests.append(seen)
             if seen.path.startswith("/v1/models/") and seen.method == "GET":
-                return Answer(body=METADATA)
+                return Answer(body=self.metadata)
             return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
 
     def _handler(self):
