@@ -43,6 +43,13 @@ REQUIRED_METADATA_KEYS = (
 )
 
 
+def chunk_shape(metadata: dict) -> tuple[int, ...]:
+    """One answer's action, and one candidate's noise: (action_dim,), or (H, action_dim) for a
+    chunked policy. Bundles written before action chunks have no `action_horizon`: H = 1."""
+    horizon, action_dim = int(metadata.get("action_horizon", 1)), int(metadata["action_dim"])
+    return (action_dim,) if horizon == 1 else (horizon, action_dim)
+
+
 def file_sha256(path: Path) -> str:
     # training.checkpoint.file_sha256 does the same, but importing it would import torch.
     digest = hashlib.sha256()
@@ -108,6 +115,9 @@ def read_metadata(bundle_dir: Path) -> dict:
         raise BundleError(f"{path}: missing required keys {missing}")
     if metadata["format_version"] != FORMAT_VERSION:
         raise BundleError(f"{path}: format_version {metadata['format_version']!r}, expected {FORMAT_VERSION}")
+    horizon = metadata.get("action_horizon", 1)
+    if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
+        raise BundleError(f"{path}: action_horizon must be an integer >= 1 (absent: 1), got {horizon!r}")
     return metadata
 
 

@@ -2,6 +2,7 @@
 
     mfql-export CHECKPOINT --out BUNDLE_DIR [--format onnx,torchscript] [--max-candidates 32]
                 [--opset 18] [--fp16] [--name NAME] [--triton-repo DIR] [--overwrite]
+                [--evaluation EVAL_JSON] [--control-period-s SECONDS]
     mfql-export inspect BUNDLE_DIR
 
 Errors are one line on stderr and exit code 2. `inspect` imports torch only to run a
@@ -51,6 +52,13 @@ def build_export_parser() -> argparse.ArgumentParser:
         default=None,
         help="mfql-eval JSON report of this checkpoint: its success rate goes into metadata.json",
     )
+    parser.add_argument(
+        "--control-period-s",
+        type=float,
+        default=None,
+        help="seconds per control step, for metadata.json (default: read from the training env; "
+        "null if it cannot be built here)",
+    )
     return parser
 
 
@@ -86,6 +94,7 @@ def run_export(args: argparse.Namespace) -> int:
         triton_repo=args.triton_repo,
         overwrite=args.overwrite,
         evaluation=args.evaluation,
+        control_period_s=args.control_period_s,
     )
     try:
         result = export_bundle(args.checkpoint, options)
@@ -99,6 +108,12 @@ def run_export(args: argparse.Namespace) -> int:
     print(
         f"  policy.onnx  {graph['node_count']} nodes, {_megabytes(graph['file_bytes'])}, "
         f"opset {graph['opset']} ({graph['exporter']})"
+    )
+    period = metadata["control_period_s"]
+    print(
+        f"  actions      {' x '.join(str(n) for n in metadata['outputs'][0]['shape'][1:])} per observation "
+        f"(action_horizon {metadata['action_horizon']}), control period "
+        + (f"{period:g} s" if period is not None else "unknown")
     )
     if metadata["torchscript_bytes"] is not None:
         print(f"  policy.ts    {_megabytes(metadata['torchscript_bytes'])}")

@@ -8,6 +8,7 @@ and an existing one untouched.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from exporters.bundle import (
 )
 from exporters.errors import ExportError
 from exporters.half_precision import Float16ServingPolicy
-from exporters.metadata import BundleContents, build_metadata, policy_type
+from exporters.metadata import BundleContents, build_metadata, env_control_period, policy_type
 from exporters.onnx_export import DEFAULT_OPSET, check_opset, example_inputs, export_onnx
 from exporters.parity import TOLERANCES, ParityCase, ParityReport, compare_runtime, save_parity_cases
 from exporters.runtimes import OnnxRuntimePolicy, TorchScriptPolicy
@@ -52,6 +53,9 @@ class ExportOptions:
     triton_repo: Path | None = None  # also write a Triton / KServe model repository here
     overwrite: bool = False  # replace an existing bundle (and Triton model) instead of refusing
     evaluation: Path | None = None  # an `mfql-eval` JSON report of this checkpoint for metadata
+    # seconds per control step, for metadata; None: read from the training env (null if it
+    # cannot be built here, e.g. without ogbench)
+    control_period_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,9 @@ def check_options(options: ExportOptions) -> None:
         raise ExportError(f"--name must match {MODEL_NAME_PATTERN.pattern}; got {options.name!r}")
     if options.max_candidates < 1:
         raise ExportError(f"--max-candidates must be >= 1; got {options.max_candidates}")
+    period = options.control_period_s
+    if period is not None and not (period > 0 and math.isfinite(period)):
+        raise ExportError(f"--control-period-s must be a positive number of seconds; got {period}")
     check_opset(options.opset)
 
 
@@ -99,7 +106,7 @@ def selftest_cases(
     for k in counts:
         scaled = mean + std * rng.standard_normal((SELFTEST_BATCH, checkpoint.obs_dim))
         observation = scaled.astype(np.float32)
-        noise = rng.standard_normal((SELFTEST_BATCH, k, checkpoint.action_dim)).astype(np.float32)
+        noise = rng.standard_normal((SELFTEST_BATCH, k, *module.noise_shape)).astype(np.float32)
         with torch.inference_mode():
             values = module(torch.from_numpy(observation), torch.from_numpy(noise))
         reference = {name: value.numpy() for name, value in zip(OUTPUT_NAMES, values, strict=True)}
@@ -118,7 +125,7 @@ def _write_bundle_files(
 ) -> tuple[BundleContents, dict[str, ParityReport]]:
     precision = "float16" if options.fp16 else "float32"
     exported = Float16ServingPolicy(module).eval() if options.fp16 else module
-    example = example_inputs(checkpoint.obs_dim, checkpoint.action_dim)
+    example = example_inputs(checkpoint.obs_dim, module.action_dim, module.action_horizon)
     graph = export_onnx(exported, example, staging / ONNX_FILE, options.opset)
     torchscript_bytes = None
     if "torchscript" in options.formats:
@@ -166,10 +173,11 @@ def export_bundle(checkpoint_path: Path, options: ExportOptions) -> ExportResult
         )
     if options.triton_repo is not None:
         refuse_existing(options.triton_repo / name, options.overwrite)
+    control_period_s = options.control_period_s or env_control_period(checkpoint.config.env_name)
     triton_config = None
     with staged_directory(options.out, options.overwrite) as staging:
         contents, parity = _write_bundle_files(staging, module, checkpoint, options, name)
-        metadata = build_metadata(checkpoint, module, contents, evaluation)
+        metadata = build_metadata(checkpoint, module, contents, evaluation, control_period_s)
         write_metadata(staging, metadata)
         write_checksums(staging)
         if options.triton_repo is not None:

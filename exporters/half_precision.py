@@ -33,6 +33,7 @@ class Float16ServingPolicy(nn.Module):
             copy.deepcopy(module.policy).half(),
             copy.deepcopy(module.critic).half(),
             module.action_dim,
+            module.action_horizon,
         )
 
     def forward(self, observation: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exporters.bundle import ONNX_FILE, read_metadata, verify_checksums
+from exporters.bundle import ONNX_FILE, chunk_shape, read_metadata, verify_checksums
 from exporters.errors import BundleError
 from exporters.parity import (
     TOLERANCES,
@@ -46,7 +46,7 @@ def _probe_cases(metadata: dict) -> list[ParityCase]:
     cases = []
     for k in sorted({1, int(metadata["default_num_candidates"])}):
         observation = rng.standard_normal((4, metadata["obs_dim"])).astype(np.float32)
-        noise = rng.standard_normal((4, k, metadata["action_dim"])).astype(np.float32)
+        noise = rng.standard_normal((4, k, *chunk_shape(metadata))).astype(np.float32)
         cases.append(ParityCase(observation, noise, {}))
     return cases
 

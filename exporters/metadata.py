@@ -7,7 +7,9 @@ Keys beyond the documented ones are additive (readers ignore unknown keys): `age
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -78,18 +80,55 @@ def _evaluation_summary(evaluation: dict | None) -> dict | None:
     return {key: evaluation.get(key) for key in keys}
 
 
-def _signature(obs_dim: int, action_dim: int) -> dict[str, list[dict]]:
+def _signature(obs_dim: int, chunk: tuple[int, ...]) -> dict[str, list[dict]]:
+    """The graph's tensors; `chunk` is one action's shape, [d] or [H, d] (ServingPolicy.noise_shape)."""
+
     def tensor(name: str, shape: list) -> dict:
         return {"name": name, "dtype": "float32", "shape": shape}
 
     return {
-        "inputs": [tensor("observation", ["B", obs_dim]), tensor("noise", ["B", "K", action_dim])],
+        "inputs": [tensor("observation", ["B", obs_dim]), tensor("noise", ["B", "K", *chunk])],
         "outputs": [
-            tensor("action", ["B", action_dim]),
+            tensor("action", ["B", *chunk]),
             tensor("q_value", ["B"]),
-            tensor("candidates", ["B", "K", action_dim]),
+            tensor("candidates", ["B", "K", *chunk]),
         ],
     }
+
+
+@functools.cache
+def env_control_period(env_name: str) -> float | None:
+    """Seconds per step of `env_name`, read from the env itself; None where it cannot be built here.
+
+    gymnasium's MuJoCo envs report `dt` (frame skip x physics timestep); OGBench's manipulation
+    envs report `control_timestep()` and leave `dt` unset. Building one needs ogbench (the
+    train extra): without it, or for a name it does not know, the period is unknown and
+    `mfql-export --control-period-s` states it.
+    """
+    try:
+        import gymnasium
+        import ogbench  # noqa: F401 - make_task_env imports it; probed here to say "unknown", not fail
+    except ImportError:
+        return None
+    from training.data.ogbench_files import make_task_env
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a headless machine's GLFW notice, gymnasium's dtype notes
+        try:
+            env = make_task_env(env_name)
+        except (ValueError, KeyError, gymnasium.error.Error):
+            return None
+    try:
+        return _step_seconds(env.unwrapped)
+    finally:
+        env.close()
+
+
+def _step_seconds(env) -> float | None:
+    seconds = getattr(env, "dt", None)
+    if seconds is None and callable(getattr(env, "control_timestep", None)):
+        seconds = env.control_timestep()
+    return None if seconds is None else float(seconds)
 
 
 def build_metadata(
@@ -97,8 +136,13 @@ def build_metadata(
     module: ServingPolicy,
     contents: BundleContents,
     evaluation: dict | None = None,
+    control_period_s: float | None = None,
 ) -> dict:
-    """`evaluation`: an `mfql-eval` report of this checkpoint; its success rate replaces the training one."""
+    """`evaluation`: an `mfql-eval` report of this checkpoint; its success rate replaces the training one.
+
+    `control_period_s`: seconds per control step (None: unknown); a chunk's actions are meant
+    for consecutive steps of that period.
+    """
     config, d = checkpoint.config, checkpoint.action_dim
     files = {"onnx": ONNX_FILE}
     if contents.torchscript_bytes is not None:
@@ -112,6 +156,8 @@ def build_metadata(
         "action_high": [1.0] * d,
         "default_num_candidates": config.acting_num_candidates,
         "max_num_candidates": contents.max_num_candidates,
+        "action_horizon": module.action_horizon,
+        "control_period_s": control_period_s,
         "policy_type": policy_type(module),
         "agent": config.agent,
         "env_name": config.env_name,
@@ -134,7 +180,7 @@ def build_metadata(
             "onnxslim": onnxslim.__version__,
             "opset": contents.graph.opset,
         },
-        **_signature(checkpoint.obs_dim, d),
+        **_signature(checkpoint.obs_dim, module.noise_shape),
         "files": files,
         "precision": contents.precision,
         "graph": contents.graph.as_dict(),

@@ -1,5 +1,8 @@
 """ServingPolicy -> `policy.onnx`: one simplified, checked graph with dynamic B and K.
 
+A chunked policy (action horizon H > 1) has the same two axes: its noise and candidates carry
+one more static axis (H) after K, its action one after B (docs/bundle-format.md).
+
 Exporter choice (torch 2.13, whose `torch.onnx.export` defaults to `dynamo=True`):
 - opset >= 18: the torch.export-based ("dynamo") exporter with `dynamic_shapes`. Its
   operator library is written for opset 18, so 18 needs no version conversion; it is our
@@ -56,11 +59,13 @@ class GraphSummary:
         }
 
 
-def example_inputs(obs_dim: int, action_dim: int) -> tuple[Tensor, Tensor]:
+def example_inputs(obs_dim: int, action_dim: int, action_horizon: int = 1) -> tuple[Tensor, Tensor]:
+    """Observation [2, obs_dim] and noise [2, 3, action_dim] ([2, 3, H, action_dim] when chunked)."""
     # B = 2 and K = 3: sizes of 0 or 1 would be specialised by torch.export, and distinct
     # sizes keep B and K from being unified into one symbol.
     generator = torch.Generator().manual_seed(0)
-    return torch.randn(2, obs_dim, generator=generator), torch.randn(2, 3, action_dim, generator=generator)
+    chunk = (action_dim,) if action_horizon == 1 else (action_horizon, action_dim)
+    return torch.randn(2, obs_dim, generator=generator), torch.randn(2, 3, *chunk, generator=generator)
 
 
 def check_opset(opset: int) -> None:
@@ -101,7 +106,27 @@ def _torchscript_based_export(
     )
     model = onnx.load(str(scratch))
     scratch.unlink()
+    _declare_static_output_dims(model, module, example)
     return model
+
+
+def _declare_static_output_dims(
+    model: onnx.ModelProto, module: nn.Module, example: tuple[Tensor, Tensor]
+) -> None:
+    """Write the fixed sizes of the outputs' non-dynamic axes into the graph's signature.
+
+    The TorchScript-based exporter names the axes a Reshape computes (a chunk's H and d, from
+    `unflatten`) 'Reshapeaction_dim_1' and so on, as if they were dynamic; the sizes are those
+    of the traced call, so the graph declares them, as the dynamo exporter does.
+    """
+    with torch.inference_mode():
+        shapes = {name: value.shape for name, value in zip(OUTPUT_NAMES, module(*example), strict=True)}
+    for output in model.graph.output:
+        dims = output.type.tensor_type.shape.dim
+        for axis, dim in enumerate(dims):
+            if axis not in DYNAMIC_AXES[output.name]:
+                dim.Clear()
+                dim.dim_value = int(shapes[output.name][axis])
 
 
 @contextmanager

@@ -46,7 +46,7 @@ class ParityCase:
     """One fixed input of the self-test and the outputs the eager model produced for it."""
 
     observation: np.ndarray  # [B, obs_dim] float32
-    noise: np.ndarray  # [B, K, action_dim] float32
+    noise: np.ndarray  # [B, K, action_dim] float32 ([B, K, H, action_dim] for a chunked policy)
     reference: Outputs
 
     @property
@@ -58,10 +58,16 @@ def _within(reference: np.ndarray, got: np.ndarray, tolerance: Tolerance) -> np.
     return np.abs(got - reference) <= tolerance.atol + tolerance.rtol * np.abs(reference)
 
 
+def _all_but_first_axes(matches: np.ndarray) -> np.ndarray:
+    """Per row (axis 0): every element matches, over the action's axes ([d], or [H, d] for a chunk)."""
+    return matches.reshape(matches.shape[0], -1).all(axis=-1)
+
+
 def _chosen_among_candidates(reference: Outputs, got: Outputs, tolerance: Tolerance) -> np.ndarray:
-    """Per row: the action is one of the reference candidates (element-wise within tolerance)."""
-    matches = _within(reference["candidates"], got["action"][:, None, :], tolerance)
-    return matches.all(axis=-1).any(axis=-1)
+    """Per row: the action (a whole chunk when chunked) is one of the reference candidates."""
+    matches = _within(reference["candidates"], got["action"][:, None], tolerance)
+    per_candidate = matches.reshape(*matches.shape[:2], -1).all(axis=-1)
+    return per_candidate.any(axis=-1)
 
 
 def output_mismatches(reference: Outputs, got: Outputs, tolerance: Tolerance) -> list[str]:
@@ -80,7 +86,7 @@ def output_mismatches(reference: Outputs, got: Outputs, tolerance: Tolerance) ->
         if not _within(reference[name], got[name], tolerance).all():
             worst = float(np.abs(got[name] - reference[name]).max())
             problems.append(f"{name}: max |diff| {worst:.3g} exceeds {tolerance.as_dict()}")
-    same_action = _within(reference["action"], got["action"], tolerance).all(axis=-1)
+    same_action = _all_but_first_axes(_within(reference["action"], got["action"], tolerance))
     near_tie = _within(reference["q_value"], got["q_value"], tolerance) & _chosen_among_candidates(
         reference, got, tolerance
     )

@@ -1,7 +1,8 @@
 """Run a bundle's graph: ONNX Runtime (torch-free) or TorchScript (imports torch when used).
 
-Both take numpy observation [B, obs_dim] and noise [B, K, action_dim] and return the
-outputs by name, so parity checks and benchmarks treat every runtime alike.
+Both take numpy observation [B, obs_dim] and noise [B, K, action_dim] ([B, K, H, action_dim]
+for a chunked policy) and return the outputs by name, so parity checks and benchmarks treat
+every runtime alike.
 """
 
 from __future__ import annotations

@@ -22,7 +22,10 @@ _DTYPES = {"float32": "TYPE_FP32"}  # bundle inputs/outputs are float32, with --
 
 
 def _tensor_entry(tensor: dict) -> str:
-    """One input/output declaration; the batch dimension is implicit (max_batch_size > 0)."""
+    """One input/output declaration; the batch dimension is implicit (max_batch_size > 0).
+
+    K becomes -1; a chunked bundle's static H stays: noise and candidates [-1, H, d], action [H, d].
+    """
     per_item = tensor["shape"][1:]
     dims = [-1 if isinstance(size, str) else int(size) for size in per_item]
     lines = [f'    name: "{tensor["name"]}"', f"    data_type: {_DTYPES[tensor['dtype']]}"]

@@ -38,6 +38,11 @@ class CheckpointSpec:
     metrics: dict
     seed: int = 0
     eval_num_candidates: int | None = None  # the K the run acts with, if not the agent's
+    action_horizon: int = 1  # H > 1: a chunked policy, networks of width H * action_dim
+
+    @property
+    def chunk_dim(self) -> int:
+        return self.action_horizon * self.action_dim
 
 
 RAW_ACTION_STD = 0.5
@@ -50,7 +55,7 @@ def _perturb_zero_layers(policy: torch.nn.Module, spec: CheckpointSpec) -> None:
         for weight in zero_weights:
             weight.copy_(torch.randn(weight.shape, generator=generator) / weight.shape[1] ** 0.5)
         observations = torch.randn(256, spec.obs_dim, generator=generator)
-        noise = torch.randn(256, spec.action_dim, generator=generator)
+        noise = torch.randn(256, spec.chunk_dim, generator=generator)
         raw = one_step_actions(policy, observations, noise)
         head = zero_weights[-1]  # the output layer: raw actions are linear in it (zero bias)
         head.mul_(RAW_ACTION_STD / raw.std())
@@ -61,12 +66,13 @@ def write_checkpoint(run_dir: Path, spec: CheckpointSpec) -> Path:
     config = TrainConfig(
         env_name=ENV_NAME,
         network=spec.network,
+        agent_config=AgentConfig(action_horizon=spec.action_horizon),
         offline_steps=10,
         out_dir=str(run_dir),
         eval_num_candidates=spec.eval_num_candidates,
     )
     agent = MFQLAgent(
-        spec.obs_dim, spec.action_dim, AgentConfig(), spec.network, offline_steps=10, seed=spec.seed
+        spec.obs_dim, spec.action_dim, config.agent_config, spec.network, offline_steps=10, seed=spec.seed
     )
     _perturb_zero_layers(agent.policy, spec)
     rng = np.random.default_rng(spec.seed)
@@ -89,9 +95,8 @@ def write_checkpoint(run_dir: Path, spec: CheckpointSpec) -> Path:
 
 def write_fql_checkpoint(run_dir: Path, spec: CheckpointSpec) -> Path:
     """An FQL run: its one-step policy has an ordinary (non-zero) head, so nothing is perturbed."""
-    config = TrainConfig(
-        env_name=ENV_NAME, agent="fql", network=spec.network, agent_config=AgentConfig(num_candidates=1)
-    )
+    agent_config = AgentConfig(num_candidates=1, action_horizon=spec.action_horizon)
+    config = TrainConfig(env_name=ENV_NAME, agent="fql", network=spec.network, agent_config=agent_config)
     agent = FQLAgent(spec.obs_dim, spec.action_dim, config.agent_config, spec.network, offline_steps=10)
     rng = np.random.default_rng(spec.seed)
     tensors = model_tensors(agent, rng.normal(size=spec.obs_dim), rng.uniform(0.5, 2.0, size=spec.obs_dim))

@@ -70,3 +70,31 @@ def dit_export(dit_checkpoint, tmp_path_factory) -> ExportedModel:
     """Opset 18 (default), ONNX + TorchScript, with a Triton repository."""
     root = tmp_path_factory.mktemp("dit_export")
     return _exported(dit_checkpoint, root / "bundle", triton_repo=root / "triton")
+
+
+CHUNK = 5  # the action horizon of the chunked fixtures (Q-chunking's h = 5)
+
+
+@pytest.fixture(scope="session")
+def chunked_mlp_checkpoint(tmp_path_factory) -> Path:
+    """A chunked MFQL policy: H = 5 actions of d = 4 per observation (networks see 20-vectors)."""
+    spec = CheckpointSpec(SMALL_MLP, 17, 4, {}, seed=3, action_horizon=CHUNK)
+    return write_checkpoint(tmp_path_factory.mktemp("chunked_mlp") / "run", spec)
+
+
+@pytest.fixture(scope="session")
+def chunked_dit_checkpoint(tmp_path_factory) -> Path:
+    spec = CheckpointSpec(SMALL_DIT, 11, 3, {}, seed=4, action_horizon=CHUNK)
+    return write_checkpoint(tmp_path_factory.mktemp("chunked_dit") / "run", spec)
+
+
+@pytest.fixture(scope="session")
+def chunked_mlp_export(chunked_mlp_checkpoint, tmp_path_factory) -> ExportedModel:
+    """Opset 18, ONNX + TorchScript, with a Triton repository."""
+    root = tmp_path_factory.mktemp("chunked_mlp_export")
+    return _exported(chunked_mlp_checkpoint, root / "bundle", triton_repo=root / "triton")
+
+
+@pytest.fixture(scope="session")
+def chunked_dit_export(chunked_dit_checkpoint, tmp_path_factory) -> ExportedModel:
+    return _exported(chunked_dit_checkpoint, tmp_path_factory.mktemp("chunked_dit_export") / "bundle")

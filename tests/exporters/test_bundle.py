@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import exporters.export
+import exporters.metadata
 from exporters.bundle import (
     CHECKSUMS_FILE,
     MODEL_NAME_PATTERN,
@@ -43,6 +44,39 @@ def test_metadata_describes_the_model_per_the_bundle_format(dit_export, dit_chec
     assert {"mfql", "torch", "onnx", "opset"} <= metadata["versions"].keys()
     assert metadata["files"] == {"onnx": "policy.onnx", "torchscript": "policy.ts"}
     assert metadata["precision"] == "float32"
+    assert metadata["action_horizon"] == 1  # one action per observation: today's signature
+
+
+def test_chunked_metadata_carries_the_horizon_the_chunk_shapes_and_the_envs_control_period(
+    chunked_mlp_export,
+):
+    metadata = read_metadata(chunked_mlp_export.bundle)
+    assert (metadata["action_dim"], metadata["action_horizon"]) == (4, 5)
+    assert metadata["action_low"] == [-1.0] * 4  # bounds are per action, for every step of a chunk
+    assert metadata["training_config"]["agent_config"]["action_horizon"] == 5
+    shapes = {t["name"]: t["shape"] for t in [*metadata["inputs"], *metadata["outputs"]]}
+    assert shapes == {
+        "observation": ["B", 17],
+        "noise": ["B", "K", 5, 4],
+        "action": ["B", 5, 4],
+        "q_value": ["B"],
+        "candidates": ["B", "K", 5, 4],
+    }
+    pytest.importorskip("ogbench")
+    assert metadata["control_period_s"] == pytest.approx(0.05)  # OGBench manipulation: 20 Hz
+
+
+def test_control_period_option_is_recorded_and_an_unknown_env_leaves_it_null(
+    tmp_path, mlp_checkpoint, monkeypatch, capsys
+):
+    code = main([str(mlp_checkpoint), "--out", str(tmp_path / "b"), "--format", "onnx", "--opset", "17",
+                 "--control-period-s", "0.02"])  # fmt: skip
+    assert code == 0 and read_metadata(tmp_path / "b")["control_period_s"] == 0.02
+    assert "(action_horizon 1), control period 0.02 s" in capsys.readouterr().out
+    assert exporters.metadata.env_control_period("no-such-env-singletask-v0") is None
+    monkeypatch.setattr(exporters.export, "env_control_period", lambda name: None)
+    options = ExportOptions(out=tmp_path / "unknown", formats=("onnx",), opset=17)
+    assert export_bundle(mlp_checkpoint, options).metadata["control_period_s"] is None
 
 
 def test_unknown_success_rate_is_null(mlp_export):
@@ -160,6 +194,7 @@ def test_corrupt_or_incompatible_checkpoint_fails_with_one_line_and_writes_nothi
         ({"name": "../escape"}, "--name must match"),
         ({"max_candidates": 2}, "below the trained K = 5"),
         ({"opset": 16}, "--opset must be between 17"),
+        ({"control_period_s": -0.05}, "--control-period-s must be a positive number"),
     ],
 )
 def test_invalid_options_are_refused_before_anything_is_written(tmp_path, mlp_checkpoint, options, message):

@@ -96,3 +96,20 @@ def test_evaluation_report_sets_the_success_rate_and_a_mismatched_one_is_refused
     with pytest.raises(ExportError, match=f"evaluated step {checkpoint.step + 1}"):
         export_bundle(run, stale)
     assert not (tmp_path / "other").exists()
+
+
+def test_chunked_fql_checkpoint_exports_its_one_step_chunk_policy(tmp_path):
+    run = write_fql_checkpoint(tmp_path / "run", CheckpointSpec(SMALL_MLP, 9, 2, {}, action_horizon=3))
+    options = ExportOptions(out=tmp_path / "bundle", formats=("onnx",), opset=17)
+    result = export_bundle(run, options)
+    assert (result.metadata["agent"], result.metadata["action_horizon"]) == ("fql", 3)
+    eager, _ = load_serving_policy(run)
+    rng = np.random.default_rng(0)
+    observation = rng.standard_normal((7, 9)).astype(np.float32)
+    noise = rng.standard_normal((7, 4, 3, 2)).astype(np.float32)
+    got = OnnxRuntimePolicy(result.bundle_dir / ONNX_FILE)(observation, noise)
+    with torch.inference_mode():
+        expected = eager(torch.from_numpy(observation), torch.from_numpy(noise))
+    for name, reference in zip(OUTPUT_NAMES, expected, strict=True):
+        np.testing.assert_allclose(got[name], reference.numpy(), rtol=0, atol=1e-5, err_msg=name)
+    assert got["action"].shape == (7, 3, 2)

@@ -70,3 +70,19 @@ def test_fp16_bundle_records_its_precision_and_passes_inspect(fp16_bundle, capsy
     out = capsys.readouterr().out
     assert '"precision": "float16"' in out
     assert "atol 0.01 rtol 0.01" in out
+
+
+def test_fp16_chunked_graph_keeps_the_chunk_shapes_within_its_tolerance(chunked_mlp_export, tmp_path):
+    out = tmp_path / "bundle"
+    assert main([str(chunked_mlp_export.checkpoint), "--out", str(out), "--fp16", "--format", "onnx"]) == 0
+    runtime, eager = OnnxRuntimePolicy(out / ONNX_FILE), chunked_mlp_export.eager
+    rng = np.random.default_rng(17)
+    for b, k in [(1, 1), (7, 5), (64, 32)]:
+        observation = (eager.normalizer.mean.numpy() + rng.standard_normal((b, 17))).astype(np.float32)
+        noise = rng.standard_normal((b, k, 5, 4)).astype(np.float32)
+        with torch.inference_mode():
+            values = eager(torch.from_numpy(observation), torch.from_numpy(noise))
+        reference = {name: value.numpy() for name, value in zip(OUTPUT_NAMES, values, strict=True)}
+        got = runtime(observation, noise)
+        assert got["action"].shape == (b, 5, 4) and got["candidates"].shape == (b, k, 5, 4)
+        assert output_mismatches(reference, got, FLOAT16_TOLERANCE) == [], (b, k)

@@ -1,4 +1,4 @@
-"""policy.onnx is one checked, simplified graph with named dynamic B and K axes."""
+"""policy.onnx is one checked, simplified graph with named dynamic B and K axes (and a static H when chunked)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import onnx
 import pytest
 import torch
 
-from exporters.bundle import METADATA_FILE, ONNX_FILE, OUTPUT_NAMES
+from exporters.bundle import METADATA_FILE, ONNX_FILE, OUTPUT_NAMES, chunk_shape
 from exporters.export import ExportOptions, export_bundle
 from exporters.onnx_export import DEFAULT_OPSET
 from exporters.runtimes import OnnxRuntimePolicy
@@ -56,9 +56,22 @@ def opset17_bundle(mlp_checkpoint, tmp_path_factory):
     return export_bundle(mlp_checkpoint, ExportOptions(out=out, formats=("onnx",), opset=17)).bundle_dir
 
 
-@pytest.fixture(params=["mlp", "dit", "opset17"])
-def bundle(request, mlp_export, dit_export, opset17_bundle):
-    return {"mlp": mlp_export.bundle, "dit": dit_export.bundle, "opset17": opset17_bundle}[request.param]
+@pytest.fixture(scope="module")
+def chunked_opset17_bundle(chunked_mlp_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("chunked_opset17") / "bundle"
+    options = ExportOptions(out=out, formats=("onnx",), opset=17)
+    return export_bundle(chunked_mlp_checkpoint, options).bundle_dir
+
+
+@pytest.fixture(params=["mlp", "dit", "opset17", "chunked", "chunked-opset17"])
+def bundle(request, mlp_export, dit_export, opset17_bundle, chunked_mlp_export, chunked_opset17_bundle):
+    return {
+        "mlp": mlp_export.bundle,
+        "dit": dit_export.bundle,
+        "opset17": opset17_bundle,
+        "chunked": chunked_mlp_export.bundle,
+        "chunked-opset17": chunked_opset17_bundle,
+    }[request.param]
 
 
 def test_graph_passes_the_full_onnx_checker(bundle):
@@ -75,11 +88,12 @@ def test_graph_is_simplified_no_dead_or_foldable_nodes_no_unused_initializers(bu
 def test_graph_signature_has_named_dynamic_batch_and_candidate_axes(bundle):
     model = onnx.load(str(bundle / ONNX_FILE))
     metadata = json.loads((bundle / METADATA_FILE).read_text())
-    obs_dim, action_dim = metadata["obs_dim"], metadata["action_dim"]
+    obs_dim, chunk = metadata["obs_dim"], list(chunk_shape(metadata))  # [d], or [H, d] when chunked
+    assert chunk == ([metadata["action_dim"]] if metadata["action_horizon"] == 1 else [5, 4])
     inputs = {value.name: _dims(value) for value in model.graph.input}
     outputs = {value.name: _dims(value) for value in model.graph.output}
-    assert inputs == {"observation": ["B", obs_dim], "noise": ["B", "K", action_dim]}
-    assert outputs == {"action": ["B", action_dim], "q_value": ["B"], "candidates": ["B", "K", action_dim]}
+    assert inputs == {"observation": ["B", obs_dim], "noise": ["B", "K", *chunk]}
+    assert outputs == {"action": ["B", *chunk], "q_value": ["B"], "candidates": ["B", "K", *chunk]}
     assert {entry["name"]: entry["shape"] for entry in metadata["inputs"]} == inputs
     assert {entry["name"]: entry["shape"] for entry in metadata["outputs"]} == outputs
 
@@ -111,5 +125,20 @@ def test_opset_17_graph_matches_eager_for_any_batch_and_candidate_count(opset17_
         got = runtime(observation, noise)
         with torch.inference_mode():
             expected = mlp_export.eager(torch.from_numpy(observation), torch.from_numpy(noise))
+        for name, reference in zip(OUTPUT_NAMES, expected, strict=True):
+            np.testing.assert_allclose(got[name], reference.numpy(), rtol=0, atol=1e-5, err_msg=name)
+
+
+def test_chunked_opset_17_graph_matches_eager_for_any_batch_and_candidate_count(
+    chunked_opset17_bundle, chunked_mlp_export
+):
+    runtime = OnnxRuntimePolicy(chunked_opset17_bundle / ONNX_FILE)
+    rng = np.random.default_rng(1)
+    for b, k in [(1, 1), (7, 5), (64, 32)]:
+        observation = rng.standard_normal((b, 17)).astype(np.float32)
+        noise = rng.standard_normal((b, k, 5, 4)).astype(np.float32)
+        got = runtime(observation, noise)
+        with torch.inference_mode():
+            expected = chunked_mlp_export.eager(torch.from_numpy(observation), torch.from_numpy(noise))
         for name, reference in zip(OUTPUT_NAMES, expected, strict=True):
             np.testing.assert_allclose(got[name], reference.numpy(), rtol=0, atol=1e-5, err_msg=name)

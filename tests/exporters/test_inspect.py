@@ -93,3 +93,48 @@ def test_checksum_file_lists_the_self_test_inputs(mlp_export):
     cases = load_parity_cases(mlp_export.bundle / SELFTEST_FILE)
     assert [case.num_candidates for case in cases] == [1, 5, 32]
     assert all(np.isfinite(case.reference["q_value"]).all() for case in cases)
+
+
+def test_inspect_runs_both_self_tests_on_a_chunked_bundle(chunked_mlp_export, capsys):
+    assert main(["inspect", str(chunked_mlp_export.bundle)]) == 0
+    out = capsys.readouterr().out
+    assert "onnx vs recorded eager PyTorch outputs: OK (K = 1, 5, 32" in out
+    assert "onnx vs torchscript: OK" in out
+    cases = load_parity_cases(chunked_mlp_export.bundle / SELFTEST_FILE)
+    assert [case.noise.shape[1:] for case in cases] == [(1, 5, 4), (5, 5, 4), (32, 5, 4)]
+    assert [case.reference["action"].shape[1:] for case in cases] == [(5, 4)] * 3
+
+
+def test_chunked_bundle_without_a_recorded_self_test_probes_chunk_shaped_noise(
+    tmp_path, chunked_mlp_export, capsys
+):
+    bundle = Path(shutil.copytree(chunked_mlp_export.bundle, tmp_path / "bundle"))
+    metadata = json.loads((bundle / METADATA_FILE).read_text())
+    del metadata["selftest"]
+    (bundle / METADATA_FILE).write_text(json.dumps(metadata))
+    (bundle / SELFTEST_FILE).unlink()
+    write_checksums(bundle)
+    assert main(["inspect", str(bundle)]) == 0
+    assert "onnx vs torchscript: OK (K = 1, 5;" in capsys.readouterr().out
+
+
+def test_bundles_written_before_action_chunks_inspect_unchanged(bundle_copy, capsys):
+    metadata = json.loads((bundle_copy / METADATA_FILE).read_text())
+    del metadata["action_horizon"], metadata["control_period_s"]  # as every bundle before chunks
+    (bundle_copy / METADATA_FILE).write_text(json.dumps(metadata))
+    write_checksums(bundle_copy)
+    assert main(["inspect", str(bundle_copy)]) == 0
+    embedded = Path(__file__).resolve().parents[2] / "server" / "default_model" / "cube-single" / "1"
+    assert "action_horizon" not in json.loads((embedded / METADATA_FILE).read_text())
+    assert main(["inspect", str(embedded)]) == 0
+    assert "onnx vs recorded eager PyTorch outputs: OK" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("horizon", [0, 2.5, True, "5"])
+def test_a_bad_action_horizon_is_refused(bundle_copy, horizon, capsys):
+    metadata = json.loads((bundle_copy / METADATA_FILE).read_text())
+    metadata["action_horizon"] = horizon
+    (bundle_copy / METADATA_FILE).write_text(json.dumps(metadata))
+    write_checksums(bundle_copy)
+    assert main(["inspect", str(bundle_copy)]) == 2
+    assert "action_horizon must be an integer >= 1" in capsys.readouterr().err

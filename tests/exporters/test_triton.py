@@ -114,3 +114,16 @@ def test_existing_triton_model_is_refused_without_overwrite(tmp_path, mlp_export
         write_triton_model(tmp_path, mlp_export.bundle, metadata, overwrite=False)
     write_triton_model(tmp_path, mlp_export.bundle, metadata, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == [metadata["name"]]
+
+
+def test_chunked_config_declares_the_chunk_axes_after_the_implicit_batch(chunked_mlp_export):
+    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    config_path = chunked_mlp_export.result.triton_config
+    config = text_format.Parse(config_path.read_text(), model_config_pb2.ModelConfig())
+    inputs = {tensor.name: list(tensor.dims) for tensor in config.input}
+    outputs = {tensor.name: list(tensor.dims) for tensor in config.output}
+    assert inputs == {"observation": [17], "noise": [-1, 5, 4]}  # K, H, d
+    assert outputs == {"action": [5, 4], "q_value": [1], "candidates": [-1, 5, 4]}
+    assert file_sha256(config_path.parent / "1" / "model.onnx") == file_sha256(
+        chunked_mlp_export.bundle / "policy.onnx"
+    )
