@@ -1,4 +1,4 @@
-"""README.md stays true: the two-command quickstart, every CLI line parses, every option and metric is documented."""
+"""README.md and docs/ stay true: the two-command quickstart, every CLI line parses, every option and metric is documented."""
 
 from __future__ import annotations
 
@@ -12,16 +12,18 @@ from server.settings import ServerSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
+DOCS = sorted((ROOT / "docs").rglob("*.md"))
+DEFAULT_MODEL_PAGE = ROOT / "docs" / "results" / "default-model.md"
 
 
-def code_blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.DOTALL)
+def code_blocks(language: str, text: str = README) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", text, flags=re.DOTALL)
 
 
-def shell_commands() -> list[list[str]]:
-    """Each command of the README's bash blocks, continuation lines joined, comments dropped."""
+def shell_commands(text: str = README) -> list[list[str]]:
+    """Each command of a page's bash blocks, continuation lines joined, comments dropped."""
     commands = []
-    for block in code_blocks("bash"):
+    for block in code_blocks("bash", text):
         for line in block.replace("\\\n", " ").splitlines():
             line = line.split(" #", 1)[0].strip()
             if line and not line.startswith("#"):
@@ -62,21 +64,63 @@ def test_quickstart_is_exactly_two_commands_and_ci_runs_the_test_one():
     assert ci[-1] == "make test"
 
 
-def test_every_cli_line_in_the_readme_parses():
+def check_cli_lines(text: str, page: str) -> int:
+    """Parse every mfql-* command of the page's bash blocks with its real parser; return how many."""
     known = parsers()
     checked = 0
-    for command in shell_commands():
+    for command in shell_commands(text):
         if not command[0].startswith("mfql-"):
             continue
         name = " ".join(command[:2]) if command[:2] == ["mfql-export", "inspect"] else command[0]
         arguments = command[2:] if name == "mfql-export inspect" else command[1:]
-        assert name in known, f"README uses an unknown command: {' '.join(command)}"
+        assert name in known, f"{page} uses an unknown command: {' '.join(command)}"
         try:
             known[name]().parse_args(arguments)
         except SystemExit:
-            pytest.fail(f"README command does not parse: {' '.join(command)}")
+            pytest.fail(f"{page} command does not parse: {' '.join(command)}")
         checked += 1
-    assert checked >= 9
+    return checked
+
+
+def test_every_cli_line_in_the_readme_parses():
+    assert check_cli_lines(README, "README.md") >= 9
+
+
+@pytest.mark.parametrize("page", DOCS, ids=lambda page: str(page.relative_to(ROOT)))
+def test_every_cli_line_in_the_docs_parses(page):
+    check_cli_lines(page.read_text(), str(page.relative_to(ROOT)))
+
+
+def benchmark_source(script: Path) -> str:
+    """A benchmark's source with that of the sibling benchmarks it imports options from (ablate: compare_methods)."""
+    source = script.read_text()
+    siblings = [
+        script.parent / f"{name}.py" for name in re.findall(r"^from (\w+) import", source, re.MULTILINE)
+    ]
+    return "\n".join([source, *(sibling.read_text() for sibling in siblings if sibling.is_file())])
+
+
+@pytest.mark.parametrize("page", [ROOT / "README.md", *DOCS], ids=lambda page: str(page.relative_to(ROOT)))
+def test_every_benchmark_command_uses_flags_its_script_has(page):
+    """`python benchmarks/X.py --flag ... -- <train flags>`: X exists and has --flag; mfql-train takes the rest."""
+    train = parsers()["mfql-train"]
+    for command in shell_commands(page.read_text()):
+        if command[:1] != ["python"] or not command[1].startswith("benchmarks/"):
+            continue
+        script = ROOT / command[1]
+        assert script.is_file(), f"{page.name}: no such benchmark {command[1]}"
+        source = benchmark_source(script)
+        split = command.index("--") if "--" in command else len(command)
+        own, forwarded = command[2:split], command[split + 1 :]
+        for word in own:
+            if word.startswith("--"):
+                flag = word.split("=", 1)[0]
+                assert f'"{flag}"' in source, f"{page.name}: {command[1]} has no {flag}"
+        if forwarded:
+            try:
+                train().parse_args(forwarded)
+            except SystemExit:
+                pytest.fail(f"{page.name}: mfql-train does not take {' '.join(forwarded)}")
 
 
 def test_every_server_option_is_in_the_configuration_table():
@@ -118,7 +162,8 @@ def makefile_recipe(target: str) -> list[list[str]]:
 def test_default_model_commands_match_the_makefile_and_the_shipped_metadata():
     import json
 
-    documented = shell_commands()
+    page = DEFAULT_MODEL_PAGE.read_text()
+    documented = shell_commands(page)
     recipe = makefile_recipe("default-model")
     assert recipe and all(command in documented for command in recipe), (recipe, documented)
     (train,) = [c for c in recipe if c[0] == "mfql-train"]
@@ -135,8 +180,11 @@ def test_default_model_commands_match_the_makefile_and_the_shipped_metadata():
     assert config["threads"] == parsed.threads  # the thread count changes float rounding
     assert config.get("precision", "fp32") == parsed.precision  # so does bf16 (runs before it were fp32)
     recorded = f"{metadata['evaluation']['success_rate']:.2f}"
-    section = README[README.index("## The embedded default model") :]
-    assert recorded in section[: section.index("\n## ")], f"README does not state the recorded {recorded}"
+    results = README.split("## Results", 1)[1].split("\n## ", 1)[0]
+    paragraph = results[results.index("**The embedded default model**") :]
+    assert "make default-model" in paragraph and DEFAULT_MODEL_PAGE.name in paragraph
+    assert recorded in paragraph, f"README's Results do not state the recorded {recorded}"
+    assert recorded in page, f"{DEFAULT_MODEL_PAGE.name} does not state the recorded {recorded}"
 
 
 def test_every_image_the_readme_shows_exists():

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from training.data.collection import CollectionConfig
@@ -60,6 +61,7 @@ def _generate(args: argparse.Namespace) -> dict:
 
 
 def _info(args: argparse.Namespace) -> dict:
+    from training.data.generate import silence_harmless_env_warnings
     from training.data.summary import collection_env_of, file_summary, task_statistics
 
     if not args.file.is_file():
@@ -69,7 +71,9 @@ def _info(args: argparse.Namespace) -> dict:
     task_ids = [int(t) for t in args.tasks.split(",") if t.strip()]
     if env and task_ids:
         summary["collection_env"] = env
-        summary["tasks"] = task_statistics(args.file, env, task_ids)
+        with warnings.catch_warnings():  # relabelling builds the env, as collection does
+            silence_harmless_env_warnings()
+            summary["tasks"] = task_statistics(args.file, env, task_ids)
     return summary
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +36,30 @@ def validation_episodes(train_episodes: int) -> int:
     return max(1, train_episodes // 10)
 
 
+def silence_harmless_env_warnings() -> None:
+    """Hide the two warnings that building an ogbench env prints on a headless machine, and only those.
+
+    - GLFW's "DISPLAY environment variable is missing": dm_control (imported by ogbench) starts
+      GLFW when it is imported, whether or not anything renders; collection and relabelling
+      never render.
+    - gymnasium's "Box low's / high's precision lowered by casting to float32": ogbench builds
+      its action space from float64 bounds of +-1, which float32 holds exactly.
+    Every other warning (a broken display that is set, an env's own warnings) still shows.
+    """
+    warnings.filterwarnings(
+        "ignore", message=r".*The DISPLAY environment variable is missing", category=UserWarning
+    )
+    warnings.filterwarnings(
+        "ignore", message=r".*Box (low|high)'s precision lowered by casting to float32", category=UserWarning
+    )
+
+
 _worker_collector: EpisodeCollector | None = None  # one per pool process, built by _start_worker
 
 
 def _start_worker(config: CollectionConfig) -> None:
     global _worker_collector
+    silence_harmless_env_warnings()  # a spawned process starts with the default filters
     _worker_collector = EpisodeCollector(config)
 
 
@@ -82,7 +102,8 @@ def generate_dataset(
     bar = tqdm(
         total=len(jobs), desc=f"{config.env_name} {config.dataset_type}", unit="ep", disable=not progress
     )
-    with bar:
+    with bar, warnings.catch_warnings():  # the filters apply to this collection only
+        silence_harmless_env_warnings()
         for job, episode in zip(jobs, _collect_all(config, jobs, min(workers, len(jobs))), strict=True):
             collected[job.split].append(episode)
             bar.update(1)
