@@ -61,6 +61,16 @@ class BundleMetadata(BaseModel):
     success_rate: float | None = None
     training_step: int | None = None
     precision: str = "float32"
+    # Actions per observation (a chunk when > 1); bundles from before chunks have none: 1.
+    action_horizon: int = Field(1, ge=1)
+    control_period_s: float | None = Field(None, gt=0)  # seconds per action; None: unknown
+
+    @property
+    def chunk_shape(self) -> tuple[int, ...]:
+        """One answer's action and one candidate's noise: (action_dim,), or (H, action_dim)."""
+        if self.action_horizon == 1:
+            return (self.action_dim,)
+        return (self.action_horizon, self.action_dim)
 
     @model_validator(mode="after")
     def _consistent(self) -> BundleMetadata:
@@ -87,14 +97,26 @@ class BundleMetadata(BaseModel):
                 f"inputs must be {list(INPUT_NAMES)} and outputs {list(OUTPUT_NAMES)}, "
                 f"got {sorted(inputs)} and {sorted(outputs)}"
             )
-        if inputs["observation"].shape[-1] != self.obs_dim or outputs["action"].shape[-1] != self.action_dim:
-            raise ValueError("the observation/action tensor shapes disagree with obs_dim/action_dim")
+        if inputs["observation"].shape[-1] != self.obs_dim:
+            raise ValueError("the observation tensor's shape disagrees with obs_dim")
+        chunk = list(self.chunk_shape)
+        declared = {
+            "noise": inputs["noise"].shape[2:],
+            "action": outputs["action"].shape[1:],
+            "candidates": outputs["candidates"].shape[2:],
+        }
+        wrong = {name: shape for name, shape in declared.items() if shape != chunk}
+        if wrong:
+            raise ValueError(
+                f"tensor shapes {wrong} after the B (and K) axes disagree with action_dim={self.action_dim}, "
+                f"action_horizon={self.action_horizon}: expected {chunk}"
+            )
 
 
 @dataclass(frozen=True)
 class SelftestCase:
     observation: np.ndarray  # [B, obs_dim]
-    noise: np.ndarray  # [B, K, action_dim]
+    noise: np.ndarray  # [B, K, *chunk_shape]
     reference: Outputs
 
 
@@ -219,6 +241,10 @@ def _within(reference: np.ndarray, got: np.ndarray, atol: float, rtol: float) ->
     return np.abs(got - reference) <= atol + rtol * np.abs(reference)
 
 
+def _per_row(matches: np.ndarray) -> np.ndarray:
+    return matches.reshape(matches.shape[0], -1).all(axis=-1)
+
+
 def case_mismatches(case: SelftestCase, got: Outputs, atol: float, rtol: float) -> list[str]:
     """What differs beyond tolerance. An action may differ on a near tie of the argmax: it is
     accepted when it is one of the reference candidates and its Q matches the reference Q."""
@@ -236,8 +262,9 @@ def case_mismatches(case: SelftestCase, got: Outputs, atol: float, rtol: float) 
         for name in ("q_value", "candidates")
         if not _within(reference[name], got[name], atol, rtol).all()
     ]
-    same = _within(reference["action"], got["action"], atol, rtol).all(axis=-1)
-    among = _within(reference["candidates"], got["action"][:, None, :], atol, rtol).all(-1).any(-1)
+    same = _per_row(_within(reference["action"], got["action"], atol, rtol))
+    among = _within(reference["candidates"], got["action"][:, None], atol, rtol)
+    among = among.reshape(*among.shape[:2], -1).all(-1).any(-1)  # a whole chunk is one candidate
     near_tie = among & _within(reference["q_value"], got["q_value"], atol, rtol)
     bad_rows = np.flatnonzero(~(same | near_tie))
     if bad_rows.size:

@@ -52,16 +52,24 @@ def _thread_generator() -> tuple[np.random.Generator, dict, dict]:
         return _local.generator
 
 
-def request_noise(seed: int, rows: int, num_candidates: int, action_dim: int) -> np.ndarray:
-    """Standard normal float32 noise [rows, num_candidates, action_dim], a function of `seed` alone."""
+def request_noise(
+    seed: int, rows: int, num_candidates: int, chunk_shape: int | tuple[int, ...]
+) -> np.ndarray:
+    """Standard normal float32 noise [rows, num_candidates, *chunk_shape], a function of `seed` alone.
+
+    `chunk_shape` is action_dim, or (H, action_dim) for a chunked model: the values are drawn in
+    row-major order either way, so a seed fixes every step of every chunk, and (action_dim,)
+    draws exactly the numbers action_dim does.
+    """
     generator, state, inner = _thread_generator()
     inner["state"] = (_splitmix64(seed) << 64) | seed
     generator.bit_generator.state = state
-    return generator.standard_normal((rows, num_candidates, action_dim), dtype=np.float32)
+    chunk = (chunk_shape,) if isinstance(chunk_shape, (int, np.integer)) else tuple(chunk_shape)
+    return generator.standard_normal((rows, num_candidates, *chunk), dtype=np.float32)
 
 
 def pad_candidates(noise: np.ndarray, num_candidates: int) -> np.ndarray:
-    """`noise` [B, K, A] widened to `num_candidates` >= K by repeating each row's own candidates.
+    """`noise` [B, K, ...] widened to `num_candidates` >= K by repeating each row's own candidates.
 
     The copies score exactly like the originals and the graph's argmax keeps the lowest index
     on ties, so the chosen action and its Q are unchanged (bit for bit) by the padding.

@@ -1,7 +1,7 @@
 """Run a bundle's graph: an ONNX Runtime session (torch-free) or, when asked for, TorchScript.
 
-Both take observation [B, obs_dim] and noise [B, K, action_dim] (float32) and return the
-outputs by name. Which runtime and execution provider served is recorded in `provider`,
+Both take observation [B, obs_dim] and noise [B, K, action_dim] (float32; [B, K, H, action_dim]
+for a chunked bundle) and return the outputs by name. Which runtime and execution provider served is recorded in `provider`,
 logged at load and shown in the model metadata.
 """
 
@@ -56,7 +56,9 @@ def session_options(settings: ServerSettings):
 class OnnxRunner:
     """An ONNX Runtime session of the bundle's `policy.onnx`."""
 
-    def __init__(self, path: Path, settings: ServerSettings, obs_dim: int, action_dim: int):
+    def __init__(
+        self, path: Path, settings: ServerSettings, obs_dim: int, action_dim: int, action_horizon: int = 1
+    ):
         import onnxruntime
 
         available = onnxruntime.get_available_providers()
@@ -79,15 +81,15 @@ class OnnxRunner:
                 str(path), options, providers=["CPUExecutionProvider"]
             )
         self.provider = self.session.get_providers()[0]
-        check_signature(path, self.session, obs_dim, action_dim)
+        check_signature(path, self.session, obs_dim, action_dim, action_horizon)
 
     def __call__(self, observation: np.ndarray, noise: np.ndarray) -> Outputs:
         values = self.session.run(list(OUTPUT_NAMES), {"observation": observation, "noise": noise})
         return dict(zip(OUTPUT_NAMES, values, strict=True))
 
 
-def check_signature(path: Path, session, obs_dim: int, action_dim: int) -> None:
-    """The graph's inputs and outputs are the format's, with the metadata's dims."""
+def check_signature(path: Path, session, obs_dim: int, action_dim: int, action_horizon: int = 1) -> None:
+    """The graph's inputs and outputs are the format's, with the metadata's dims (and chunk)."""
     inputs = {i.name: i.shape for i in session.get_inputs()}
     outputs = [o.name for o in session.get_outputs()]
     if sorted(inputs) != sorted(INPUT_NAMES) or set(OUTPUT_NAMES) - set(outputs):
@@ -95,11 +97,13 @@ def check_signature(path: Path, session, obs_dim: int, action_dim: int) -> None:
             f"{path}: graph inputs {sorted(inputs)} / outputs {outputs}, expected {list(INPUT_NAMES)} / "
             f"{list(OUTPUT_NAMES)}"
         )
-    declared = (inputs["observation"][-1], inputs["noise"][-1])
-    if declared != (obs_dim, action_dim):
+    chunk = [action_dim] if action_horizon == 1 else [action_horizon, action_dim]
+    declared = (inputs["observation"][-1], inputs["noise"][2:])
+    if declared != (obs_dim, chunk):
         raise BundleError(
-            f"{path}: the graph takes observation [..., {declared[0]}] and noise [..., {declared[1]}], "
-            f"metadata says obs_dim={obs_dim}, action_dim={action_dim}"
+            f"{path}: the graph takes observation [..., {declared[0]}] and noise [B, K, "
+            f"{', '.join(str(n) for n in declared[1])}], metadata says obs_dim={obs_dim}, "
+            f"action_dim={action_dim}, action_horizon={action_horizon}"
         )
 
 
@@ -127,4 +131,4 @@ def load_runtime(bundle: Bundle, settings: ServerSettings) -> PolicyRuntime:
     if settings.backend == "torchscript":
         return TorchScriptRunner(bundle.file("torchscript"), settings)
     meta = bundle.metadata
-    return OnnxRunner(bundle.file("onnx"), settings, meta.obs_dim, meta.action_dim)
+    return OnnxRunner(bundle.file("onnx"), settings, meta.obs_dim, meta.action_dim, meta.action_horizon)

@@ -102,11 +102,24 @@ class TimingMs(BaseModel):
     total: float = Field(description="request parsed to answer ready")
 
 
+Action = list[float]  # [action_dim]
+Chunk = list[Action]  # [H, action_dim]: actions for H consecutive control steps
+
+
 class ActResponse(BaseModel):
-    action: list[float] | None = Field(None, description="for one observation")
-    q_value: float | None = None
-    actions: list[list[float]] | None = Field(None, description="for a batch of observations")
+    action: Action | Chunk | None = Field(
+        None,
+        description="for one observation: [action_dim], or [H, action_dim] from a chunked model "
+        "(action_horizon H > 1), the actions for the next H control steps",
+    )
+    q_value: float | None = Field(None, description="critic value of the action (of the whole chunk)")
+    actions: list[Action] | list[Chunk] | None = Field(
+        None, description="for a batch of observations: [B, action_dim], or [B, H, action_dim] when chunked"
+    )
     q_values: list[float] | None = None
+    action_horizon: int = Field(
+        ge=1, description="actions per observation: 1 (one action), or the chunk length H"
+    )
     num_candidates: int
     model: str
     version: str
@@ -121,7 +134,13 @@ class ModelDescription(BaseModel):
     version: str = Field(description="the version described (the serving one unless one was named)")
     versions: list[str]
     obs_dim: int
-    action_dim: int
+    action_dim: int = Field(description="size of one action (of each step of a chunk)")
+    action_horizon: int = Field(
+        ge=1, description="actions answered per observation: 1, or the chunk length H"
+    )
+    control_period_s: float | None = Field(
+        description="seconds per control step (a chunk's actions are for consecutive steps); null: unknown"
+    )
     action_low: list[float]
     action_high: list[float]
     default_num_candidates: int

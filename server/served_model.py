@@ -33,7 +33,7 @@ class ActRequest:
     """A validated request: observations [B, obs_dim] float32 and the options that shape the answer."""
 
     observations: np.ndarray
-    single: bool  # the client sent one observation [obs_dim]: answer with one action
+    single: bool  # the client sent one observation [obs_dim]: answer with one action (or chunk)
     num_candidates: int
     seed: int  # the one given, else a fresh one, so the answer can say which
     deadline: float | None  # time.perf_counter() value
@@ -44,13 +44,18 @@ class ActRequest:
 class ActResult:
     model: str
     version: int
-    actions: np.ndarray  # [B, action_dim]
-    q_values: np.ndarray  # [B]
-    candidates: np.ndarray  # [B, K, action_dim]
+    actions: np.ndarray  # [B, action_dim], or [B, H, action_dim] from a chunked model
+    q_values: np.ndarray  # [B]: the critic's value of each answered action (or whole chunk)
+    candidates: np.ndarray  # [B, K, action_dim] ([B, K, H, action_dim] when chunked)
     num_candidates: int  # the K used
     seed: int
     timing_ms: dict[str, float]
     candidates_reduced: bool = False  # the latency target lowered K below the model's default
+
+    @property
+    def action_horizon(self) -> int:
+        """Actions answered per observation: 1, or the chunk length H."""
+        return 1 if self.actions.ndim == 2 else int(self.actions.shape[1])
 
 
 def warmup_shapes(max_batch_size: int, default_k: int, max_k: int) -> list[tuple[int, int]]:
@@ -90,6 +95,15 @@ class ModelVersion:
     def max_num_candidates(self) -> int:
         return self.bundle.metadata.max_num_candidates
 
+    @property
+    def action_horizon(self) -> int:
+        return self.bundle.metadata.action_horizon
+
+    @property
+    def chunk_shape(self) -> tuple[int, ...]:
+        """One observation's answer: (action_dim,), or (H, action_dim) for a chunked model."""
+        return self.bundle.metadata.chunk_shape
+
     def describe(self) -> dict[str, Any]:
         """What a robot needs to know about this version (GET /v1/models/{name}, WebSocket on connect)."""
         meta = self.bundle.metadata
@@ -98,6 +112,8 @@ class ModelVersion:
             "version": str(self.version),
             "obs_dim": meta.obs_dim,
             "action_dim": meta.action_dim,
+            "action_horizon": meta.action_horizon,
+            "control_period_s": meta.control_period_s,
             "action_low": meta.action_low,
             "action_high": meta.action_high,
             "default_num_candidates": meta.default_num_candidates,
@@ -177,11 +193,15 @@ class ModelVersion:
         return (received if received is not None else time.perf_counter()) + budget / 1e3
 
     async def act(self, request: ActRequest, received: float) -> ActResult:
-        """Draw the request's noise from its seed, run it in a batch, and time it."""
+        """Draw the request's noise from its seed, run it in a batch, and time it.
+
+        For a chunked model each row's noise is [K, H, action_dim]: the seed fixes whole chunks,
+        and K, the deadline and the latency target apply to the request as for one action.
+        """
         k = request.num_candidates
         if self.budget is not None and not request.candidates_named:
             k = self.budget.candidates()
-        noise = request_noise(request.seed, request.observations.shape[0], k, self.action_dim)
+        noise = request_noise(request.seed, request.observations.shape[0], k, self.chunk_shape)
         result = await self.batcher.submit(request.observations, noise, request.deadline)
         if self.budget is not None:
             self.budget.observe(result.queue_ms, result.inference_ms, k)
@@ -224,9 +244,9 @@ def _as_int(value: Any, name: str) -> int:
 
 def check_output_shapes(path, outputs: dict, rows: int, k: int, meta) -> None:
     expected = {
-        "action": (rows, meta.action_dim),
+        "action": (rows, *meta.chunk_shape),
         "q_value": (rows,),
-        "candidates": (rows, k, meta.action_dim),
+        "candidates": (rows, k, *meta.chunk_shape),
     }
     for name, shape in expected.items():
         if outputs[name].shape != shape or outputs[name].dtype != np.float32:
@@ -253,7 +273,7 @@ def load_model_version(
             settings.max_batch_size, meta.default_num_candidates, meta.max_num_candidates
         ):
             observation = rng.standard_normal((rows, meta.obs_dim)).astype(np.float32)
-            outputs = runtime(observation, request_noise(0, rows, k, meta.action_dim))
+            outputs = runtime(observation, request_noise(0, rows, k, meta.chunk_shape))
             check_output_shapes(path, outputs, rows, k, meta)
         budget = None
         if settings.latency_target_ms is not None:
@@ -286,7 +306,7 @@ def load_model_version(
 def warm_inference_ms(runtime: PolicyRuntime, meta) -> float:
     """One observation at the default K, timed after warm-up: the latency target's first estimate."""
     observation = np.zeros((1, meta.obs_dim), np.float32)
-    noise = request_noise(0, 1, meta.default_num_candidates, meta.action_dim)
+    noise = request_noise(0, 1, meta.default_num_candidates, meta.chunk_shape)
     started = time.perf_counter()
     runtime(observation, noise)
     return (time.perf_counter() - started) * 1e3

@@ -44,6 +44,7 @@ VersionPath = Path(ge=1, lt=VERSION_LIMIT, description="a positive integer")
 
 
 def rest_answer(result: ActResult, single: bool) -> bytes:
+    """`action` [d] (or the chunk [H, d]) for one observation, `actions` [B, d] ([B, H, d]) for a batch."""
     # Python floats (doubles) hold each float32 value exactly, and the decimal orjson writes for
     # a double reads back to exactly the float32 served. One row: `tolist` (numpy's cast cost
     # 10 us per answer at 32 clients in a profile, 1.5 us alone); a batch: one float64 cast.
@@ -55,6 +56,7 @@ def rest_answer(result: ActResult, single: bool) -> bytes:
             "q_values": result.q_values.astype(np.float64),
         }
     answer.update(
+        action_horizon=result.action_horizon,
         num_candidates=result.num_candidates,
         model=result.model,
         version=str(result.version),
@@ -89,7 +91,10 @@ async def act_on(name: str | None, request: Request) -> Response:
     "/models/{name}/act", response_model=ActResponse, responses=ACT_ERRORS, openapi_extra=ACT_BODY
 )
 async def act(name: str, request: Request) -> Response:
-    """Actions for one observation or a batch, from model `name` (newest ready version unless `version`)."""
+    """Actions for one observation or a batch, from model `name` (newest ready version unless `version`).
+
+    A chunked model (`action_horizon` H > 1) answers each observation with H actions, for the
+    next H control steps: `action` is [H, action_dim] and `actions` [B, H, action_dim]."""
     return await act_on(name, request)
 
 

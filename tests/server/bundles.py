@@ -17,7 +17,7 @@ import onnxruntime
 
 from exporters.bundle import write_checksums
 from exporters.parity import ParityCase, save_parity_cases
-from tests.clients.tiny_bundle import policy_graph, write_bundle
+from tests.clients.tiny_bundle import chunk_shape, policy_graph, write_bundle
 
 OUTPUT_NAMES = ("action", "q_value", "candidates")
 
@@ -39,10 +39,17 @@ def write_test_bundle(
     weights_seed: int = 0,
     selftest: bool = True,
     metadata: dict | None = None,
+    action_horizon: int = 1,
+    control_period_s: float | None = None,
 ) -> Path:
-    """A complete, valid bundle; `weights_seed` makes versions compute different actions."""
-    write_bundle(directory, name, obs_dim, action_dim, env_name="cube-single-play-singletask-task2-v0")
-    onnx.save(policy_graph(obs_dim, action_dim, seed=weights_seed), directory / "policy.onnx")
+    """A complete, valid bundle; `weights_seed` makes versions compute different actions.
+
+    `action_horizon` H > 1: a chunked policy (noise [B, K, H, d], action [B, H, d]). An H = 1
+    bundle has no `action_horizon` key, as every bundle written before chunks."""
+    env_name = "cube-single-play-singletask-task2-v0"
+    write_bundle(directory, name, obs_dim, action_dim, env_name, action_horizon, control_period_s)
+    graph = policy_graph(obs_dim, action_dim, seed=weights_seed, action_horizon=action_horizon)
+    onnx.save(graph, directory / "policy.onnx")
     meta = json.loads((directory / "metadata.json").read_text())
     meta.update(metadata or {})
     if selftest:
@@ -50,7 +57,7 @@ def write_test_bundle(
         cases = []
         for k in sorted({1, meta["default_num_candidates"], meta["max_num_candidates"]}):
             observation = rng.standard_normal((4, obs_dim)).astype(np.float32)
-            noise = rng.standard_normal((4, k, action_dim)).astype(np.float32)
+            noise = rng.standard_normal((4, k, *chunk_shape(action_dim, action_horizon))).astype(np.float32)
             reference = reference_outputs(directory / "policy.onnx", observation, noise)
             cases.append(ParityCase(observation, noise, reference))
         save_parity_cases(directory / "selftest.npz", cases)

@@ -22,3 +22,22 @@ def shared_repository(tmp_path_factory) -> Path:
     write_test_bundle(repository / "cube" / "2", weights_seed=2)
     write_test_bundle(repository / "arm" / "3", "arm", 7, 2, selftest=False)
     return repository
+
+
+CHUNK_HORIZON = 5  # actions per observation of the chunked test model (Q-chunking's h = 5)
+
+
+@pytest.fixture(scope="session")
+def chunked_repository(tmp_path_factory) -> Path:
+    """chunks (versions 1 and 2: H = 5 actions of d = 5 per observation, 20 Hz) and cube (H = 1)."""
+    repository = tmp_path_factory.mktemp("chunked") / "repository"
+    for version in (1, 2):
+        write_test_bundle(
+            repository / "chunks" / str(version),
+            "chunks",
+            weights_seed=version,
+            action_horizon=CHUNK_HORIZON,
+            control_period_s=0.05,
+        )
+    write_test_bundle(repository / "cube" / "1", weights_seed=1)
+    return repository

@@ -174,3 +174,30 @@ def test_api_key_is_required_everywhere_but_health_and_metrics(secured, headers,
     assert secured.get("/docs", headers=headers).status_code == status
     for path in ("/v2/health/live", "/v2/health/ready", "/metrics"):
         assert secured.get(path).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def chunked_client(chunked_repository):
+    client = started(ServerSettings(model_repository=chunked_repository, max_batch_size=8))
+    yield client
+    client.__exit__(None, None, None)
+
+
+def test_rest_answers_a_chunk_per_observation_from_a_chunked_model(chunked_client):
+    one = chunked_client.post("/v1/models/chunks/act", json={"observation": OBS, "seed": 9}).json()
+    many = chunked_client.post(
+        "/v1/models/chunks/act", json={"observations": [OBS, OBS[::-1]], "seed": 9}
+    ).json()
+    assert np.asarray(one["action"]).shape == (5, 5) and isinstance(one["q_value"], float)
+    assert np.asarray(many["actions"]).shape == (2, 5, 5) and len(many["q_values"]) == 2
+    assert one["action_horizon"] == many["action_horizon"] == 5
+    assert many["actions"][0] == one["action"]  # row 0 of the same seed draws the same chunk noise
+    meta = chunked_client.get("/v1/models/chunks").json()
+    assert (meta["action_dim"], meta["action_horizon"], meta["control_period_s"]) == (5, 5, 0.05)
+
+
+def test_rest_answers_of_one_action_models_keep_their_shape_and_say_horizon_one(chunked_client):
+    one = chunked_client.post("/v1/models/cube/act", json={"observation": OBS, "seed": 9}).json()
+    assert np.asarray(one["action"]).shape == (5,) and one["action_horizon"] == 1
+    meta = chunked_client.get("/v1/models/cube").json()
+    assert (meta["action_horizon"], meta["control_period_s"]) == (1, None)

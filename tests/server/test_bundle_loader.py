@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
+import onnx
 import pytest
 
 from exporters.bundle import write_checksums
@@ -13,7 +15,8 @@ from server.bundle_loader import read_bundle, run_selftest
 from server.errors import BundleError
 from server.runner import OnnxRunner
 from server.served_model import load_model_version, warmup_shapes
-from server.settings import ServerSettings
+from server.settings import EMBEDDED_REPOSITORY, ServerSettings
+from tests.clients.tiny_bundle import policy_graph
 from tests.server.bundles import rewrite_metadata
 
 
@@ -136,3 +139,46 @@ def test_warmup_covers_every_batch_bucket_and_k():
     assert sorted({b for b, _ in shapes}) == [1, 2, 4, 8, 16, 20]
     assert sorted({k for _, k in shapes}) == [1, 4, 8]
     assert len(shapes) == 18 and np.all([b <= 20 for b, _ in shapes])
+
+
+def test_chunked_bundle_loads_passes_its_selftest_and_describes_its_horizon(chunked_repository):
+    bundle_dir = chunked_repository / "chunks" / "1"
+    model = load_model_version("chunks", 1, bundle_dir, settings_for(bundle_dir))
+    try:
+        description = model.describe()
+    finally:
+        model.batcher.close()
+    assert model.selftest.startswith("self-test passed (K = 1, 8")
+    assert [case.noise.shape[1:] for case in model.bundle.selftest] == [(1, 5, 5), (8, 5, 5)]
+    assert (description["action_dim"], description["action_horizon"]) == (5, 5)
+    assert description["control_period_s"] == 0.05 and model.chunk_shape == (5, 5)
+
+
+def test_bundle_without_action_horizon_loads_as_one_action_per_observation(bundle_dir):
+    assert "action_horizon" not in json.loads((bundle_dir / "metadata.json").read_text())
+    metadata = read_bundle(bundle_dir).metadata
+    assert (metadata.action_horizon, metadata.control_period_s, metadata.chunk_shape) == (1, None, (5,))
+    embedded = read_bundle(EMBEDDED_REPOSITORY / "cube-single" / "1").metadata
+    assert (embedded.action_horizon, embedded.chunk_shape) == (1, (5,))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"action_horizon": 3}, r"tensor shapes .* disagree with action_dim=5, action_horizon=3: expected \[3, 5\]"),
+        ({"action_horizon": 0}, "action_horizon: Input should be greater than or equal to 1"),
+        ({"control_period_s": -1}, "control_period_s: Input should be greater than 0"),
+    ],
+)  # fmt: skip
+def test_a_horizon_the_tensor_shapes_do_not_carry_is_refused(bundle_dir, changes, message):
+    rewrite_metadata(bundle_dir, **changes)
+    with pytest.raises(BundleError, match=message):
+        read_bundle(bundle_dir)
+
+
+def test_chunked_metadata_over_a_one_action_graph_is_refused_by_the_graph_check(chunked_repository, tmp_path):
+    bundle_dir = shutil.copytree(chunked_repository / "chunks" / "1", tmp_path / "chunks" / "1")
+    onnx.save(policy_graph(28, 5), bundle_dir / "policy.onnx")  # the graph of an H = 1 policy
+    write_checksums(bundle_dir)
+    with pytest.raises(BundleError, match=r"noise \[B, K, 5\], metadata says .*action_horizon=5"):
+        load_model_version("chunks", 1, bundle_dir, settings_for(bundle_dir))
