@@ -1,9 +1,12 @@
 """The whole product path: train -> export -> serve -> mfql-rollout, against mfql-eval on the checkpoint.
 
-The tiny model is compared step by step: mfql-rollout's loop drives the real env with the
-server's answers, and mfql-eval's loop runs the checkpoint on the noise the server draws for
-the same request seeds, so both must see the same observations and take the same actions.
-The embedded default model, which succeeds on most episodes, is compared by success rate.
+The tiny model is compared request by request: mfql-rollout's loop drives the real env with
+the server's answers, and mfql-eval's loop runs the checkpoint on the noise the server draws
+for the same request seeds, so both must see the same observations and take the same
+actions. A chunked model (action horizon 3) is compared the same way: both sides execute
+each chunk open-loop for replan_every steps, so they ask at the same steps and must get
+the same chunks. The embedded default model, which succeeds on most episodes, is compared
+by success rate.
 """
 
 from __future__ import annotations
@@ -52,88 +55,123 @@ def agree(a: dict, b: dict) -> bool:
 
 
 class RecordingRemotePolicy(RemotePolicy):
-    """mfql-rollout's policy, keeping what it sent and what the server answered."""
+    """mfql-rollout's policy, keeping what it sent and what the server answered, per request."""
 
-    def __init__(self, client) -> None:
-        super().__init__(client)
-        self.observations, self.seeds, self.actions = [], [], []
+    def __init__(self, client, **options) -> None:
+        super().__init__(client, **options)
+        self.observations, self.seeds, self.chunks = [], [], []
 
     def __call__(self, observation, seed=None):
+        asks = self.needs_request
         action = super().__call__(observation, seed=seed)
-        assert self.last_answer.seed == seed, "the server draws the noise of the request's seed"
-        self.observations.append(np.array(observation, dtype=np.float32))
-        self.seeds.append(seed)
-        self.actions.append(np.array(action))
+        if asks:
+            assert self.last_answer.seed == seed, "the server draws the noise of the request's seed"
+            self.observations.append(np.array(observation, dtype=np.float32))
+            self.seeds.append(seed)
+            self.chunks.append(self.last_answer.chunks[0].copy())  # [H, d]
         return action
 
 
 class ServerNoise:
     """mfql-eval's module on the noise the server drew for each recorded request seed, in order.
 
-    It keeps its own candidates and their scores but hands the env the served action: float
-    rounding of ONNX vs torch (~1e-7) would otherwise grow through the contact dynamics into
-    different episodes.
+    It keeps its own candidates and their scores but hands the env the served action (or
+    chunk): float rounding of ONNX vs torch (~1e-7) would otherwise grow through the contact
+    dynamics into different episodes. Candidates are compared as flat H * d vectors, the
+    way the critic scores a chunk.
     """
 
-    def __init__(self, module: ServingPolicy, seeds: list[int], served_actions: list[np.ndarray]) -> None:
-        self.module, self.seeds, self.served = module, iter(seeds), iter(served_actions)
-        self.action_dim = module.action_dim
-        self.observations, self.actions, self.candidates, self.scores = [], [], [], []
+    def __init__(self, module: ServingPolicy, seeds: list[int], served_chunks: list[np.ndarray]) -> None:
+        self.module, self.seeds, self.served = module, iter(seeds), iter(served_chunks)
+        self.action_dim, self.action_horizon = module.action_dim, module.action_horizon
+        self.noise_shape = module.noise_shape
+        self.observations, self.chunks, self.candidates, self.scores = [], [], [], []
 
     def __call__(self, observation: torch.Tensor, noise: torch.Tensor):
-        rows, k, d = noise.shape
-        served_noise = torch.from_numpy(request_noise(next(self.seeds), rows, k, d))
+        rows, k = noise.shape[:2]
+        served_noise = torch.from_numpy(request_noise(next(self.seeds), rows, k, self.noise_shape))
         action, q, candidates = self.module(observation, served_noise)
+        flat = candidates[0].reshape(k, -1)
         normalised = self.module.normalizer(observation).expand(k, -1)
-        self.scores.append(self.module.critic(normalised, candidates[0]).mean(dim=0).numpy())
+        self.scores.append(self.module.critic(normalised, flat).mean(dim=0).numpy())
         self.observations.append(observation[0].numpy().copy())
-        self.actions.append(action[0].numpy().copy())
-        self.candidates.append(candidates[0].numpy().copy())
-        return torch.from_numpy(next(self.served))[None], q, candidates
+        self.chunks.append(action[0].numpy().reshape(-1).copy())
+        self.candidates.append(flat.numpy().copy())
+        served = torch.from_numpy(next(self.served)).reshape(action.shape)
+        return served, q, candidates
 
 
-def assert_served_actions_are_the_best_candidates(replay: ServerNoise, served: list[np.ndarray]) -> None:
-    """Each served action is mfql-eval's best candidate, or one whose score ties it to 1e-4."""
+def assert_served_chunks_are_the_best_candidates(replay: ServerNoise, served: list[np.ndarray]) -> None:
+    """Each served chunk is mfql-eval's best candidate, or one whose score ties it to 1e-4."""
     exact = 0
-    for step, (action, local, candidates, scores) in enumerate(
-        zip(served, replay.actions, replay.candidates, replay.scores, strict=True)
+    for request, (chunk, local, candidates, scores) in enumerate(
+        zip(served, replay.chunks, replay.candidates, replay.scores, strict=True)
     ):
-        exact += bool(np.abs(action - local).max() <= 1e-5)
-        matches = np.flatnonzero(np.abs(candidates - action).max(axis=1) <= 1e-5)
-        assert matches.size, f"step {step}: served {action} is none of the candidates {candidates}"
-        assert scores[matches].max() >= scores.max() - 1e-4, f"step {step}: {scores} chose {matches}"
-    assert exact >= 0.95 * len(served), f"only {exact} of {len(served)} steps chose the same candidate"
+        chunk = chunk.reshape(-1)
+        exact += bool(np.abs(chunk - local).max() <= 1e-5)
+        matches = np.flatnonzero(np.abs(candidates - chunk).max(axis=1) <= 1e-5)
+        assert matches.size, f"request {request}: served {chunk} is none of the candidates {candidates}"
+        assert scores[matches].max() >= scores.max() - 1e-4, f"request {request}: {scores} chose {matches}"
+    assert exact >= 0.95 * len(served), f"only {exact} of {len(served)} requests chose the same candidate"
 
 
-def test_tiny_trained_model_served_takes_the_actions_mfql_eval_computes(tmp_path):
-    data, run, repository = tmp_path / "data", tmp_path / "run", tmp_path / "repository"
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """``tiny_run(H)``: (run directory, model repository) of a tiny model trained with action
+    horizon H and exported as "tiny"; trained once per H, on one shared generated dataset."""
+    root = tmp_path_factory.mktemp("tiny")
+    data = root / "data"
     cli(
         "mfql-data", "training.data.cli", "generate", "--env", "cube-single-v0", "--episodes", "3",
         "--episode-length", "60", "--out", str(data / "cube-single-play-v0.npz"), "--no-progress",
     )  # fmt: skip
-    cli(
-        "mfql-train", "training.train", "--env", TASK, "--dataset-dir", str(data), "--out", str(run),
-        "--policy", "mlp", "--mlp-hidden", "64,64", "--critic-hidden", "64,64", "--steps", "40",
-        "--batch-size", "32", "--actor-lr", "3e-3", "--eval-episodes", "0", "--threads", "1",
-    )  # fmt: skip
-    cli("mfql-export", "exporters.cli", str(run), "--out", str(repository / "tiny" / "1"), "--format", "onnx")
+    trained: dict[int, tuple[Path, Path]] = {}
+
+    def train_and_export(horizon: int) -> tuple[Path, Path]:
+        if horizon not in trained:
+            run, repository = root / f"run-h{horizon}", root / f"repository-h{horizon}"
+            cli(
+                "mfql-train", "training.train", "--env", TASK, "--dataset-dir", str(data), "--out", str(run),
+                "--policy", "mlp", "--mlp-hidden", "64,64", "--critic-hidden", "64,64", "--steps", "40",
+                "--batch-size", "32", "--actor-lr", "3e-3", "--eval-episodes", "0", "--threads", "1",
+                "--action-horizon", str(horizon),
+            )  # fmt: skip
+            export = [str(run), "--out", str(repository / "tiny" / "1"), "--format", "onnx"]
+            cli("mfql-export", "exporters.cli", *export)
+            trained[horizon] = run, repository
+        return trained[horizon]
+
+    return train_and_export
+
+
+@pytest.mark.parametrize(
+    ("horizon", "replan_every"),
+    [(1, None), (3, None), (3, 2)],
+    ids=["one-action", "chunk-of-3", "chunk-of-3-replan-every-2"],
+)
+def test_tiny_trained_model_served_takes_the_actions_mfql_eval_computes(tiny_run, horizon, replan_every):
+    run, repository = tiny_run(horizon)
     module, checkpoint = load_serving_policy(run)
     k = checkpoint.config.agent_config.num_candidates
+    assert module.action_horizon == horizon
     with running_server(repository) as url, open_client(url, "tiny") as client:
-        remote = RecordingRemotePolicy(client)
+        remote = RecordingRemotePolicy(client, replan_every=replan_every)
         env = make_env(TASK)
         try:
             served = run_episodes(remote, env, 2, seed=5)
         finally:
             env.close()
         assert remote.last_answer.num_candidates == k  # both sides default to the trained K
-    replay = ServerNoise(module, remote.seeds, remote.actions)
-    evaluated = evaluate_policy(replay, TASK, 2, k, seed=5, progress=False)
+    assert (served["action_horizon"], served["replan_every"]) == (horizon, replan_every or horizon)
+    replay = ServerNoise(module, remote.seeds, remote.chunks)
+    evaluated = evaluate_policy(replay, TASK, 2, k, seed=5, progress=False, replan_every=replan_every)
 
-    assert len(replay.actions) == len(remote.actions) == served["steps"]
+    # One request per replan_every steps on both sides, at the same steps.
+    assert len(replay.chunks) == len(remote.chunks) == served["requests"] == evaluated["requests"]
+    assert (served["requests"] == served["steps"]) == (horizon == 1)  # a chunk serves several steps
     # Same env seeds and actions, same observations; same request noise, same candidates.
     np.testing.assert_array_equal(np.stack(replay.observations), np.stack(remote.observations))
-    assert_served_actions_are_the_best_candidates(replay, remote.actions)
+    assert_served_chunks_are_the_best_candidates(replay, remote.chunks)
     spread = np.stack(replay.candidates).std(axis=1).mean()
     assert spread > 0.05, f"the noise must matter: candidates spread only {spread:.4f}"
     for key in ("success_rate", "mean_return", "mean_episode_length"):
