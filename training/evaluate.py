@@ -19,24 +19,42 @@ from training.inference import ServingPolicy, load_serving_policy, sample_action
 
 
 def evaluate_policy(
-    module: ServingPolicy, env_name: str, episodes: int, num_candidates: int, seed: int, progress: bool = True
+    module: ServingPolicy,
+    env_name: str,
+    episodes: int,
+    num_candidates: int,
+    seed: int,
+    progress: bool = True,
+    replan_every: int | None = None,
 ) -> dict:
-    """Run `episodes` episodes (env seeds seed, seed+1, ...); return success/return/length/latency."""
+    """Run `episodes` episodes (env seeds seed, seed+1, ...); return success/return/length/latency.
+
+    A chunked policy (action horizon H > 1) executes the first `replan_every` actions of each
+    chunk open-loop (default H, the whole chunk), then is asked again; `policy_latency_ms`
+    times the requests, and `requests` counts them.
+    """
     from training.data.ogbench_files import make_task_env
 
+    horizon = module.action_horizon
+    replan = replan_every or horizon
+    if not 1 <= replan <= horizon:
+        raise ValueError(f"replan_every must be between 1 and the action horizon {horizon}; got {replan}")
     env = make_task_env(env_name)
     generator = torch.Generator().manual_seed(seed)
     successes, returns, lengths, latencies = [], [], [], []
     for episode in tqdm(range(episodes), desc="eval", leave=False, disable=not progress):
         observation, info = env.reset(seed=seed + episode)
         done, total, length = False, 0.0, 0
+        pending: list[np.ndarray] = []
         while not done:
-            start = time.perf_counter()
-            action, _ = sample_actions(
-                module, torch.as_tensor(observation[None], dtype=torch.float32), num_candidates, generator
-            )
-            latencies.append(time.perf_counter() - start)
-            observation, reward, terminated, truncated, info = env.step(action[0].numpy())
+            if not pending:
+                start = time.perf_counter()
+                action, _ = sample_actions(
+                    module, torch.as_tensor(observation[None], dtype=torch.float32), num_candidates, generator
+                )
+                latencies.append(time.perf_counter() - start)
+                pending = list(action[0].numpy().reshape(horizon, -1)[:replan])
+            observation, reward, terminated, truncated, info = env.step(pending.pop(0))
             total += float(reward)
             length += 1
             done = terminated or truncated
@@ -54,6 +72,9 @@ def evaluate_policy(
         "success_rate_stderr": float(success.std(ddof=1) / np.sqrt(episodes)) if episodes > 1 else 0.0,
         "mean_return": float(np.mean(returns)),
         "mean_episode_length": float(np.mean(lengths)),
+        "action_horizon": horizon,
+        "replan_every": replan,
+        "requests": len(latencies),
         "policy_latency_ms": {
             "mean": float(latency_ms.mean()),
             "p50": float(np.percentile(latency_ms, 50)),
@@ -74,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=1_000_000, help="first episode seed")
     parser.add_argument(
+        "--replan-every",
+        type=int,
+        help="chunked policies: actions executed from each chunk before asking again (default: as trained)",
+    )
+    parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1 is fastest for one observation)"
     )
     return parser
@@ -92,7 +118,14 @@ def main(argv: list[str] | None = None) -> int:
     if k < 1 or args.episodes < 1:
         print("mfql-eval: --num-candidates and --episodes must be >= 1", file=sys.stderr)
         return 2
-    result = evaluate_policy(module, args.env or checkpoint.config.env_name, args.episodes, k, args.seed)
+    replan = args.replan_every or checkpoint.config.replan_every
+    try:
+        result = evaluate_policy(
+            module, args.env or checkpoint.config.env_name, args.episodes, k, args.seed, replan_every=replan
+        )
+    except ValueError as exc:
+        print(f"mfql-eval: {exc}", file=sys.stderr)
+        return 2
     result.update({"checkpoint": str(checkpoint.path), "step": checkpoint.step})
     print(json.dumps(result, indent=2))
     return 0

@@ -19,31 +19,55 @@ from training.networks import CriticEnsemble, ObservationNormalizer, build_polic
 class ServingPolicy(nn.Module):
     """forward(observation [B, obs_dim], noise [B, K, d]) -> (action [B, d], q_value [B], candidates [B, K, d]).
 
+    With an action horizon H > 1 (a chunked policy) the noise is [B, K, H, d] and the outputs
+    are action [B, H, d], q_value [B] (the critic's value of the whole chunk) and candidates
+    [B, K, H, d]; the networks see a chunk as one H * d vector. H = 1 keeps the signature above.
     Candidates are scored by the target critic's ensemble mean, as the reference's
     `sample_actions_best` does at evaluation.
     """
 
     def __init__(
-        self, normalizer: ObservationNormalizer, policy: nn.Module, critic: CriticEnsemble, action_dim: int
+        self,
+        normalizer: ObservationNormalizer,
+        policy: nn.Module,
+        critic: CriticEnsemble,
+        action_dim: int,
+        action_horizon: int = 1,
     ) -> None:
         super().__init__()
         self.normalizer = normalizer
         self.policy = policy
         self.critic = critic
         self.action_dim = int(action_dim)
+        self.action_horizon = int(action_horizon)
+
+    @property
+    def noise_shape(self) -> tuple[int, ...]:
+        """Shape of one candidate's noise: (d,), or (H, d) for a chunked policy."""
+        if self.action_horizon == 1:
+            return (self.action_dim,)
+        return (self.action_horizon, self.action_dim)
 
     def forward(self, observation: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if self.action_horizon > 1:
+            noise = noise.flatten(2)  # [B, K, H, d] -> [B, K, H * d]: a chunk is one vector
         actions, q, candidates = best_of_k(
             self.policy, self.critic, self.normalizer(observation), noise.transpose(0, 1)
         )
-        return actions, q, candidates.transpose(0, 1)
+        candidates = candidates.transpose(0, 1)
+        if self.action_horizon > 1:
+            chunk = (self.action_horizon, self.action_dim)
+            actions, candidates = actions.unflatten(-1, chunk), candidates.unflatten(-1, chunk)
+        return actions, q, candidates
 
 
 def serving_policy_from_checkpoint(checkpoint: PolicyCheckpoint) -> ServingPolicy:
     """Build the serving module from a loaded checkpoint (eval mode, no gradients)."""
     network = checkpoint.config.network
-    policy = build_policy(checkpoint.obs_dim, checkpoint.action_dim, network, checkpoint.config.agent)
-    critic = CriticEnsemble(checkpoint.obs_dim, checkpoint.action_dim, network)
+    horizon = checkpoint.config.agent_config.action_horizon
+    chunk_dim = checkpoint.action_dim * horizon  # what the networks see: one chunk as one vector
+    policy = build_policy(checkpoint.obs_dim, chunk_dim, network, checkpoint.config.agent)
+    critic = CriticEnsemble(checkpoint.obs_dim, chunk_dim, network)
     # a run trained with `policy_ema_rate` > 0 acts with the EMA of its policy's weights
     acting = "acting_policy" if checkpoint.config.agent_config.policy_ema_rate > 0 else "policy"
     try:
@@ -54,7 +78,7 @@ def serving_policy_from_checkpoint(checkpoint: PolicyCheckpoint) -> ServingPolic
             f"{checkpoint.path}: weights do not match the described networks ({exc})"
         ) from exc
     normalizer = ObservationNormalizer(checkpoint.obs_mean, checkpoint.obs_std)
-    module = ServingPolicy(normalizer, policy, critic, checkpoint.action_dim)
+    module = ServingPolicy(normalizer, policy, critic, checkpoint.action_dim, horizon)
     return module.eval().requires_grad_(False)
 
 
@@ -67,7 +91,10 @@ def load_serving_policy(path: Path | str) -> tuple[ServingPolicy, PolicyCheckpoi
 def sample_actions(
     module: ServingPolicy, observation: Tensor, num_candidates: int, generator: torch.Generator
 ) -> tuple[Tensor, Tensor]:
-    """Actions [B, d] and Q [B] for raw observations [B, obs_dim], with noise drawn from `generator`."""
-    noise = torch.randn(observation.shape[0], num_candidates, module.action_dim, generator=generator)
+    """Actions [B, d] ([B, H, d] when chunked) and Q [B] for raw observations [B, obs_dim].
+
+    The noise is drawn from `generator`.
+    """
+    noise = torch.randn(observation.shape[0], num_candidates, *module.noise_shape, generator=generator)
     action, q_value, _ = module(observation, noise)
     return action, q_value

@@ -102,6 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha-schedule", choices=["adaptive", "cosine"])
     p.add_argument("--num-candidates", type=int, help="K (default: per task family)")
     p.add_argument("--discount", type=float)
+    p.add_argument(
+        "--action-horizon",
+        type=int,
+        help="H: the policy generates chunks of H actions and the critic learns H-step backups "
+        "(Q-chunking; default 1, the paper's one action per step)",
+    )
+    p.add_argument(
+        "--eval-replan-every",
+        type=int,
+        help="chunked policies: actions executed from each chunk before the next is asked for (default H)",
+    )
     p.add_argument("--time-steps", type=int, help="N of the t grid; > 1000 = continuous")
     p.add_argument("--actor-lr", type=float)
     p.add_argument("--critic-lr", type=float)
@@ -180,6 +191,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         flow_time_sampling=args.flow_time_sampling,
         anchor_weight=args.anchor_weight,
         anchor_steps=args.anchor_steps,
+        action_horizon=args.action_horizon,
     )
     return TrainConfig(
         env_name=args.env,
@@ -195,6 +207,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         time_budget_minutes=args.time_budget_minutes,
         eval_episodes=args.eval_episodes,
         eval_num_candidates=args.eval_num_candidates,
+        eval_replan_every=args.eval_replan_every,
         checkpoint_every=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints,
         threads=args.threads,
@@ -247,7 +260,17 @@ class Trainer:
             config.precision,
             config.compile,
         )
-        self.buffer = ReplayBuffer(train_set, self.mean, self.std, config.online_steps, config.seed)
+        agent_config = config.agent_config
+        self.buffer = ReplayBuffer(
+            train_set,
+            self.mean,
+            self.std,
+            config.online_steps,
+            config.seed,
+            agent_config.action_horizon,
+            agent_config.discount,
+        )
+        self.pending_actions: list[np.ndarray] = []  # online: the rest of the chunk being executed
         self.step, self.metrics = 0, {}  # metrics: the last evaluation's
         # Training wall-clock seconds of the run so far (evaluations excluded), for the time budget.
         self.train_seconds = 0.0
@@ -264,14 +287,23 @@ class Trainer:
         """The live networks behind the serving computation (no copy)."""
         normalizer = ObservationNormalizer(self.buffer.mean, self.buffer.std)
         return ServingPolicy(
-            normalizer, self.agent.acting_policy, self.agent.target_critic, self.agent.action_dim
+            normalizer,
+            self.agent.acting_policy,
+            self.agent.target_critic,
+            self.agent.action_dim,
+            self.agent.action_horizon,
         )
 
     def evaluate(self) -> None:
         cfg = self.config
         k = cfg.acting_num_candidates
         result = evaluate_policy(
-            self.serving_view(), cfg.env_name, cfg.eval_episodes, k, cfg.seed + 10_000 * self.step
+            self.serving_view(),
+            cfg.env_name,
+            cfg.eval_episodes,
+            k,
+            cfg.seed + 10_000 * self.step,
+            replan_every=cfg.replan_every,
         )
         self.log.evaluation(self.step, result)
         self.metrics = {
@@ -351,22 +383,39 @@ class Trainer:
         return self.run_metrics()
 
     def _interact(self, env, observation):
-        """One environment step with the current policy; the transition joins the buffer."""
+        """One environment step with the current policy; the transition joins the buffer.
+
+        A chunked policy is asked for a chunk when the one it is executing runs out (after
+        `replan_every` actions) or the episode ends; the steps in between come from the chunk.
+        """
         from training.data.ogbench_files import make_task_env
 
         if env is None:
             env = make_task_env(self.config.env_name)
             observation, _ = env.reset(seed=self.config.seed + self.step)
-        module = self.serving_view()
-        noise = torch.randn(
-            1, self.config.agent_config.num_candidates, self.agent.action_dim, generator=self.agent.generator
-        )
-        with torch.no_grad():
-            action = module(torch.as_tensor(observation[None], dtype=torch.float32), noise)[0][0].numpy()
+            self.pending_actions = []
+            # A resumed run starts a new episode (the env's state is not checkpointed): the
+            # interrupted one ends at its last stored row, so no chunk joins the two.
+            self.buffer.end_episode()
+        if not self.pending_actions:
+            module = self.serving_view()
+            noise = torch.randn(
+                1,
+                self.config.agent_config.num_candidates,
+                *module.noise_shape,
+                generator=self.agent.generator,
+            )
+            with torch.no_grad():
+                chosen = module(torch.as_tensor(observation[None], dtype=torch.float32), noise)[0][0].numpy()
+            chunk = chosen.reshape(self.agent.action_horizon, self.agent.action_dim)
+            self.pending_actions = list(chunk[: self.config.replan_every])
+        action = self.pending_actions.pop(0)
         next_observation, reward, terminated, truncated, _ = env.step(action)
-        self.buffer.add(observation, action, reward, 1.0 - float(terminated), next_observation)
-        if terminated or truncated:
+        ended = terminated or truncated
+        self.buffer.add(observation, action, reward, 1.0 - float(terminated), next_observation, ended)
+        if ended:
             next_observation, _ = env.reset(seed=self.config.seed + self.step)
+            self.pending_actions = []
         return env, np.asarray(next_observation)
 
 

@@ -73,6 +73,8 @@ class ScriptedPolicy:
     def __init__(self, env: OracleInTheLoop) -> None:
         self.env = env
         self.action_dim = env.action_space.shape[0]
+        self.action_horizon = 1
+        self.noise_shape = (self.action_dim,)
 
     def __call__(self, observation: torch.Tensor, noise: torch.Tensor):
         assert observation.shape == (1, self.env.observation_space.shape[0])

@@ -12,13 +12,24 @@ from torch.func import functional_call
 
 @dataclass(frozen=True)
 class Batch:
-    """A batch of transitions; observations already normalised."""
+    """A batch of transitions, or of H-step chunks; observations already normalised.
+
+    For a chunk starting at t (action horizon H > 1): `actions` holds a_t..a_{t+H-1} as one
+    [H * action_dim] row, `rewards` the discounted sum over the chunk up to and including the
+    first step whose mask is 0, `masks` the product of the chunk's masks and
+    `next_observations` s_{t+H}; `replay_buffer.chunk_backup` builds them. H = 1 is one transition.
+    """
 
     observations: Tensor  # [B, obs_dim]
-    actions: Tensor  # [B, action_dim]
+    actions: Tensor  # [B, H * action_dim]
     rewards: Tensor  # [B]
     masks: Tensor  # [B]
     next_observations: Tensor  # [B, obs_dim]
+
+
+def backup_discount(config) -> float:
+    """gamma^H: the discount of the bootstrap term in the H-step target (gamma for H = 1)."""
+    return config.discount**config.action_horizon
 
 
 def one_step_actions(policy: nn.Module, observations: Tensor, noise: Tensor) -> Tensor:

@@ -18,6 +18,7 @@ from training.agents.common import (
     Batch,
     acting_copy,
     adam,
+    backup_discount,
     best_of_k,
     critic_loss,
     ema_update,
@@ -97,10 +98,14 @@ class FQLAgent:
         self.precision = precision
         self._losses = torch.compile(self._step_losses) if compile else self._step_losses
         self.obs_dim, self.action_dim = obs_dim, action_dim
-        self.bc_flow = MLPPolicy(obs_dim, action_dim, network, zero_head=False)
-        self.policy = OneStepMLPPolicy(obs_dim, action_dim, network)
+        # Q-chunking's FQL when H > 1: the BC flow, the one-step policy and the critic all act
+        # on a chunk of H actions as one H * d vector.
+        self.action_horizon = config.action_horizon
+        self.chunk_dim = action_dim * config.action_horizon
+        self.bc_flow = MLPPolicy(obs_dim, self.chunk_dim, network, zero_head=False)
+        self.policy = OneStepMLPPolicy(obs_dim, self.chunk_dim, network)
         self.acting_policy = acting_copy(self.policy, config.policy_ema_rate)
-        self.critic = CriticEnsemble(obs_dim, action_dim, network)
+        self.critic = CriticEnsemble(obs_dim, self.chunk_dim, network)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         parameters = [*self.bc_flow.parameters(), *self.policy.parameters(), *self.critic.parameters()]
         self.optimizer = adam(parameters, lr=config.actor_lr)
@@ -116,7 +121,7 @@ class FQLAgent:
         next_noise, flow_noise, policy_noise = noises
         cfg = self.config
         c_loss, c_info = critic_loss(
-            self.critic, self.target_critic, self.policy, batch, next_noise, cfg.discount
+            self.critic, self.target_critic, self.policy, batch, next_noise, backup_discount(cfg)
         )
         a_loss, a_info = fql_actor_loss(
             self.bc_flow, self.policy, self.critic, batch, (flow_noise, policy_noise), t, cfg
@@ -146,7 +151,7 @@ class FQLAgent:
         self, observations: Tensor, num_candidates: int = 1, noise: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         if noise is None:
-            noise = self._noise(num_candidates, observations.shape[0], self.action_dim)
+            noise = self._noise(num_candidates, observations.shape[0], self.chunk_dim)
         actions, q, _ = best_of_k(self.acting_policy, self.target_critic, observations, noise)
         return actions, q
 

@@ -19,6 +19,7 @@ from training.agents.common import (
     Batch,
     acting_copy,
     adam,
+    backup_discount,
     best_of_k,
     critic_loss,
     ema_update,
@@ -184,10 +185,13 @@ class MFQLAgent:
         self._losses = torch.compile(self._step_losses) if compile else self._step_losses
         self.offline_steps = schedule_horizon(offline_steps, config)
         self.obs_dim, self.action_dim = obs_dim, action_dim
-        self.policy = build_policy(obs_dim, action_dim, network)
+        # A chunk of H actions is one H * d vector to every network and loss (H = 1: one action).
+        self.action_horizon = config.action_horizon
+        self.chunk_dim = action_dim * config.action_horizon
+        self.policy = build_policy(obs_dim, self.chunk_dim, network)
         # `policy_ema_rate` > 0 (a study option): an EMA of the policy's weights acts
         self.acting_policy = acting_copy(self.policy, config.policy_ema_rate)
-        self.critic = CriticEnsemble(obs_dim, action_dim, network)
+        self.critic = CriticEnsemble(obs_dim, self.chunk_dim, network)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor_optimizer = adam(self.policy.parameters(), lr=config.actor_lr)
         self.critic_optimizer = adam(self.critic.parameters(), lr=config.critic_lr)
@@ -204,7 +208,7 @@ class MFQLAgent:
         next_noise, mfi_noise, actor_noise = noises
         cfg = self.config
         c_loss, c_info = critic_loss(
-            self.critic, self.target_critic, self.policy, batch, next_noise, cfg.discount
+            self.critic, self.target_critic, self.policy, batch, next_noise, backup_discount(cfg)
         )
         mfi_loss, mfi_info = mean_flow_identity_loss(self.policy, batch, mfi_noise, t, cfg)
         a_loss, a_info = actor_loss(self.policy, self.critic, batch, actor_noise, cfg)
@@ -255,13 +259,13 @@ class MFQLAgent:
     def act(
         self, observations: Tensor, num_candidates: int = 1, noise: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        """Actions [B, d] and their Q [B] for normalised observations [B, obs_dim].
+        """Actions [B, H * d] and their Q [B] for normalised observations [B, obs_dim].
 
         Candidates are ranked by the target critic's ensemble mean, as the reference's
         `sample_actions_best` does; `noise` [K, B, d] makes the result exact and replayable.
         """
         if noise is None:
-            noise = self._noise(num_candidates, observations.shape[0], self.action_dim)
+            noise = self._noise(num_candidates, observations.shape[0], self.chunk_dim)
         actions, q, _ = best_of_k(self.acting_policy, self.target_critic, observations, noise)
         return actions, q
 
