@@ -218,7 +218,7 @@ def _train(tmp_path, data_dir, *extra: str) -> int:
 
 def test_cli_trains_resumes_and_evaluates_a_chunked_run(tmp_path, two_episode_data_dir, capsys):
     """Offline then online steps with H = 3, interrupted and resumed; mfql-eval replans every 2."""
-    flags = "--steps 6 --online-steps 8 --action-horizon 3 --stop-after 9".split()
+    flags = ["--steps", "6", "--online-steps", "8", "--action-horizon", "3", "--stop-after", "9"]
     assert _train(tmp_path, two_episode_data_dir, *flags) == 0
     assert _train(tmp_path, two_episode_data_dir, "--resume") == 0
     module, checkpoint = load_serving_policy(tmp_path / "run")
@@ -249,7 +249,7 @@ def test_a_resume_mid_episode_ends_that_episode_for_chunk_sampling(tmp_path, two
     """The env restarts on resume, so the interrupted episode's last row must end it."""
     from training.checkpoint import list_checkpoints, load_trainer_state
 
-    flags = "--steps 2 --online-steps 8 --action-horizon 2 --stop-after 5".split()
+    flags = ["--steps", "2", "--online-steps", "8", "--action-horizon", "2", "--stop-after", "5"]
     assert _train(tmp_path, two_episode_data_dir, *flags) == 0
     assert _train(tmp_path, two_episode_data_dir, "--resume") == 0
     tensors, _ = load_trainer_state(list_checkpoints(tmp_path / "run")[-1])
@@ -262,7 +262,7 @@ def test_a_resume_mid_episode_ends_that_episode_for_chunk_sampling(tmp_path, two
 def test_bad_chunk_settings_are_refused(tmp_path, two_episode_data_dir, capsys):
     assert _train(tmp_path, two_episode_data_dir, "--steps", "2", "--action-horizon", "0") == 2
     assert "action_horizon must be >= 1" in capsys.readouterr().err
-    flags = "--steps 2 --action-horizon 3 --eval-replan-every 4".split()
+    flags = ["--steps", "2", "--action-horizon", "3", "--eval-replan-every", "4"]
     assert _train(tmp_path, two_episode_data_dir, *flags) == 2
     assert "between 1 and the action horizon 3" in capsys.readouterr().err
     with pytest.raises(ValueError, match="between 1 and the action horizon 1"):
