@@ -89,7 +89,8 @@ def parse_inputs(header: dict, binary: memoryview) -> dict[str, Tensor]:
     for index, spec in enumerate(inputs):
         tensor, offset = _parse_input(spec, index, binary, offset)
         if tensor.name in tensors:
-            raise MalformedRequest(f"input {tensor.name!r} appears twice")
+            # readable, but names one input twice: a wrong value (422), not broken framing (400)
+            raise InvalidInput(f"inputs: {tensor.name!r} appears twice; send each input once")
         tensors[tensor.name] = tensor
     if offset != len(binary):
         raise MalformedRequest(
@@ -116,17 +117,26 @@ def _parse_input(spec: Any, index: int, binary: memoryview, offset: int) -> tupl
                 f"{name}: binary_data_size {size} does not match shape {shape} of {datatype} "
                 f"({count * dtype.itemsize} bytes) or the {len(binary) - offset} bytes left in the body"
             )
-        array = np.frombuffer(binary[offset : offset + size], dtype=dtype).reshape(shape)
-        return Tensor(name, datatype, array), offset + size
+        array = np.frombuffer(binary[offset : offset + size], dtype=dtype)
+        return Tensor(name, datatype, _reshaped(array, shape, name)), offset + size
     if "data" not in spec:
         raise MalformedRequest(f"{name}: needs 'data' or parameters.binary_data_size")
     try:
         array = np.asarray(spec["data"], dtype=dtype)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: beyond the datatype's range
         raise InvalidInput(f"{name}: 'data' is not {datatype} numbers ({exc})") from exc
     if array.size != count:
         raise InvalidInput(f"{name}: shape {shape} needs {count} values, 'data' has {array.size}")
-    return Tensor(name, datatype, array.reshape(shape)), offset
+    return Tensor(name, datatype, _reshaped(array, shape, name)), offset
+
+
+def _reshaped(array: np.ndarray, shape: list[int], name: str) -> np.ndarray:
+    """`array` (as many values as `shape` holds) in that shape. numpy refuses shapes whose other
+    axes multiply past its size limit even when an empty axis leaves them holding no values."""
+    try:
+        return array.reshape(shape)
+    except ValueError as exc:
+        raise InvalidInput(f"{name}: shape {shape} is too large to represent ({exc})") from exc
 
 
 def _shape(value: Any) -> list[int] | None:

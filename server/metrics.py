@@ -3,7 +3,8 @@
 Names follow Prometheus conventions: `mfql_requests_total{model,protocol,status}`,
 `mfql_request_duration_seconds`, `mfql_queue_duration_seconds`, `mfql_inference_duration_seconds`,
 `mfql_batch_size`, `mfql_queue_depth`, `mfql_num_candidates`, `mfql_num_candidates_reduced_total`,
-`mfql_chosen_q_value`, `mfql_model_versions_loaded`, `mfql_model_versions_failed`.
+`mfql_chosen_q_value`, `mfql_actions_per_observation` (the chunk length H of each answer),
+`mfql_model_versions_loaded`, `mfql_model_versions_failed`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from server.served_model import ActResult
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 CANDIDATE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+CHUNK_BUCKETS = (1, 2, 4, 5, 8, 10, 16, 25, 32, 50, 64)  # openpi's and Q-chunking's usual H among them
 
 
 class ServerMetrics:
@@ -61,6 +63,11 @@ class ServerMetrics:
             ["model"],
             registry=r,
         )
+        # per model, not per version: a hot reload from H = 1 to a chunked version shows as both
+        self.chunk_length = Histogram(
+            "mfql_actions_per_observation", "Chunk length H of each answer: actions per observation (1: one action)",
+            ["model"], buckets=CHUNK_BUCKETS, registry=r,
+        )  # fmt: skip
         self.chosen_q = Summary(
             "mfql_chosen_q_value", "Critic value of the chosen actions", ["model"], registry=r
         )
@@ -79,6 +86,7 @@ class ServerMetrics:
 
     def record_result(self, result: ActResult) -> None:
         self._child(self.num_candidates, result.model).observe(result.num_candidates)
+        self._child(self.chunk_length, result.model).observe(result.action_horizon)
         if result.candidates_reduced:
             self._child(self.candidates_reduced, result.model).inc()
         summary = self._child(self.chosen_q, result.model)

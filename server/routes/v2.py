@@ -3,8 +3,10 @@
 Inputs: `observation` FP32 [B, obs_dim]; `num_candidates`, `seed` (and `deadline_ms`) as request
 parameters or as INT32/INT64 inputs of one element. Triton's `timeout` parameter (microseconds,
 `tritonclient`'s `timeout=`) is honoured as a deadline. Outputs: `action` [B, action_dim],
-`q_value` [B] by default, `candidates` [B, K, action_dim] when asked for. The response
-parameters carry `num_candidates`, `seed` and `timing_ms_{queue,inference,total}`.
+`q_value` [B] by default, `candidates` [B, K, action_dim] when asked for; a chunked model
+(action horizon H > 1) answers `action` [B, H, action_dim] and `candidates` [B, K, H, action_dim].
+The noise is drawn here from the seed, so it is no input. The response parameters carry
+`num_candidates`, `seed`, `action_horizon` and `timing_ms_{queue,inference,total}`.
 """
 
 from __future__ import annotations
@@ -53,16 +55,16 @@ async def server_metadata() -> dict:
 
 
 def model_metadata(model: ModelVersion, versions: list[int], platform: str) -> dict:
-    obs, act = model.obs_dim, model.action_dim
+    obs, chunk = model.obs_dim, list(model.chunk_shape)  # [d], or [H, d] for a chunked model
     return {
         "name": model.name,
         "versions": [str(v) for v in versions],
         "platform": platform,
         "inputs": [{"name": "observation", "datatype": "FP32", "shape": [-1, obs]}],
         "outputs": [
-            {"name": "action", "datatype": "FP32", "shape": [-1, act]},
+            {"name": "action", "datatype": "FP32", "shape": [-1, *chunk]},
             {"name": "q_value", "datatype": "FP32", "shape": [-1]},
-            {"name": "candidates", "datatype": "FP32", "shape": [-1, -1, act]},
+            {"name": "candidates", "datatype": "FP32", "shape": [-1, -1, *chunk]},
         ],
     }
 
@@ -143,7 +145,11 @@ async def model_version_ready(name: str, request: Request, version: int = Versio
 
 @hot_routes.post("/models/{name}/infer", responses=INFER_ERRORS, openapi_extra=INFER_BODY)
 async def infer(name: str, request: Request) -> Response:
-    """JSON tensors, or the binary tensor data extension (`Inference-Header-Content-Length`)."""
+    """JSON tensors, or the binary tensor data extension (`Inference-Header-Content-Length`).
+
+    Outputs `action` [B, action_dim], `q_value` [B], `candidates` [B, K, action_dim]; from a
+    chunked model (action horizon H > 1) `action` [B, H, action_dim] and `candidates`
+    [B, K, H, action_dim] (`GET /v2/models/{name}` shows the model's shapes)."""
     return await infer_on(request, name, None)
 
 
@@ -178,6 +184,7 @@ async def infer_on(request: Request, name: str, version: int | None) -> Response
             "parameters": {
                 "num_candidates": result.num_candidates,
                 "seed": result.seed,
+                "action_horizon": result.action_horizon,
                 **{f"timing_ms_{key}": value for key, value in result.timing_ms.items()},
             },
         }

@@ -4,7 +4,11 @@ On connect the server sends the model's metadata (msgpack, the same dict as
 `GET /v1/models/{name}`). Each binary message `{"observation": [obs_dim] or [B, obs_dim],
 "num_candidates"?, "seed"?, "deadline_ms"?, "version"?}` (other keys, such as an openpi
 observation's images, are ignored) gets one binary reply `{"actions", "q_values",
-"num_candidates", "seed", "model", "version", "server_timing"}`. An error is a text frame
+"action_horizon", "num_candidates", "seed", "model", "version", "server_timing"}`. A chunked model
+(action horizon H > 1) answers one observation with `"actions"` of shape (H, action_dim),
+openpi's own convention, so `openpi_client.action_chunk_broker.ActionChunkBroker(policy, H)`
+hands them out one per step (it slices every array of the reply on its first axis: the
+reply's other values are scalars); a batch gets (B, H, action_dim). An error is a text frame
 `{"status": <HTTP-like code>, "error": "..."}` and the connection stays usable. Messages on
 one connection are answered in order; the newest version serves each message, so a
 long-lived connection follows hot reloads.
@@ -113,6 +117,7 @@ def ws_reply(result: ActResult, single: bool) -> dict[str, Any]:
     return {
         "actions": result.actions[0] if single else result.actions,
         "q_values": result.q_values[0] if single else result.q_values,
+        "action_horizon": result.action_horizon,
         "num_candidates": result.num_candidates,
         "seed": result.seed,
         "model": result.model,

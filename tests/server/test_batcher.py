@@ -359,3 +359,35 @@ async def test_an_inline_request_keeps_deadlines_and_failures_to_itself(batchers
     result = await batcher.submit(*request(3), None)  # the batcher serves on
     assert result.outputs["action"].shape == (1, ACTION_DIM) and batcher.pending == 0
     assert runtime.threads[-1] == threading.current_thread().name
+
+
+def test_padding_repeats_whole_chunks_of_a_rows_own_noise():
+    noise = request_noise(5, 2, 3, (4, ACTION_DIM))  # chunks of H = 4
+    padded = pad_candidates(noise, 7)
+    assert padded.shape == (2, 7, 4, ACTION_DIM)
+    np.testing.assert_array_equal(padded[:, :3], noise)
+    np.testing.assert_array_equal(padded[:, 6], noise[:, 0])
+
+
+@pytest.mark.parametrize("strategy", ["pad", "group"])
+async def test_a_seeded_chunk_is_bit_identical_alone_and_inside_a_concurrent_mixed_batch(
+    chunked_repository, batchers, strategy
+):
+    bundle_dir = chunked_repository / "chunks" / "1"
+    settings = ServerSettings(model_repository=chunked_repository)
+    runtime = OnnxRunner(bundle_dir / "policy.onnx", settings, 28, 5, action_horizon=5)
+    observation = np.random.default_rng(3).standard_normal((1, 28)).astype(np.float32)
+    noise = request_noise(1234, 1, 4, (5, 5))
+    batcher = make_batcher(runtime, max_batch_size=64, max_queue_delay_s=0.3, mixed_candidates=strategy)
+    batchers.append(batcher)
+    alone = await batcher.submit(observation, noise, None)
+    others = [
+        batcher.submit(np.random.default_rng(s).standard_normal((s, 28)).astype(np.float32),
+                       request_noise(s, s, k, (5, 5)), None)
+        for s, k in ((1, 1), (2, 8), (3, 2))
+    ]  # fmt: skip
+    crowded, *rest = await asyncio.gather(batcher.submit(observation, noise, None), *others)
+    assert alone.outputs["action"].shape == (1, 5, 5) and crowded.batch_rows == 7
+    assert crowded.outputs["action"].tobytes() == alone.outputs["action"].tobytes()
+    assert crowded.outputs["q_value"].tobytes() == alone.outputs["q_value"].tobytes()
+    assert [r.outputs["candidates"].shape for r in rest] == [(1, 1, 5, 5), (2, 8, 5, 5), (3, 2, 5, 5)]

@@ -55,6 +55,13 @@ def test_json_inputs_may_be_flat_or_nested():
          r"shape \[2, 3\] needs 6 values, 'data' has 1"),
         ({"inputs": [{"name": "o", "datatype": "FP32", "shape": [-1, 3], "data": [1.0]}]}, b"", MalformedRequest,
          "non-negative integers"),
+        # schema-valid bodies (the OpenAPI document allows them): a wrong value, 422, never 400 or 500
+        ({"inputs": [{"name": "seed", "datatype": "INT64", "shape": [1], "data": [1]}] * 2}, b"", InvalidInput,
+         "inputs: 'seed' appears twice"),
+        ({"inputs": [{"name": "seed", "datatype": "UINT8", "shape": [1], "data": [2**70]}]}, b"", InvalidInput,
+         "seed: 'data' is not UINT8 numbers"),
+        ({"inputs": [{"name": "seed", "datatype": "FP16", "shape": [131, 1996913, 261, 428735324, 0],
+                      "data": []}]}, b"", InvalidInput, "is too large to represent"),
     ],
 )  # fmt: skip
 def test_inconsistent_tensors_are_refused(header, tail, error, message):

@@ -48,3 +48,20 @@ def test_different_seeds_give_different_candidates_of_standard_normal_noise():
     assert abs(values.mean()) < 0.1 and abs(values.std() - 1) < 0.1
     correlation = np.corrcoef(values[:-1].ravel(), values[1:].ravel())[0, 1]
     assert abs(correlation) < 0.1
+
+
+def test_a_seed_fixes_whole_chunks_drawn_in_row_major_order():
+    # noise [rows, K, H, d] holds the numbers [rows, K, H * d] does: every step of every chunk
+    chunked = request_noise(77, 3, 4, (5, 2))
+    assert chunked.shape == (3, 4, 5, 2) and chunked.dtype == np.float32
+    np.testing.assert_array_equal(chunked.reshape(3, 4, 10), request_noise(77, 3, 4, 10))
+    (seed, rows, k, action_dim), values = next(iter(PINNED.items()))
+    pinned_as_chunk = request_noise(seed, rows, 1, (k, action_dim))  # one candidate, a chunk of H = k
+    np.testing.assert_allclose(pinned_as_chunk[:, 0], values, rtol=0, atol=1e-7)
+
+
+def test_one_action_models_draw_exactly_the_numbers_they_drew_before_chunks():
+    for seed, rows, k, action_dim in PINNED:
+        np.testing.assert_array_equal(
+            request_noise(seed, rows, k, (action_dim,)), request_noise(seed, rows, k, action_dim)
+        )
