@@ -14,6 +14,8 @@ __all__ = ["console_script", "running_server", "serve_command"]
 CUBE = "cube"  # cube-single's dims, so mfql-rollout can drive the real env with it
 CUBE_OBS_DIM, CUBE_ACTION_DIM = 28, 5
 CUBE_ENV = "cube-single-play-singletask-task2-v0"
+CHUNKED = "cube-chunked"  # cube-single's dims, answering chunks of CHUNK_HORIZON actions
+CHUNK_HORIZON = 3
 API_KEY = "test-key-0123456789"
 
 
