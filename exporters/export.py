@@ -173,7 +173,9 @@ def export_bundle(checkpoint_path: Path, options: ExportOptions) -> ExportResult
         )
     if options.triton_repo is not None:
         refuse_existing(options.triton_repo / name, options.overwrite)
-    control_period_s = options.control_period_s or env_control_period(checkpoint.config.env_name)
+    control_period_s = options.control_period_s
+    if control_period_s is None:
+        control_period_s = env_control_period(checkpoint.config.env_name)
     triton_config = None
     with staged_directory(options.out, options.overwrite) as staging:
         contents, parity = _write_bundle_files(staging, module, checkpoint, options, name)
