@@ -114,6 +114,16 @@ ARMS: dict[str, tuple[str, list[str]]] = {
         [*CONSTANT_LR, "--alpha", "10", "--anchor-weight", "300"],
     ),
     "fql": ("the FQL baseline (its own settings)", ["--agent", "fql"]),
+    # Action chunks (issue 21, Q-chunking arXiv 2507.07969): the policy emits 5 actions at once,
+    # the critic learns 5-step backups, evaluation executes each chunk open-loop.
+    "chunk-5": (
+        "lr-constant with action chunks of 5 (Q-chunking's h = 5)",
+        [*CONSTANT_LR, "--action-horizon", "5"],
+    ),
+    "fql-chunk-5": (
+        "FQL with action chunks of 5 (Q-chunking's QC-FQL)",
+        ["--agent", "fql", "--action-horizon", "5"],
+    ),
 }
 
 
