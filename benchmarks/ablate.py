@@ -10,8 +10,8 @@ then the study writes `<out>/study.json`, `<out>/study.md` (a table) and `<out>/
         --arms paper,lr-constant,draws-4 --out runs/study
 
 `--list` prints the arms. Extra `mfql-train` flags for every arm go after `--`,
-e.g. `-- --compile`. The arms and what each tests are in ARMS below; README
-("The MFQL study") reports the ones that were run. Runs already recorded in
+e.g. `-- --compile`. The arms and what each tests are in ARMS below; docs/results/mfql-study.md
+and docs/results/chunks.md report the ones that were run. Runs already recorded in
 `<out>/study.json` are kept, so a study can be run in rounds into the same folder.
 """
 
@@ -54,7 +54,7 @@ ARMS: dict[str, tuple[str, list[str]]] = {
         "draws-4 with alpha 1000",
         [*CONSTANT_LR, "--mfi-draws", "4", "--alpha", "1000"],
     ),
-    # alpha 10 is the reference code's default. The gradient diagnosis (README) puts the BC
+    # alpha 10 is the reference code's default. The gradient diagnosis (docs/results/mfql-study.md) puts the BC
     # term's consistent part at ~9x the Q term's at alpha 300, so alpha 10-30 is where the two
     # are of one size, as they are in FQL at its alpha.
     "alpha-10": ("constant lr, alpha 10 (the reference code's default)", [*CONSTANT_LR, "--alpha", "10"]),

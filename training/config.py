@@ -36,14 +36,14 @@ class TaskFamily:
 
 
 # ALGORITHM.md, "Per-family defaults". Keys are env-name prefixes; the longest match wins.
-# cube-single's MFQL row was studied on 2026-11-30 (README, "The MFQL study"; runs with
+# cube-single's MFQL row was studied on 2026-11-30 (docs/results/mfql-study.md; runs with
 # benchmarks/ablate.py): at 30k steps no arm (constant actor lr, alpha 30, 100 or 1000, 4 MFI
 # draws, K = 1, a K = 1 target with best-of-5 acting, the DiT, schedules as if 1M steps, an
 # EMA of the policy acting, flow times with density 2t) beat this setting robustly (the best,
 # a constant lr: 0.15 +/- 0.05 over 3 seeds, vs FQL's 0.49 +/- 0.05; in 110 minutes of
 # training each, 0.44 vs 0.96), so it stays the reference's; the study's options are flags. Lower alpha lets the Q term push the
-# one-step policy off the data (README, generator quality). scene's row was run once with
-# the constant lr at 30k (README, "A second family"); it stays the assumed value.
+# one-step policy off the data (docs/results/generator-quality.md). scene's row was run once with
+# the constant lr at 30k (docs/results/second-family.md); it stays the assumed value.
 TASK_FAMILIES: dict[str, TaskFamily] = {
     "cube-single": TaskFamily(
         alpha=300.0, fql_alpha=300.0, num_candidates=5, discount=0.99, time_steps=10000, horizon=200
@@ -104,8 +104,8 @@ class NetworkConfig:
     num_critics: int = 2  # critic ensemble size
     # GELU of the MLP policy and the critics. The reference's networks use flax's nn.gelu, the
     # tanh approximation ("tanh"); mfql has always used the exact erf GELU, and every result
-    # in the README was measured with it, so "erf" stays the default until a study shows the
-    # switch does not change learning (README, "where we deviate"). Checkpoints written
+    # in docs/results/ was measured with it, so "erf" stays the default until a study shows the
+    # switch does not change learning (docs/method.md). Checkpoints written
     # before this field existed load as "erf".
     gelu: GeluKind = "erf"
 
@@ -142,7 +142,7 @@ class AgentConfig:
     # EMA rate of a copy of the policy that acts (evaluation, export, serving); 0 = off, the
     # paper's setting (the trained policy acts). A study option, not in the reference, to test
     # whether step-to-step jitter of the weights (from the single-draw MFI gradient) hurts
-    # acting; at 0.001 it changed neither success nor the generator (README, the study's
+    # acting; at 0.001 it changed neither success nor the generator (docs/results/mfql-study.md, the study's
     # `ema` arm). Training is unchanged (the critic's target actions still come from the
     # trained policy).
     policy_ema_rate: float = 0.0

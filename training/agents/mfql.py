@@ -118,7 +118,7 @@ def self_distillation_target(
     there. For an exact MeanFlow map the sample lands on the data whatever the one-step action
     was (tests/training/test_anchor.py), so it pulls an action the Q term moved back toward the
     data for this e; a trained network's sample follows its one-step action much more closely
-    (anchor loss about 0.001 in the study, README), so the pull is weak.
+    (anchor loss about 0.001 in the study, docs/results/mfql-study.md), so the pull is weak.
     """
     x0, e_hat = one_step.detach(), noise
     for k in range(1, steps):
