@@ -36,9 +36,13 @@ from training.networks import MLPPolicy
 from training.replay_buffer import ReplayBuffer
 
 
-def coverage(candidates: Tensor, actions: Tensor) -> dict[str, float]:
-    """candidates [K, B, d], dataset actions [B, d] -> distance and spread statistics."""
-    sq = (candidates - actions.unsqueeze(0)).pow(2).sum(dim=-1)  # [K, B]
+def coverage(candidates: Tensor, actions: Tensor, horizon: int = 1) -> dict[str, float]:
+    """candidates [K, B, d], dataset actions [B, d] -> distance and spread statistics.
+
+    For chunks (d = horizon * action_dim) the squared distance is per action of the chunk, so
+    the numbers compare with a one-action run's.
+    """
+    sq = (candidates - actions.unsqueeze(0)).pow(2).sum(dim=-1) / horizon  # [K, B]
     return {
         "nearest_sq_dist": round(sq.min(dim=0).values.mean().item(), 4),
         "mean_sq_dist": round(sq.mean().item(), 4),
@@ -76,35 +80,41 @@ def main() -> None:
     config = checkpoint.config
     train_set, _ = load_task_datasets(config.env_name, args.dataset_dir or Path(config.dataset_dir))
     mean, std = checkpoint.model["normalizer.mean"].numpy(), checkpoint.model["normalizer.std"].numpy()
-    batch = ReplayBuffer(train_set, mean, std, 0, args.seed).sample(args.states)
+    agent_config = config.agent_config
+    # a chunked run (action horizon H > 1) is scored on whole chunks: H * action_dim numbers each
+    horizon = agent_config.action_horizon
+    chunk_dim = checkpoint.action_dim * horizon
+    buffer = ReplayBuffer(train_set, mean, std, 0, args.seed, horizon, agent_config.discount)
+    batch = buffer.sample(args.states)
     module = serving_policy_from_checkpoint(checkpoint)
     generator = torch.Generator().manual_seed(args.seed)
-    noise = torch.randn(args.k, args.states, checkpoint.action_dim, generator=generator)
+    noise = torch.randn(args.k, args.states, chunk_dim, generator=generator)
     observations, actions = batch.observations, batch.actions
 
     flat_obs = observations.unsqueeze(0).expand(args.k, -1, -1).reshape(-1, checkpoint.obs_dim)
-    candidates = one_step_actions(module.policy, flat_obs, noise.reshape(-1, checkpoint.action_dim))
+    candidates = one_step_actions(module.policy, flat_obs, noise.reshape(-1, chunk_dim))
     candidates = candidates.clamp(-1, 1).reshape(args.k, args.states, -1)
     q = candidate_q(module.critic, observations, candidates)
     report = {
         "checkpoint": str(checkpoint.path),
         "agent": config.agent,
         "step": checkpoint.step,
+        "action_horizon": horizon,
         "states": args.states,
         "k": args.k,
-        **coverage(candidates, actions),
+        **coverage(candidates, actions, horizon),
         **critic_view(module.critic, observations, q, actions),
         # what best-of-5 acting picks: the first 5 candidates are those noise[:5] gives
         "q_best_of_5": round(q[:5].max(dim=0).values.mean().item(), 3),
     }
     if config.agent == "fql":
-        flow = MLPPolicy(checkpoint.obs_dim, checkpoint.action_dim, config.network, zero_head=False)
+        flow = MLPPolicy(checkpoint.obs_dim, chunk_dim, config.network, zero_head=False)
         flow.load_state_dict(checkpoint.module_state("bc_flow"))
         flow_candidates = euler_flow_actions(
-            flow, flat_obs, noise.reshape(-1, checkpoint.action_dim), config.agent_config.flow_steps
+            flow, flat_obs, noise.reshape(-1, chunk_dim), config.agent_config.flow_steps
         ).reshape(args.k, args.states, -1)
         for key, value in {
-            **coverage(flow_candidates, actions),
+            **coverage(flow_candidates, actions, horizon),
             **critic_view(
                 module.critic,
                 observations,

@@ -153,7 +153,10 @@ def main() -> None:
         config.offline_steps,
         config.seed,
     )
-    buffer = ReplayBuffer(train_set, mean, std, 0, config.seed)
+    agent_config = config.agent_config  # a chunked run's batches are chunks of its horizon
+    buffer = ReplayBuffer(
+        train_set, mean, std, 0, config.seed, agent_config.action_horizon, agent_config.discount
+    )
     restore_training_state(checkpoint.path, agent, buffer, checkpoint.model)
     parameters = list(agent.policy.parameters())
     bc_grads, q_grads = [], []

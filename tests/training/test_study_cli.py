@@ -33,10 +33,11 @@ def test_study_runs_arms_in_rounds_and_diagnoses_a_checkpoint(data_dir, tmp_path
     study = json.loads((out / "study.json").read_text())
     study["runs"].append({**study["runs"][0], "method": "retired-arm"})
     (out / "study.json").write_text(json.dumps(study))
-    second = run_study(data_dir, out, "fql,ema")  # a later round adds to the same study
+    second = run_study(data_dir, out, "fql,ema,chunk-5")  # a later round adds to the same study
     assert second.returncode == 0, second.stderr[-3000:]
     study = json.loads((out / "study.json").read_text())
-    assert [run["method"] for run in study["runs"]] == ["paper", "draws-4", "retired-arm", "fql", "ema"]
+    methods = [run["method"] for run in study["runs"]]
+    assert methods == ["paper", "draws-4", "retired-arm", "fql", "ema", "chunk-5"]
     assert all(run["steps_trained"] == 10 for run in study["runs"])
     table = (out / "study.md").read_text()
     assert "| paper |" in table and "| draws-4 |" in table and "| fql |" in table
@@ -49,19 +50,21 @@ def test_study_runs_arms_in_rounds_and_diagnoses_a_checkpoint(data_dir, tmp_path
     assert stored["agent_config"]["actor_lr_schedule"] == "constant"
     assert stored["precision"] in ("fp32", "bf16")  # 'auto', resolved and recorded
 
-    result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "gradient_balance.py"), str(out / "paper-seed0"), "--batches", "2"],
-        capture_output=True, text=True, env=ENV, timeout=300, cwd=BENCHMARKS.parent,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout)
-    draws = report["bc_grad_norm_by_mfi_draws"]
-    assert list(draws) == ["M=1", "M=4", "M=16"] and all(v > 0 for v in draws.values())
-    assert report["bc_grad_norm_by_t_bin"] and all(v >= 0 for v in report["bc_grad_norm_by_t_bin"].values())
-    assert -1.0 <= report["cosine_adam_step_q"] <= 1.0
+    for run in ("paper-seed0", "chunk-5-seed0"):  # one action per step, and chunks of 5
+        result = subprocess.run(
+            [sys.executable, str(BENCHMARKS / "gradient_balance.py"), str(out / run), "--batches", "2"],
+            capture_output=True, text=True, env=ENV, timeout=300, cwd=BENCHMARKS.parent,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        report = json.loads(result.stdout)
+        draws = report["bc_grad_norm_by_mfi_draws"]
+        assert list(draws) == ["M=1", "M=4", "M=16"] and all(v > 0 for v in draws.values())
+        t_bins = report["bc_grad_norm_by_t_bin"]
+        assert t_bins and all(v >= 0 for v in t_bins.values())
+        assert -1.0 <= report["cosine_adam_step_q"] <= 1.0
 
-    # the generator diagnosis, on an MFQL run that acts with its EMA copy and on FQL
-    for run, agent in (("ema-seed0", "mfql"), ("fql-seed0", "fql")):
+    # the generator diagnosis, on an MFQL run that acts with its EMA copy, on FQL, on chunks of 5
+    for run, agent in (("ema-seed0", "mfql"), ("fql-seed0", "fql"), ("chunk-5-seed0", "mfql")):
         result = subprocess.run(
             [sys.executable, str(BENCHMARKS / "generator_quality.py"), str(out / run), "--states", "64", "--k", "4"],
             capture_output=True, text=True, env=ENV, timeout=300, cwd=BENCHMARKS.parent,
@@ -69,7 +72,9 @@ def test_study_runs_arms_in_rounds_and_diagnoses_a_checkpoint(data_dir, tmp_path
         assert result.returncode == 0, result.stderr[-3000:]
         report = json.loads(result.stdout)
         assert report["agent"] == agent and (report["states"], report["k"]) == (64, 4)
-        assert 0 <= report["nearest_sq_dist"] <= report["mean_sq_dist"] <= 4 * 5  # cube actions in [-1, 1]^5
+        # cube actions in [-1, 1]^5 (a chunk's squared distance is per action)
+        assert 0 <= report["nearest_sq_dist"] <= report["mean_sq_dist"] <= 4 * 5
+        assert report["action_horizon"] == (5 if run.startswith("chunk") else 1)
         assert report["spread"] >= 0 and report["q_best_of_5"] >= report["q_candidates"] - 1e-4
         assert ("bc_flow_nearest_sq_dist" in report) == (agent == "fql")
     ema_config = json.loads(next((out / "ema-seed0" / "checkpoints").glob("step_*/config.json")).read_text())
