@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.server.bundles import write_test_bundle
@@ -41,3 +42,10 @@ def chunked_repository(tmp_path_factory) -> Path:
         )
     write_test_bundle(repository / "cube" / "1", weights_seed=1)
     return repository
+
+
+@pytest.fixture(scope="module")
+def http(live):
+    """An HTTP client of the module's `live` server."""
+    with httpx.Client(base_url=live.url, timeout=10.0) as client:
+        yield client

@@ -127,3 +127,7 @@ async def eventually(condition, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met within {timeout} s")
         await asyncio.sleep(0.001)
+
+
+# 20 ms queue delay: concurrent test requests reliably share batches
+BATCHING_OPTIONS = ("--max-queue-delay-us", "20000", "--max-batch-size", "64")

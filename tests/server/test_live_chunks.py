@@ -16,7 +16,7 @@ from openpi_client.websocket_client_policy import WebsocketClientPolicy
 from server.noise import request_noise
 from tests.server.bundles import reference_outputs, write_test_bundle
 from tests.server.conftest import CHUNK_HORIZON
-from tests.server.live import serving
+from tests.server.live import BATCHING_OPTIONS, serving
 
 H, D = CHUNK_HORIZON, 5
 OBSERVATIONS = np.random.default_rng(7).standard_normal((12, 28)).astype(np.float32)
@@ -27,15 +27,8 @@ pytestmark = pytest.mark.filterwarnings(
 
 @pytest.fixture(scope="module")
 def live(chunked_repository):
-    # 20 ms queue delay: concurrent test requests reliably share batches
-    with serving(chunked_repository, "--max-queue-delay-us", "20000", "--max-batch-size", "64") as server:
+    with serving(chunked_repository, *BATCHING_OPTIONS) as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def http(live):
-    with httpx.Client(base_url=live.url, timeout=10.0) as client:
-        yield client
 
 
 def rest_act(http: httpx.Client, model: str = "chunks", **body) -> dict:

@@ -13,7 +13,7 @@ import tritonclient.http as triton
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 from tritonclient.utils import InferenceServerException
 
-from tests.server.live import serving
+from tests.server.live import BATCHING_OPTIONS, serving
 
 OBSERVATIONS = np.random.default_rng(0).standard_normal((4, 28)).astype(np.float32)
 pytestmark = pytest.mark.filterwarnings(
@@ -23,15 +23,8 @@ pytestmark = pytest.mark.filterwarnings(
 
 @pytest.fixture(scope="module")
 def live(shared_repository):
-    # 20 ms queue delay: concurrent test requests reliably share batches
-    with serving(shared_repository, "--max-queue-delay-us", "20000", "--max-batch-size", "64") as server:
+    with serving(shared_repository, *BATCHING_OPTIONS) as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def http(live):
-    with httpx.Client(base_url=live.url, timeout=10.0) as client:
-        yield client
 
 
 @pytest.fixture
