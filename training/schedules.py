@@ -6,6 +6,9 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
+import torch
+from torch import Tensor
+
 from training.config import AgentConfig
 
 
@@ -79,10 +82,12 @@ class AlphaController:
             return cosine_alpha(step, self.offline_steps, self.config)
         return self.alpha
 
+    def warming_up(self, step: int) -> bool:
+        return step < int(self.offline_steps * self.config.alpha_warmup_fraction)
+
     def record(self, step: int, mfi_loss: float) -> float:
         """Record the MFI loss at a due step, adapt alpha after warm-up, return alpha for this step."""
-        warming_up = step < int(self.offline_steps * self.config.alpha_warmup_fraction)
-        if not warming_up and len(self.history) >= 2:
+        if not self.warming_up(step) and len(self.history) >= 2:
             average = sum(self.history) / len(self.history)
             low, high = 0.1 * self.config.alpha, 10.0 * self.config.alpha
             if mfi_loss > self.config.alpha_threshold * average:
@@ -92,9 +97,42 @@ class AlphaController:
         self.history.append(mfi_loss)
         return self.alpha
 
+    def tensor_state(self, step: int) -> dict[str, Tensor]:
+        """What `adapted_alpha` needs to make step `step`'s decision inside a compiled graph.
+
+        float64 throughout, so the graph's comparisons and products are the host's own.
+        """
+        adapts = self.due(step) and not self.warming_up(step) and len(self.history) >= 2
+        return {
+            "alpha": torch.tensor(self.value(step), dtype=torch.float64),
+            "history_sum": torch.tensor(float(sum(self.history)), dtype=torch.float64),
+            "count": torch.tensor(float(max(len(self.history), 1)), dtype=torch.float64),
+            "adapts": torch.tensor(adapts),
+        }
+
     def state_dict(self) -> dict:
         return {"alpha": self.alpha, "history": list(self.history)}
 
     def load_state_dict(self, state: dict) -> None:
         self.alpha = float(state["alpha"])
         self.history = deque((float(x) for x in state["history"]), maxlen=self.config.alpha_window)
+
+
+def adapted_alpha(state: dict[str, Tensor], mfi_loss: Tensor, config: AgentConfig) -> Tensor:
+    """`AlphaController.record`'s decision as tensor operations: alpha for this step.
+
+    `state` is `AlphaController.tensor_state(step)`; where it does not adapt (not a due step,
+    warm-up, fewer than two losses recorded) this is the current alpha. The host controller
+    records the same loss after the step (`finish_update`), so it stays the state of record.
+    """
+    loss = mfi_loss.to(torch.float64)
+    average = state["history_sum"] / state["count"]
+    alpha = state["alpha"]
+    raised = torch.clamp(alpha * config.alpha_increase, max=10.0 * config.alpha)
+    lowered = torch.clamp(alpha * config.alpha_decrease, min=0.1 * config.alpha)
+    adapted = torch.where(
+        loss > config.alpha_threshold * average,
+        raised,
+        torch.where(loss < average / config.alpha_threshold, lowered, alpha),
+    )
+    return torch.where(state["adapts"], adapted, alpha)

@@ -27,6 +27,26 @@ class Batch:
     next_observations: Tensor  # [B, obs_dim]
 
 
+class BoundModule:
+    """A module called with the given parameters (`torch.func.functional_call`).
+
+    The fused and multi-seed updates (training.agents.fused_step) pass networks to the same
+    loss functions as the eager update, but with their parameters as function inputs.
+    """
+
+    def __init__(self, module: nn.Module, params: dict[str, Tensor]) -> None:
+        self.module, self.params = module, params
+
+    def __call__(self, *args: Tensor) -> Tensor:
+        return functional_call(self.module, self.params, args)
+
+    def named_parameters(self):
+        return self.params.items()
+
+    def detached(self) -> BoundModule:
+        return BoundModule(self.module, {name: p.detach() for name, p in self.params.items()})
+
+
 def backup_discount(config) -> float:
     """gamma^H: the discount of the bootstrap term in the H-step target (gamma for H = 1)."""
     return config.discount**config.action_horizon
@@ -87,8 +107,10 @@ def critic_loss(
     }
 
 
-def frozen_critic_q(critic: nn.Module, observations: Tensor, actions: Tensor) -> Tensor:
+def frozen_critic_q(critic: nn.Module | BoundModule, observations: Tensor, actions: Tensor) -> Tensor:
     """Ensemble-mean Q [B] with the critic's parameters as constants: gradients reach only `actions`."""
+    if isinstance(critic, BoundModule):
+        return critic.detached()(observations, actions).mean(dim=0)
     frozen = {name: p.detach() for name, p in critic.named_parameters()}
     return functional_call(critic, frozen, (observations, actions)).mean(dim=0)
 

@@ -24,6 +24,7 @@ from training.agents.common import (
     ema_update,
     frozen_critic_q,
 )
+from training.agents.fused_step import FusedUpdate, OptimizerGroup, UpdatePlan
 from training.config import AgentConfig, NetworkConfig
 from training.networks import CriticEnsemble, MLPPolicy, OneStepMLPPolicy
 from training.precision import Precision, matmul_autocast
@@ -96,7 +97,8 @@ class FQLAgent:
         torch.manual_seed(seed)
         self.config = config
         self.precision = precision
-        self._losses = torch.compile(self._step_losses) if compile else self._step_losses
+        # compile: the whole update as one torch.compile'd program (training.agents.fused_step).
+        self.compile = compile
         self.obs_dim, self.action_dim = obs_dim, action_dim
         # Q-chunking's FQL when H > 1: the BC flow, the one-step policy and the critic all act
         # on a chunk of H actions as one H * d vector.
@@ -110,32 +112,55 @@ class FQLAgent:
         parameters = [*self.bc_flow.parameters(), *self.policy.parameters(), *self.critic.parameters()]
         self.optimizer = adam(parameters, lr=config.actor_lr)
         self.generator = torch.Generator().manual_seed(seed + 1)
+        self._fused: FusedUpdate | None = None  # built at the first update (after any resume)
 
     def _noise(self, *shape: int) -> Tensor:
         return torch.randn(*shape, generator=self.generator)
 
-    def _step_losses(
-        self, batch: Batch, noises: tuple[Tensor, Tensor, Tensor], t: Tensor
+    def nets(self) -> dict[str, nn.Module]:
+        """The networks a step's losses read."""
+        return {
+            "bc_flow": self.bc_flow,
+            "policy": self.policy,
+            "critic": self.critic,
+            "target_critic": self.target_critic,
+        }
+
+    def update_noise(self, batch_size: int) -> tuple[tuple[Tensor, Tensor, Tensor], Tensor]:
+        """The step's random draws, in the one order every update path uses: noises and flow times."""
+        cfg, d = self.config, self.chunk_dim
+        next_noise = self._noise(cfg.num_candidates, batch_size, d)
+        t = torch.rand(batch_size, 1, generator=self.generator)
+        return (next_noise, self._noise(batch_size, d), self._noise(batch_size, d)), t
+
+    def step_losses(
+        self, nets: dict, batch: Batch, noises: tuple[Tensor, Tensor, Tensor], t: Tensor
     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """L_critic and FQL's actor loss of one step and their info: the part `compile` compiles."""
+        """L_critic and FQL's actor loss of one step and their info, for the networks in `nets`."""
         next_noise, flow_noise, policy_noise = noises
         cfg = self.config
-        c_loss, c_info = critic_loss(
-            self.critic, self.target_critic, self.policy, batch, next_noise, backup_discount(cfg)
-        )
-        a_loss, a_info = fql_actor_loss(
-            self.bc_flow, self.policy, self.critic, batch, (flow_noise, policy_noise), t, cfg
-        )
+        with matmul_autocast(self.precision):
+            c_loss, c_info = critic_loss(
+                nets["critic"], nets["target_critic"], nets["policy"], batch, next_noise, backup_discount(cfg)
+            )
+            a_loss, a_info = fql_actor_loss(
+                nets["bc_flow"], nets["policy"], nets["critic"], batch, (flow_noise, policy_noise), t, cfg
+            )
         return c_loss, a_loss, {**c_info, **a_info}
 
+    def learning_rates(self, step: int) -> list[float]:
+        return [self.config.actor_lr]
+
     def update(self, batch: Batch, step: int) -> dict[str, float]:
-        b, d = batch.actions.shape
+        if self.compile:
+            # Built at first use: it holds the parameters' and the Adam state's tensors, which a
+            # resume (optimizer.load_state_dict) or StackedSeeds replaces.
+            if self._fused is None:
+                self._fused = FusedUpdate(self, compile=True)
+            return self._fused(batch, step)
         cfg = self.config
-        next_noise = self._noise(cfg.num_candidates, b, d)
-        t = torch.rand(b, 1, generator=self.generator)
-        noises = (next_noise, self._noise(b, d), self._noise(b, d))
-        with matmul_autocast(self.precision):
-            c_loss, a_loss, info = self._losses(batch, noises, t)
+        noises, t = self.update_noise(batch.actions.shape[0])
+        c_loss, a_loss, info = self.step_losses(self.nets(), batch, noises, t)
         self.optimizer.zero_grad(set_to_none=True)
         (c_loss + a_loss).backward()
         self.optimizer.step()
@@ -143,7 +168,31 @@ class FQLAgent:
         if self.acting_policy is not self.policy:
             ema_update(self.acting_policy, self.policy, cfg.policy_ema_rate)
         info = {key: float(value.detach()) for key, value in info.items()}
-        info.update({"alpha": cfg.alpha, "total_loss": info["critic/loss"] + info["actor/loss"]})
+        return self.finish_update(step, info, self.learning_rates(step))
+
+    # The fused update (training.agents.fused_step): the same step as one function of tensors.
+
+    def update_plan(self) -> UpdatePlan:
+        cfg = self.config
+        emas = [("target_critic", "critic", cfg.tau)]
+        if self.acting_policy is not self.policy:
+            emas.append(("acting_policy", "policy", cfg.policy_ema_rate))
+        return UpdatePlan(
+            modules={**self.nets(), **self.modules()},
+            groups=(OptimizerGroup(self.optimizer, ("bc_flow", "policy", "critic")),),
+            emas=tuple(emas),
+            objective=self.fused_objective,
+        )
+
+    def alpha_state(self, step: int) -> dict[str, Tensor]:
+        return {}  # FQL's alpha is a constant
+
+    def fused_objective(self, nets, batch, noises, t, alpha_state):
+        c_loss, a_loss, info = self.step_losses(nets, batch, noises, t)
+        return c_loss + a_loss, info
+
+    def finish_update(self, step: int, info: dict[str, float], lrs: list[float]) -> dict[str, float]:
+        info.update({"alpha": self.config.alpha, "total_loss": info["critic/loss"] + info["actor/loss"]})
         return info
 
     @torch.no_grad()

@@ -26,10 +26,11 @@ from training.agents.common import (
     frozen_critic_q,
     one_step_actions,
 )
+from training.agents.fused_step import FusedUpdate, OptimizerGroup, UpdatePlan
 from training.config import FLOW_TIME_SAMPLINGS, AgentConfig, FlowTimeSampling, NetworkConfig
 from training.networks import CriticEnsemble, build_policy
 from training.precision import Precision, matmul_autocast
-from training.schedules import AlphaController, actor_learning_rate, schedule_horizon
+from training.schedules import AlphaController, actor_learning_rate, adapted_alpha, schedule_horizon
 
 
 def sample_flow_times(
@@ -180,9 +181,9 @@ class MFQLAgent:
         torch.manual_seed(seed)
         self.config = config
         self.precision = precision
-        # torch.compile fuses the elementwise work around the matmuls (norms, GELUs, adaLN
-        # modulation, casts) into one kernel each; the maths is the eager code's.
-        self._losses = torch.compile(self._step_losses) if compile else self._step_losses
+        # compile: the whole update (losses, backward, clipped Adam, EMA, alpha) as one
+        # torch.compile'd program (training.agents.fused_step); the maths is the eager code's.
+        self.compile = compile
         self.offline_steps = schedule_horizon(offline_steps, config)
         self.obs_dim, self.action_dim = obs_dim, action_dim
         # A chunk of H actions is one H * d vector to every network and loss (H = 1: one action).
@@ -197,34 +198,53 @@ class MFQLAgent:
         self.critic_optimizer = adam(self.critic.parameters(), lr=config.critic_lr)
         self.alpha_controller = AlphaController(config, self.offline_steps)
         self.generator = torch.Generator().manual_seed(seed + 1)
+        self._fused: FusedUpdate | None = None  # built at the first update (after any resume)
 
     def _noise(self, *shape: int) -> Tensor:
         return torch.randn(*shape, generator=self.generator)
 
-    def _step_losses(
-        self, batch: Batch, noises: tuple[Tensor, Tensor, Tensor], t: Tensor
+    def nets(self) -> dict[str, nn.Module]:
+        """The networks a step's losses read."""
+        return {"policy": self.policy, "critic": self.critic, "target_critic": self.target_critic}
+
+    def update_noise(self, batch_size: int) -> tuple[tuple[Tensor, Tensor, Tensor], Tensor]:
+        """The step's random draws, in the one order every update path uses: noises and flow times."""
+        cfg, d = self.config, self.chunk_dim
+        m = cfg.mfi_draws
+        next_noise = self._noise(cfg.num_candidates, batch_size, d)
+        t = sample_flow_times(m * batch_size, cfg.time_steps, self.generator, cfg.flow_time_sampling)
+        return (next_noise, self._noise(m * batch_size, d), self._noise(batch_size, d)), t
+
+    def step_losses(
+        self, nets: dict, batch: Batch, noises: tuple[Tensor, Tensor, Tensor], t: Tensor
     ) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
-        """L_critic, L_MFI, L_actor of one step and their info: the part `compile` compiles."""
+        """L_critic, L_MFI, L_actor of one step and their info, for the networks in `nets`."""
         next_noise, mfi_noise, actor_noise = noises
         cfg = self.config
-        c_loss, c_info = critic_loss(
-            self.critic, self.target_critic, self.policy, batch, next_noise, backup_discount(cfg)
-        )
-        mfi_loss, mfi_info = mean_flow_identity_loss(self.policy, batch, mfi_noise, t, cfg)
-        a_loss, a_info = actor_loss(self.policy, self.critic, batch, actor_noise, cfg)
+        with matmul_autocast(self.precision):
+            c_loss, c_info = critic_loss(
+                nets["critic"], nets["target_critic"], nets["policy"], batch, next_noise, backup_discount(cfg)
+            )
+            mfi_loss, mfi_info = mean_flow_identity_loss(nets["policy"], batch, mfi_noise, t, cfg)
+            a_loss, a_info = actor_loss(nets["policy"], nets["critic"], batch, actor_noise, cfg)
         return c_loss, mfi_loss, a_loss, {**c_info, **mfi_info, **a_info}
+
+    def learning_rates(self, step: int) -> list[float]:
+        """Learning rates of step `step` (from 1): the actor's schedule, the critic's constant."""
+        return [actor_learning_rate(step - 1, self.offline_steps, self.config), self.config.critic_lr]
 
     def update(self, batch: Batch, step: int) -> dict[str, float]:
         """One gradient step; `step` counts updates from 1."""
-        b, d = batch.actions.shape
+        if self.compile:
+            # Built at first use: it holds the parameters' and the Adam state's tensors, which a
+            # resume (optimizer.load_state_dict) or StackedSeeds replaces.
+            if self._fused is None:
+                self._fused = FusedUpdate(self, compile=True)
+            return self._fused(batch, step)
         cfg = self.config
-        m = cfg.mfi_draws
-        next_noise = self._noise(cfg.num_candidates, b, d)
-        t = sample_flow_times(m * b, cfg.time_steps, self.generator, cfg.flow_time_sampling)
-        noises = (next_noise, self._noise(m * b, d), self._noise(b, d))
+        noises, t = self.update_noise(batch.actions.shape[0])
         # Forward passes only: backward runs each op in its forward's dtype, Adam in float32.
-        with matmul_autocast(self.precision):
-            c_loss, mfi_loss, a_loss, info = self._losses(batch, noises, t)
+        c_loss, mfi_loss, a_loss, info = self.step_losses(self.nets(), batch, noises, t)
 
         alpha = self.alpha_controller.value(step)
         if self.alpha_controller.due(step):
@@ -235,7 +255,7 @@ class MFQLAgent:
         (c_loss + a_loss + alpha * mfi_loss).backward()
         actor_grad = nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
         critic_grad = nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.grad_clip)
-        actor_lr = actor_learning_rate(step - 1, self.offline_steps, cfg)
+        actor_lr, critic_lr = self.learning_rates(step)
         for group in self.actor_optimizer.param_groups:
             group["lr"] = actor_lr
         self.actor_optimizer.step()
@@ -246,14 +266,49 @@ class MFQLAgent:
 
         info = {**info, "actor/grad_norm": actor_grad, "critic/grad_norm": critic_grad}
         out = {key: float(value.detach()) for key, value in info.items()}
-        out.update(
+        out["alpha"] = float(alpha)
+        return self._with_totals(out, actor_lr)
+
+    def _with_totals(self, info: dict[str, float], actor_lr: float) -> dict[str, float]:
+        info.update(
             {
-                "alpha": float(alpha),
                 "actor/lr": actor_lr,
-                "total_loss": out["critic/loss"] + out["actor/loss"] + alpha * out["mfi/loss"],
+                "total_loss": info["critic/loss"] + info["actor/loss"] + info["alpha"] * info["mfi/loss"],
             }
         )
-        return out
+        return info
+
+    # The fused update (training.agents.fused_step): the same step as one function of tensors.
+
+    def update_plan(self) -> UpdatePlan:
+        cfg = self.config
+        emas = [("target_critic", "critic", cfg.tau)]
+        if self.acting_policy is not self.policy:
+            emas.append(("acting_policy", "policy", cfg.policy_ema_rate))
+        return UpdatePlan(
+            modules={**self.nets(), **self.modules()},
+            groups=(
+                OptimizerGroup(self.actor_optimizer, ("policy",), cfg.grad_clip, "actor/grad_norm"),
+                OptimizerGroup(self.critic_optimizer, ("critic",), cfg.grad_clip, "critic/grad_norm"),
+            ),
+            emas=tuple(emas),
+            objective=self.fused_objective,
+        )
+
+    def alpha_state(self, step: int) -> dict[str, Tensor]:
+        return self.alpha_controller.tensor_state(step)
+
+    def fused_objective(self, nets, batch, noises, t, alpha_state):
+        """L_critic + L_actor + alpha L_MFI, alpha adapted in the graph from this step's L_MFI."""
+        c_loss, mfi_loss, a_loss, info = self.step_losses(nets, batch, noises, t)
+        alpha = adapted_alpha(alpha_state, mfi_loss.detach(), self.config)
+        return c_loss + a_loss + alpha.to(mfi_loss.dtype) * mfi_loss, {**info, "alpha": alpha}
+
+    def finish_update(self, step: int, info: dict[str, float], lrs: list[float]) -> dict[str, float]:
+        """The host's side of a fused step: the alpha controller records, totals are added."""
+        if self.alpha_controller.due(step):
+            self.alpha_controller.record(step, info["mfi/loss"])
+        return self._with_totals(info, lrs[0])
 
     @torch.no_grad()
     def act(
