@@ -19,6 +19,7 @@ from training.checkpoint import CheckpointError, list_checkpoints, load_policy_c
 from training.config import FLOW_TIME_SAMPLINGS, GELU_KINDS, NetworkConfig, TrainConfig, resolve_agent_config
 from training.evaluate import evaluate_policy
 from training.inference import ServingPolicy
+from training.multi_seed import StackedSeeds
 from training.networks import ObservationNormalizer
 from training.precision import resolve_precision
 from training.replay_buffer import ReplayBuffer
@@ -52,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=TrainConfig.offline_steps, help="offline gradient steps")
     p.add_argument("--online-steps", type=int, default=0, help="offline-to-online steps after --steps")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seeds",
+        help="train several seeds as one vectorised computation, e.g. 0,1,2,3 (replaces --seed): "
+        "one run directory per seed, --out/seed<N>, each as a single-seed run of that seed would be",
+    )
     p.add_argument(
         "--agent", choices=["mfql", "fql"], default="mfql", help="method (fql: the two-stage baseline)"
     )
@@ -88,9 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--compile",
-        action="store_true",
-        help="torch.compile the step's forward passes (about a minute at start; cached in "
-        "~/.cache/mfql/torchinductor, or TORCHINDUCTOR_CACHE_DIR)",
+        nargs="?",
+        const="on",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="torch.compile the whole update (losses, backward, clipped Adam, EMA, alpha) into one program: "
+        f"one to two minutes at start, cached in ~/.cache/mfql/torchinductor (or TORCHINDUCTOR_CACHE_DIR). "
+        f"auto (default): on for runs of {COMPILE_MIN_STEPS} steps or more where a C++ compiler is found, "
+        "else off; a bare --compile is on",
     )
     p.add_argument(
         "--hyperparameters",
@@ -212,7 +223,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         keep_checkpoints=args.keep_checkpoints,
         threads=args.threads,
         precision=resolve_precision(args.precision),
-        compile=args.compile,
+        compile=resolve_compile(args.compile, args.steps + args.online_steps),
         agent_config=agent,
         network=NetworkConfig(
             policy=args.policy,
@@ -221,6 +232,21 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             gelu=args.gelu,
         ),
     )
+
+
+# Runs at least this long compile by default (`--compile auto`): about 1.2x the eager step on a
+# CPU (docs/performance.md) against one to two minutes of compiling, so a run of 20k steps
+# (30-40 minutes here) gains several minutes; shorter runs (tests, smoke runs) stay eager.
+COMPILE_MIN_STEPS = 20_000
+CXX_COMPILERS = ("g++", "c++", "clang++")
+
+
+def resolve_compile(requested: str, total_steps: int) -> bool:
+    """Whether the run compiles its update: on / off as asked, or `auto`'s choice."""
+    if requested in ("on", "off"):
+        return requested == "on"
+    # torch.compile's CPU backend builds C++; without a compiler it would fail at the first step.
+    return total_steps >= COMPILE_MIN_STEPS and any(shutil.which(cxx) for cxx in CXX_COMPILERS)
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
@@ -327,60 +353,21 @@ class Trainer:
         )
 
     def run(self, stop_after: int | None = None) -> dict:
-        cfg = self.config
-        end = min(cfg.total_steps, stop_after) if stop_after else cfg.total_steps
-        env, observation = None, None
-        bar = tqdm(total=cfg.total_steps, initial=self.step, desc="mfql-train", dynamic_ncols=True)
-        update_seconds, updates = 0.0, 0
-        budget_seconds = cfg.time_budget_minutes * 60 if cfg.time_budget_minutes else None
-        clock = time.perf_counter()
-        while self.step < end:
-            if budget_seconds is not None and self.train_seconds >= budget_seconds:
-                break  # a resumed run whose budget was already spent
-            self.step += 1
-            if self.step > cfg.offline_steps:
-                env, observation = self._interact(env, observation)
-            started = time.perf_counter()
-            info = self.agent.update(self.buffer.sample(cfg.batch_size), self.step)
-            now = time.perf_counter()
-            update_seconds += now - started
-            updates += 1
-            self.train_seconds += now - clock
-            clock = now
-            out_of_time = budget_seconds is not None and self.train_seconds >= budget_seconds
-            if out_of_time:
-                self.stopped_by_time_budget = True
-                tqdm.write(
-                    f"step {self.step}: time budget of {cfg.time_budget_minutes:g} min spent; "
-                    "final evaluation and checkpoint"
-                )
-            if self.step % cfg.log_every == 0 or self.step == end or out_of_time:
-                # Gradient steps per second since the last log line: sampling + update only,
-                # so evaluations and checkpoints do not dilute it.
-                info["time/steps_per_s"] = updates / update_seconds
-                update_seconds, updates = 0.0, 0
-                self.log.train(self.step, info)
-                # FQL logs 'bc_flow/loss' where MFQL logs 'mfi/loss'; show whichever exists.
-                shown = {
-                    "critic": "critic/loss",
-                    "mfi": "mfi/loss",
-                    "bc": "bc_flow/loss",
-                    "q": "actor/q",
-                    "alpha": "alpha",
-                }
-                bar.set_postfix({label: f"{info[key]:.3g}" for label, key in shown.items() if key in info})
-            bar.update(1)
-            final = self.step == cfg.total_steps or out_of_time
-            if cfg.eval_episodes > 0 and ((cfg.eval_every and self.step % cfg.eval_every == 0) or final):
-                self.evaluate()
-            if self.step % cfg.checkpoint_every == 0 or self.step == end or out_of_time:
-                self.checkpoint()
-            clock = time.perf_counter()  # evaluations and checkpoints do not spend the budget
-            if out_of_time:
-                break
-        bar.close()
-        self.log.close()
-        return self.run_metrics()
+        return train_together(
+            [self], lambda batches, step: [self.agent.update(batches[0], step)], stop_after
+        )[0]
+
+    def log_progress(self, info: dict, bar: tqdm) -> None:
+        self.log.train(self.step, info)
+        # FQL logs 'bc_flow/loss' where MFQL logs 'mfi/loss'; show whichever exists.
+        shown = {
+            "critic": "critic/loss",
+            "mfi": "mfi/loss",
+            "bc": "bc_flow/loss",
+            "q": "actor/q",
+            "alpha": "alpha",
+        }
+        bar.set_postfix({label: f"{info[key]:.3g}" for label, key in shown.items() if key in info})
 
     def _interact(self, env, observation):
         """One environment step with the current policy; the transition joins the buffer.
@@ -419,29 +406,124 @@ class Trainer:
         return env, np.asarray(next_observation)
 
 
+def train_together(trainers: list[Trainer], update, stop_after: int | None = None) -> list[dict]:
+    """The training loop, for one run or for several seeds stepping together (`--seeds`).
+
+    `update(batches, step)` performs step `step` for every trainer (batches[i] sampled from
+    trainer i's own buffer) and returns their info dicts. Each trainer keeps its own logs,
+    evaluations and checkpoints; they share the step count and the wall clock, so a time budget
+    stops all of them at the same step.
+    """
+    lead = trainers[0]
+    if len({t.step for t in trainers}) != 1:
+        raise ValueError(f"the seeds' checkpoints are at different steps: {[t.step for t in trainers]}")
+    cfg = lead.config
+    end = min(cfg.total_steps, stop_after) if stop_after else cfg.total_steps
+    envs = [(None, None) for _ in trainers]
+    label = "mfql-train" if len(trainers) == 1 else f"mfql-train ({len(trainers)} seeds)"
+    bar = tqdm(total=cfg.total_steps, initial=lead.step, desc=label, dynamic_ncols=True)
+    update_seconds, updates = 0.0, 0
+    budget_seconds = cfg.time_budget_minutes * 60 if cfg.time_budget_minutes else None
+    clock = time.perf_counter()
+    while lead.step < end:
+        if budget_seconds is not None and lead.train_seconds >= budget_seconds:
+            break  # a resumed run whose budget was already spent
+        for i, trainer in enumerate(trainers):
+            trainer.step += 1
+            if trainer.step > cfg.offline_steps:
+                envs[i] = trainer._interact(*envs[i])
+        started = time.perf_counter()
+        infos = update([t.buffer.sample(cfg.batch_size) for t in trainers], lead.step)
+        now = time.perf_counter()
+        update_seconds += now - started
+        updates += 1
+        for trainer in trainers:
+            trainer.train_seconds += now - clock
+        clock = now
+        step = lead.step
+        out_of_time = budget_seconds is not None and lead.train_seconds >= budget_seconds
+        if out_of_time:
+            for trainer in trainers:
+                trainer.stopped_by_time_budget = True
+            tqdm.write(
+                f"step {step}: time budget of {cfg.time_budget_minutes:g} min spent; "
+                "final evaluation and checkpoint"
+            )
+        if step % cfg.log_every == 0 or step == end or out_of_time:
+            # Gradient steps per second since the last log line: sampling + update only,
+            # so evaluations and checkpoints do not dilute it (all seeds together: one step each).
+            for trainer, info in zip(trainers, infos, strict=True):
+                info["time/steps_per_s"] = updates / update_seconds
+                trainer.log_progress(info, bar)
+            update_seconds, updates = 0.0, 0
+        bar.update(1)
+        final = step == cfg.total_steps or out_of_time
+        for trainer in trainers:
+            if cfg.eval_episodes > 0 and ((cfg.eval_every and step % cfg.eval_every == 0) or final):
+                trainer.evaluate()
+            if step % cfg.checkpoint_every == 0 or step == end or out_of_time:
+                trainer.checkpoint()
+        clock = time.perf_counter()  # evaluations and checkpoints do not spend the budget
+        if out_of_time:
+            break
+    bar.close()
+    for trainer in trainers:
+        trainer.log.close()
+    return [trainer.run_metrics() for trainer in trainers]
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds {text!r}: expected distinct seeds, e.g. 0,1,2")
+    return seeds
+
+
+def resolve_run(config: TrainConfig, args: argparse.Namespace) -> tuple[TrainConfig, Path | None]:
+    """The run's config and the checkpoint it resumes from (None: a new run)."""
+    run_dir = Path(config.out_dir)
+    resume_from = prepare_run_dir(run_dir, args.resume, args.overwrite)
+    if resume_from is None:
+        return config, None
+    stored = load_policy_checkpoint(resume_from).config
+    # The stored run defines the maths (precision included); only the online phase may be
+    # extended, and the thread count, compilation (speed and float rounding, not the
+    # maths) and the time budget may be set anew.
+    config = replace(
+        stored,
+        online_steps=max(stored.online_steps, args.online_steps),
+        out_dir=str(run_dir),
+        threads=args.threads or stored.threads,
+        compile=stored.compile if args.compile == "auto" else args.compile == "on",
+        time_budget_minutes=args.time_budget_minutes or stored.time_budget_minutes,
+    )
+    return config, resume_from
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)
+        seeds = parse_seeds(args.seeds) if args.seeds else None
     except ValueError as exc:  # a setting out of range, or an option the method does not have
         print(f"mfql-train: {exc}", file=sys.stderr)
         return 2
     run_dir = Path(config.out_dir)
     try:
-        resume_from = prepare_run_dir(run_dir, args.resume, args.overwrite)
-        if resume_from is not None:
-            stored = load_policy_checkpoint(resume_from).config
-            # The stored run defines the maths (precision included); only the online phase may be
-            # extended, and the thread count, compilation (speed and float rounding, not the
-            # maths) and the time budget may be set anew.
-            config = replace(
-                stored,
-                online_steps=max(stored.online_steps, args.online_steps),
-                out_dir=str(run_dir),
-                threads=args.threads or stored.threads,
-                compile=args.compile or stored.compile,
-                time_budget_minutes=args.time_budget_minutes or stored.time_budget_minutes,
-            )
+        if seeds is None:
+            runs = [resolve_run(config, args)]
+        else:
+            # One run directory per seed, each a complete run (mfql-eval / mfql-export read it).
+            if args.overwrite and run_dir.exists():
+                shutil.rmtree(run_dir)
+            runs = [
+                resolve_run(replace(config, seed=seed, out_dir=str(run_dir / f"seed{seed}")), args)
+                for seed in seeds
+            ]
+        config = runs[0][0]
         if config.threads:
             torch.set_num_threads(config.threads)
         if config.compile:
@@ -450,12 +532,19 @@ def main(argv: list[str] | None = None) -> int:
         # Zero-initialised adaLN/head layers drift through denormal floats, which made CPU
         # matmuls ~3x slower (DiT: 1.6 -> 4.5 steps/s); flushing them changes no result that matters.
         torch.set_flush_denormal(True)
-        trainer = Trainer(config, resume_from)
-        metrics = trainer.run(stop_after=args.stop_after)
+        trainers = [Trainer(run_config, resume_from) for run_config, resume_from in runs]
+        if len(trainers) == 1:
+            results = [trainers[0].run(stop_after=args.stop_after)]
+        else:
+            stacked = StackedSeeds([t.agent for t in trainers], compile=config.compile)
+            results = train_together(trainers, stacked, stop_after=args.stop_after)
     except (RunDirectoryError, CheckpointError, ValueError, FileNotFoundError) as exc:
         print(f"mfql-train: {exc}", file=sys.stderr)
         return 2
-    print(f"mfql-train: finished at step {trainer.step}; run directory {run_dir}; metrics {metrics}")
+    for trainer, metrics in zip(trainers, results, strict=True):
+        print(
+            f"mfql-train: finished at step {trainer.step}; run directory {trainer.run_dir}; metrics {metrics}"
+        )
     return 0
 
 
