@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -29,7 +28,7 @@ from compare_methods import (  # noqa: E402
     plot_learning_curves,
     split_extra,
     summarize,
-    train_and_evaluate,
+    train_all,
 )
 
 BASE = [
@@ -240,10 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
     runs = [(name, seed) for name in arms for seed in seeds]
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        rows = list(
-            pool.map(lambda r: train_and_evaluate(args, r[0], r[1], [*BASE, *ARMS[r[0]][1], *extra]), runs)
-        )
+    rows = train_all(args, arms, seeds, lambda name: [*BASE, *ARMS[name][1], *extra])
     previous = args.out / "study.json"
     if previous.is_file():
         done = set(runs)

@@ -49,17 +49,36 @@ def run(command: list[str]) -> str:
 def train_and_evaluate(args: argparse.Namespace, name: str, seed: int, flags: list[str]) -> dict:
     """Train one arm (`name`, its `mfql-train` flags) for one seed, then evaluate its final checkpoint."""
     run_dir = args.out / f"{name}-seed{seed}"
+    start = time.perf_counter()
+    run(train_command(args, run_dir, ["--seed", str(seed)], flags))
+    return evaluate_run(args, name, seed, run_dir, time.perf_counter() - start)
+
+
+def train_and_evaluate_seeds(
+    args: argparse.Namespace, name: str, seeds: list[int], flags: list[str]
+) -> list[dict]:
+    """`train_and_evaluate` for all `seeds` of an arm in one `mfql-train --seeds` process
+    (`--seeds-together`): run directories `<out>/<name>-seeds/seed<N>`."""
+    parent = args.out / f"{name}-seeds"
+    start = time.perf_counter()
+    run(train_command(args, parent, ["--seeds", ",".join(map(str, seeds))], flags))
+    seconds = time.perf_counter() - start
+    return [evaluate_run(args, name, seed, parent / f"seed{seed}", seconds) for seed in seeds]
+
+
+def train_command(args: argparse.Namespace, out: Path, seed_flags: list[str], flags: list[str]) -> list[str]:
     evaluations = ["--eval-every", str(args.eval_every), "--eval-episodes", str(args.curve_episodes)]
-    command = [
+    return [
         *console("mfql-train", "training.train"),
-        "--env", args.env, "--dataset-dir", str(args.dataset_dir), "--out", str(run_dir),
-        "--steps", str(args.steps), "--seed", str(seed),
+        "--env", args.env, "--dataset-dir", str(args.dataset_dir), "--out", str(out),
+        "--steps", str(args.steps), *seed_flags,
         *(evaluations if args.eval_every else ["--eval-episodes", "0"]),
         "--checkpoint-every", str(args.steps), "--overwrite", "--threads", str(args.threads), *flags,
     ]  # fmt: skip
-    start = time.perf_counter()
-    run(command)
-    seconds = time.perf_counter() - start
+
+
+def evaluate_run(args: argparse.Namespace, name: str, seed: int, run_dir: Path, seconds: float) -> dict:
+    """The final checkpoint's `mfql-eval` over the study's evaluation episodes, and the run's speed."""
     with open(run_dir / "metrics.csv", newline="") as handle:
         logged = list(csv.DictReader(handle))
     rates = [float(row["time/steps_per_s"]) for row in logged]
@@ -85,11 +104,22 @@ def train_and_evaluate(args: argparse.Namespace, name: str, seed: int, flags: li
         "steps_trained": int(logged[-1]["step"]),
         # Every log interval holds the same number of steps (a budget-stopped run's last one may
         # hold fewer; one short interval of many): their harmonic mean is steps / time.
+        # With --seeds-together: steps of every seed at once per second.
         "train_steps_per_second": statistics.harmonic_mean(rates),
         "policy_latency_ms_p50": report["policy_latency_ms"]["p50"],
         "num_candidates": report["num_candidates"],
         "run_dir": str(run_dir),
     }
+
+
+def train_all(args: argparse.Namespace, arms: list[str], seeds: list[int], flags_of) -> list[dict]:
+    """Every (arm, seed) run, `--jobs` at a time: one process per run, or per arm with `--seeds-together`."""
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        if args.seeds_together and len(seeds) > 1:
+            groups = pool.map(lambda arm: train_and_evaluate_seeds(args, arm, seeds, flags_of(arm)), arms)
+            return [row for group in groups for row in group]
+        runs = [(arm, seed) for arm in arms for seed in seeds]
+        return list(pool.map(lambda r: train_and_evaluate(args, r[0], r[1], flags_of(r[0])), runs))
 
 
 def plot_learning_curves(args: argparse.Namespace, rows: list[dict]) -> Path:
@@ -183,6 +213,12 @@ def add_run_arguments(parser: argparse.ArgumentParser, steps: int, eval_every: i
     parser.add_argument("--curve-episodes", type=int, default=25, help="episodes per training evaluation")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads per run")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at the same time")
+    parser.add_argument(
+        "--seeds-together",
+        action="store_true",
+        help="train each arm's seeds in one `mfql-train --seeds` process, as one vectorised step "
+        "(pays where steps are launch-bound, e.g. a GPU; on a CPU it is slower: docs/performance.md)",
+    )
     parser.add_argument("--out", type=Path, default=Path(out))
 
 
@@ -197,16 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
-    runs = [(method, seed) for method in args.methods.split(",") for seed in seeds]
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        rows = list(
-            pool.map(
-                lambda run_: train_and_evaluate(
-                    args, run_[0], run_[1], ["--agent", run_[0], "--policy", args.policy, *extra]
-                ),
-                runs,
-            )
-        )
+    rows = train_all(
+        args,
+        args.methods.split(","),
+        seeds,
+        lambda method: ["--agent", method, "--policy", args.policy, *extra],
+    )
     if args.eval_every:
         plot_learning_curves(args, rows)
     result = {"env": args.env, "steps": args.steps, "seeds": seeds, "runs": rows, "summary": summarize(rows)}

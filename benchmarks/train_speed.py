@@ -5,16 +5,20 @@ For each method and precision it reports steps/s, the step's FLOPs (`torch.utils
 and the share of a plain matmul's speed they run at (fp32 and bf16 matmuls of the step's
 typical shape are measured in the same run), the cost of one MFQL step relative to one plain
 flow-matching BC step (the JVP's overhead), and, with `--components`, the time of each part of
-a step and the share that sampling a batch from a 1M-row replay buffer takes. Two anchors can
-be measured in the same run:
-- `--reference DIR --reference-python PY`: the paper's JAX agent, timed by the shared
-  `reference_speed.py` (its docstring says how to set DIR and PY up, outside this project);
+a step and the share that sampling a batch from a 1M-row replay buffer takes; with `--seeds N`,
+the time of N seeds in one vectorised step (`mfql-train --seeds`) against one seed's step.
+Two anchors can be measured in the same run:
+- `--reference DIR --reference-python PY`: the authors' JAX agents at the same sizes, one per
+  method (fql: the FQL agent of their repository; mfql-mlp: their MFQL agent with an MLP in
+  place of the DiT; mfql-dit: their MFQL agent), timed by the shared `reference_speed.py` (its
+  docstring says how to set DIR and PY up, outside this project), with every ratio and what
+  the step's FLOPs allow at this machine's matmul speed (`ceiling_over_reference`);
 - `--baseline DIR`: this benchmark as another checkout of mfql has it (e.g. a `git worktree`
   of an older commit), run in a subprocess against that checkout's code.
 
 Usage: python benchmarks/train_speed.py [--steps 30] [--width 512] [--methods mfql-dit,mfql-mlp,fql]
        [--precisions fp32,bf16] [--compile] [--components] [--reference DIR --reference-python PY]
-       [--baseline DIR]
+       [--seeds 4] [--baseline DIR]
 Reports ratios measured in one run; absolute numbers depend on the machine and its load.
 """
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -221,17 +226,80 @@ def measure(method: str, precision: str, args: argparse.Namespace, compile_: boo
     return row
 
 
-def run_reference(args: argparse.Namespace) -> dict:
-    """The JAX reference's steps/s, from reference_speed.py run by the JAX venv's python."""
+# The reference agent that matches each mfql method at the same sizes (reference_speed.py's flags).
+REFERENCE_AGENTS = {
+    "fql": ["--agent", "fql"],
+    "mfql-mlp": ["--agent", "mfql", "--actor", "mlp"],
+    "mfql-dit": ["--agent", "mfql", "--actor", "dit"],
+}
+
+
+def reference_command(args: argparse.Namespace, method: str) -> list[str]:
+    """reference_speed.py for `method` with this run's widths and batch (the DiT keeps its 256 x 3)."""
+    hidden = ",".join([str(args.width)] * 4)
+    return [
+        args.reference_python, str(args.reference_script), "--reference", str(args.reference),
+        "--batch-size", str(args.batch_size), "--steps", str(2 * args.steps),
+        *REFERENCE_AGENTS[method], "--actor-hidden", hidden, "--critic-hidden", hidden,
+    ]  # fmt: skip
+
+
+def measure_seeds(method: str, precision: str, args: argparse.Namespace, compile_: bool) -> dict:
+    """`args.seeds` seeds in one vectorised step (mfql-train --seeds) against one seed's step."""
+    from training.multi_seed import StackedSeeds
+
+    generator = torch.Generator().manual_seed(0)
+    batches = [random_batch(args.batch_size, args.obs_dim, args.action_dim, generator) for _ in range(8)]
+    n = args.seeds
+    single = make_agent(method, args.obs_dim, args.action_dim, args.width, precision, compile_)
+    single.update(batches[0], 1)
+    started = time.perf_counter()
+    stacked = StackedSeeds(
+        [make_agent(method, args.obs_dim, args.action_dim, args.width, precision) for _ in range(n)], compile_
+    )
+    stacked([batches[i] for i in range(n)], 1)
+    first_step = time.perf_counter() - started
+    # interleaved, so both see the same machine load
+    one, together = [], []
+    for round_ in range(3):
+        one.append(
+            time_steps(
+                lambda i, o=100 * round_: single.update(batches[i % 8], o + i + 2), args.steps, warmup=1
+            )
+        )
+        together.append(
+            time_steps(
+                lambda i, o=100 * round_: stacked([batches[(i + j) % 8] for j in range(n)], o + i + 2),
+                args.steps,
+                warmup=1,
+            )
+        )
+    one_rate, together_rate = statistics.median(one), statistics.median(together)
+    return {
+        "method": method,
+        "precision": precision,
+        "compiled": compile_,
+        "seeds": n,
+        "one_seed_steps_per_s": round(one_rate, 2),
+        "seeds_steps_per_s": round(together_rate, 2),
+        "time_of_seeds_over_one": round(one_rate / together_rate, 2),
+        "first_step_seconds": round(first_step, 1),
+    }
+
+
+def run_reference(args: argparse.Namespace, method: str) -> dict:
+    """The JAX reference's steps/s for `method`, from reference_speed.py run by the JAX venv's python.
+
+    With `--threads 1` XLA is held to one thread too, so both sides use the same single core.
+    """
+    env = dict(os.environ)
+    if args.threads == 1:
+        env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
     result = subprocess.run(
-        [
-            args.reference_python, str(args.reference_script), "--reference", str(args.reference),
-            "--batch-size", str(args.batch_size), "--steps", str(2 * args.steps),
-        ],
-        capture_output=True, text=True, timeout=3600,
-    )  # fmt: skip
+        reference_command(args, method), capture_output=True, text=True, timeout=3600, env=env
+    )
     if result.returncode != 0:
-        raise SystemExit(f"reference timing failed:\n{result.stderr[-3000:]}")
+        raise SystemExit(f"reference timing of {method} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -266,7 +334,27 @@ def print_table(report: dict) -> None:
             f"| {row['method']} | {row['precision']} | {row['steps_per_s']} | {row['gflop_per_step']} "
             f"| {row['achieved_gflop_per_s']} | {row['matmul_ceiling_fraction']:.0%} | {row['steps_per_s_ceiling']} | {bc} |"
         )
-    for key in ("reference_ratio", "baseline_ratio", "components_ms", "sampling"):
+    if "reference" in report:
+        print("\n| method | mfql best steps/s | JAX reference steps/s | ratio | FLOP ceiling / reference |")
+        print("|---|---|---|---|---|")
+        for method, reference in report["reference"].items():
+            best = max(r["steps_per_s"] for r in report["results"] if r["method"] == method)
+            print(
+                f"| {method} | {best} | {reference['reference_steps_per_s']} "
+                f"| {report['reference_ratio'][method]}x | {report['ceiling_over_reference'][method]}x |"
+            )
+    if "seeds" in report:
+        print(
+            "\n| method | precision | step | seeds | one seed steps/s | all seeds steps/s | time of all / one |"
+        )
+        print("|---|---|---|---|---|---|---|")
+        for row in report["seeds"]:
+            step = "compiled" if row["compiled"] else "eager"
+            print(
+                f"| {row['method']} | {row['precision']} | {step} | {row['seeds']} | {row['one_seed_steps_per_s']} "
+                f"| {row['seeds_steps_per_s']} | {row['time_of_seeds_over_one']}x |"
+            )
+    for key in ("baseline_ratio", "components_ms", "sampling"):
         if key in report:
             print(f"\n{key}: {json.dumps(report[key])}")
 
@@ -283,6 +371,12 @@ def main() -> None:
     parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16")
     parser.add_argument("--compile", action="store_true", help="also time compiled steps (and the compile)")
     parser.add_argument("--components", action="store_true", help="time each part of an MFQL step")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="also time this many seeds in one vectorised step (mfql-train --seeds)",
+    )
     parser.add_argument("--reference", type=Path, help="checkout of the reference (JAX) code")
     parser.add_argument("--reference-python", default="python", help="python of the JAX venv")
     parser.add_argument("--reference-script", type=Path, default=DEFAULT_REFERENCE_SCRIPT)
@@ -296,6 +390,14 @@ def main() -> None:
     if args.compile:
         rows += [
             measure(method, precision, args, compile_=True) for method in methods for precision in precisions
+        ]
+    seed_rows = []
+    if args.seeds > 1:
+        seed_rows = [
+            measure_seeds(method, precision, args, compile_)
+            for method in methods
+            for precision in precisions
+            for compile_ in ([False, True] if args.compile else [False])
         ]
     # The K x B best-of-K target ([5 * 256, width] @ [width, width]) is the step's largest matmul.
     ceilings = {
@@ -315,6 +417,8 @@ def main() -> None:
         "matmul_gflop_per_s": {p: round(c, 1) for p, c in ceilings.items()},
         "results": rows,
     }
+    if seed_rows:
+        report["seeds"] = seed_rows
     if args.components:
         step_ms = 1000 / max(r["steps_per_s"] for r in rows if r["method"] == methods[0])
         sample = sampling_ms(1_000_000, args.obs_dim, args.action_dim, args.batch_size)
@@ -324,12 +428,19 @@ def main() -> None:
         }
     best = {m: max(r["steps_per_s"] for r in rows if r["method"] == m) for m in methods}
     if args.reference:
-        reference = run_reference(args)
-        report["reference"] = reference
-        if "mfql-dit" in best:
-            report["reference_ratio"] = {
-                "mfql-dit": round(best["mfql-dit"] / reference["reference_steps_per_s"], 2)
-            }
+        report["reference"] = {m: run_reference(args, m) for m in methods}
+        report["reference_ratio"] = {
+            m: round(best[m] / report["reference"][m]["reference_steps_per_s"], 2) for m in methods
+        }
+        # What the step's FLOPs allow at this machine's matmul speed, against the reference.
+        report["ceiling_over_reference"] = {
+            m: round(
+                max(r["steps_per_s_ceiling"] for r in rows if r["method"] == m and not r["compiled"])
+                / report["reference"][m]["reference_steps_per_s"],
+                2,
+            )
+            for m in methods
+        }
     if args.baseline:
         baseline = run_baseline(args, methods)
         report["baseline"] = baseline

@@ -175,7 +175,7 @@ def test_training_speed_benchmark_counts_flops_against_the_matmul_ceiling():
     result = subprocess.run(
         [
             sys.executable, str(script), "--steps", "1", "--threads", "1", "--width", "32",
-            "--methods", "mfql-mlp,fql", "--precisions", "fp32,bf16", "--components",
+            "--methods", "mfql-mlp,fql", "--precisions", "fp32,bf16", "--components", "--seeds", "2",
         ],
         capture_output=True, text=True, env=ENV, timeout=300, cwd=script.parents[1],
     )  # fmt: skip
@@ -193,3 +193,58 @@ def test_training_speed_benchmark_counts_flops_against_the_matmul_ceiling():
     assert "flow_bc_steps_per_s" in mfql and "flow_bc_steps_per_s" not in fql
     assert len(mfql["components_ms"]) == 5 and all(ms > 0 for ms in mfql["components_ms"].values())
     assert report["sampling"]["share_of_fastest_step"] > 0
+    seeds = {(row["method"], row["precision"]): row for row in report["seeds"]}
+    assert set(seeds) == set(rows)
+    assert all(row["seeds"] == 2 and row["time_of_seeds_over_one"] > 0 for row in seeds.values())
+
+
+def test_training_speed_benchmark_times_each_method_against_its_reference_agent(tmp_path):
+    """--reference runs the reference script once per method with that method's agent and sizes;
+    a stand-in script (the JAX one needs its own venv) answers with the flags it was given."""
+    fake = tmp_path / "reference_speed.py"
+    fake.write_text(
+        "import json, sys\n"
+        "args = sys.argv[1:]\n"
+        "rate = {'fql': 4.0, 'mfql': 2.0}[args[args.index('--agent') + 1]]\n"
+        "print(json.dumps({'reference_steps_per_s': rate, 'argv': args}))\n"
+    )
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "train_speed.py"
+    result = subprocess.run(
+        [
+            sys.executable, str(script), "--steps", "1", "--threads", "1", "--width", "32",
+            "--methods", "mfql-mlp,fql", "--precisions", "fp32", "--reference", str(tmp_path),
+            "--reference-python", sys.executable, "--reference-script", str(fake),
+        ],
+        capture_output=True, text=True, env=ENV, timeout=300, cwd=script.parents[1],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout[: result.stdout.index("\n|")])
+    argv = {method: reference["argv"] for method, reference in report["reference"].items()}
+    assert argv["mfql-mlp"][argv["mfql-mlp"].index("--actor") + 1] == "mlp"
+    assert argv["fql"][argv["fql"].index("--critic-hidden") + 1] == "32,32,32,32"
+    best = {row["method"]: row["steps_per_s"] for row in report["results"]}
+    assert report["reference_ratio"]["fql"] == pytest.approx(best["fql"] / 4.0, rel=0.02)
+    assert report["reference_ratio"]["mfql-mlp"] == pytest.approx(best["mfql-mlp"] / 2.0, rel=0.02)
+    assert "| fql |" in result.stdout and "FLOP ceiling / reference" in result.stdout
+
+
+def test_the_device_speed_script_runs_here_on_the_cpu():
+    """benchmarks/gpu_speed.py is the prepared script for a lent GPU: it must work before one is."""
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_speed.py"
+    result = subprocess.run(
+        [
+            sys.executable, str(script), "--device", "cpu", "--eager-only", "--width", "16", "--steps", "2",
+            "--seeds", "2", "--methods", "fql,mfql-mlp", "--serving-repeats", "3",
+        ],
+        capture_output=True, text=True, env=ENV, timeout=300, cwd=script.parents[1],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert [row["method"] for row in report["training"]] == ["fql", "mfql-mlp"]
+    assert all(
+        row["eager_steps_per_s"] > 0 and row["seeds_eager_steps_per_s"] > 0 for row in report["training"]
+    )
+    assert {(row["provider"], row["batch"]) for row in report["serving"]} == {
+        ("CPUExecutionProvider", 1),
+        ("CPUExecutionProvider", 256),
+    }

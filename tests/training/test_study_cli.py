@@ -103,3 +103,32 @@ def test_the_study_table_says_how_many_steps_a_time_budget_left_each_seed(tmp_pa
     table = ablate.markdown(args, rows, ablate.summarize(rows))
     # (150000 + 140500) / 20 / 2 s = 121 min on average
     assert "| 20.0 | 121 (150k, 140k steps) |" in table
+
+
+def test_seeds_together_trains_each_arm_once_with_all_its_seeds(monkeypatch, tmp_path):
+    """--seeds-together: one `mfql-train --seeds` process per arm, each seed evaluated from its folder."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import compare_methods
+
+    commands, evaluated = [], []
+    monkeypatch.setattr(compare_methods, "run", lambda command: commands.append(command) or "")
+    monkeypatch.setattr(
+        compare_methods,
+        "evaluate_run",
+        lambda args, name, seed, run_dir, seconds: evaluated.append((name, seed, run_dir)) or {"seed": seed},
+    )
+    parser = compare_methods.argparse.ArgumentParser()
+    compare_methods.add_run_arguments(parser, steps=10, eval_every=0, out=str(tmp_path))
+    args = parser.parse_args(["--seeds-together", "--seeds", "0,1"])
+    rows = compare_methods.train_all(args, ["a", "b"], [0, 1], lambda arm: ["--flag", arm])
+    assert len(commands) == 2 and len(rows) == 4
+    for command in commands:
+        assert command[command.index("--seeds") + 1] == "0,1" and "--seed" not in command
+    assert sorted(evaluated) == [
+        (arm, seed, tmp_path / f"{arm}-seeds" / f"seed{seed}") for arm in ("a", "b") for seed in (0, 1)
+    ]
+    commands.clear()
+    args = parser.parse_args(["--seeds", "0,1"])  # without it: one process per run, as before
+    monkeypatch.setattr(compare_methods, "evaluate_run", lambda *a: {})
+    compare_methods.train_all(args, ["a"], [0, 1], lambda arm: [])
+    assert sorted(c[c.index("--seed") + 1] for c in commands) == ["0", "1"]
