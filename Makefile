@@ -53,7 +53,7 @@ default-model: $(VENV)/.dev-installed
 	$(BIN)/mfql-train --env cube-single-play-singletask-task2-v0 --dataset-dir $(DATA_DIR) --out $(DEFAULT_RUN) \
 		--agent fql --policy mlp --mlp-hidden 256,256,256,256 --critic-hidden 256,256,256,256 --steps 200000 \
 		--stop-after 170609 --seed 0 --hyperparameters reference --eval-every 20000 --eval-episodes 25 --threads 1 \
-		--precision bf16 --overwrite
+		--precision bf16 --compile off --overwrite
 	$(BIN)/mfql-eval $(DEFAULT_RUN) --episodes 50 > $(DEFAULT_RUN)/eval-50.json
 	$(BIN)/mfql-export $(DEFAULT_RUN) --out server/default_model/cube-single/1 --name cube-single \
 		--format onnx --evaluation $(DEFAULT_RUN)/eval-50.json --overwrite
