@@ -424,6 +424,7 @@ def train_together(trainers: list[Trainer], update, stop_after: int | None = Non
     bar = tqdm(total=cfg.total_steps, initial=lead.step, desc=label, dynamic_ncols=True)
     update_seconds, updates = 0.0, 0
     budget_seconds = cfg.time_budget_minutes * 60 if cfg.time_budget_minutes else None
+    compiling = cfg.compile  # the first update of a compiled run compiles it
     clock = time.perf_counter()
     while lead.step < end:
         if budget_seconds is not None and lead.train_seconds >= budget_seconds:
@@ -437,8 +438,13 @@ def train_together(trainers: list[Trainer], update, stop_after: int | None = Non
         now = time.perf_counter()
         update_seconds += now - started
         updates += 1
-        for trainer in trainers:
-            trainer.train_seconds += now - clock
+        # A compiled update compiles in its first call of the process: setup, not training, so
+        # it does not spend the time budget (the first step's own time is dropped with it).
+        if compiling:
+            compiling = False
+        else:
+            for trainer in trainers:
+                trainer.train_seconds += now - clock
         clock = now
         step = lead.step
         out_of_time = budget_seconds is not None and lead.train_seconds >= budget_seconds

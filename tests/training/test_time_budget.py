@@ -72,6 +72,20 @@ def test_a_spent_budget_ends_the_run_with_a_final_evaluation_and_checkpoint(
     assert 0 < stored.metrics["train_seconds"] == metrics["train_seconds"]
 
 
+def test_a_compiled_runs_first_step_compiling_does_not_spend_the_budget(
+    two_episode_data_dir, tmp_path, evaluations, monkeypatch
+):
+    """The first update of a --compile run compiles (minutes): the budget starts counting after it."""
+    import torch
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)  # the compiled path, uncompiled
+    config = replace(_config(two_episode_data_dir, tmp_path / "run", SPENT_AFTER_ONE_STEP), compile=True)
+    trainer = Trainer(config, None)
+    trainer.run()
+    assert trainer.step == 2  # step 1 (the compile) was not counted; step 2 spent the budget
+    assert load_policy_checkpoint(tmp_path / "run").metrics["stopped_by_time_budget"] is True
+
+
 def test_a_resume_continues_the_count_and_may_set_a_new_budget(two_episode_data_dir, tmp_path, evaluations):
     run = tmp_path / "run"
     Trainer(_config(two_episode_data_dir, run, SPENT_AFTER_ONE_STEP), None).run()
