@@ -100,8 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="torch.compile the whole update (losses, backward, clipped Adam, EMA, alpha) into one program: "
         f"one to two minutes at start, cached in ~/.cache/mfql/torchinductor (or TORCHINDUCTOR_CACHE_DIR). "
-        f"auto (default): on for runs of {COMPILE_MIN_STEPS} steps or more where a C++ compiler is found, "
-        "else off; a bare --compile is on",
+        f"auto (default): on for runs of {COMPILE_MIN_STEPS} steps or more with MLP networks no wider than "
+        f"{COMPILE_MAX_WIDTH} (where it pays on a CPU) where a C++ compiler is found, else off; "
+        "a bare --compile is on",
     )
     p.add_argument(
         "--hyperparameters",
@@ -204,6 +205,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         anchor_steps=args.anchor_steps,
         action_horizon=args.action_horizon,
     )
+    network = NetworkConfig(
+        policy=args.policy,
+        mlp_hidden=args.mlp_hidden or NetworkConfig.mlp_hidden,
+        critic_hidden=args.critic_hidden or NetworkConfig.critic_hidden,
+        gelu=args.gelu,
+    )
     return TrainConfig(
         env_name=args.env,
         dataset_dir=args.dataset_dir,
@@ -223,30 +230,33 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         keep_checkpoints=args.keep_checkpoints,
         threads=args.threads,
         precision=resolve_precision(args.precision),
-        compile=resolve_compile(args.compile, args.steps + args.online_steps),
+        compile=resolve_compile(args.compile, args.steps + args.online_steps, network, args.agent),
         agent_config=agent,
-        network=NetworkConfig(
-            policy=args.policy,
-            mlp_hidden=args.mlp_hidden or NetworkConfig.mlp_hidden,
-            critic_hidden=args.critic_hidden or NetworkConfig.critic_hidden,
-            gelu=args.gelu,
-        ),
+        network=network,
     )
 
 
-# Runs at least this long compile by default (`--compile auto`): about 1.2x the eager step on a
-# CPU (docs/performance.md) against one to two minutes of compiling, so a run of 20k steps
-# (30-40 minutes here) gains several minutes; shorter runs (tests, smoke runs) stay eager.
+# `--compile auto` compiles where it was measured to pay (docs/performance.md, an AVX2 CPU, fp32):
+# MLP networks no wider than 256, whose steps are overhead-bound (compiled 1.3x FQL, 1.5x MFQL
+# at 4 x 256), in runs of 20k steps or more (one to two minutes of compiling against 30-40
+# minutes of training). At 4 x 512 a step is matmul-bound and compiling was neutral (0.88-1.13x,
+# within the machine's noise), and the DiT gained 0.96-1.13x for a longer compile, so those and
+# short runs (tests, smoke runs) stay eager unless `--compile` asks.
 COMPILE_MIN_STEPS = 20_000
+COMPILE_MAX_WIDTH = 256
 CXX_COMPILERS = ("g++", "c++", "clang++")
 
 
-def resolve_compile(requested: str, total_steps: int) -> bool:
+def resolve_compile(requested: str, total_steps: int, network: NetworkConfig, agent: str = "mfql") -> bool:
     """Whether the run compiles its update: on / off as asked, or `auto`'s choice."""
     if requested in ("on", "off"):
         return requested == "on"
+    mlp_policy = agent == "fql" or network.policy == "mlp"
+    widths = [*network.critic_hidden, *network.mlp_hidden]
+    if total_steps < COMPILE_MIN_STEPS or not mlp_policy or max(widths) > COMPILE_MAX_WIDTH:
+        return False
     # torch.compile's CPU backend builds C++; without a compiler it would fail at the first step.
-    return total_steps >= COMPILE_MIN_STEPS and any(shutil.which(cxx) for cxx in CXX_COMPILERS)
+    return any(shutil.which(cxx) for cxx in CXX_COMPILERS)
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:

@@ -146,15 +146,23 @@ def test_compiled_fused_update_matches_the_eager_one(agent_name):
     assert_same_agents(eager, fused, rtol=1e-4, atol=1e-5)
 
 
-def test_compile_auto_compiles_long_runs_where_a_compiler_exists(monkeypatch):
+def test_compile_auto_compiles_long_small_mlp_runs_where_a_compiler_exists(monkeypatch):
     import training.train as train
 
-    assert train.resolve_compile("on", 10) and not train.resolve_compile("off", 10**6)
-    assert not train.resolve_compile("auto", train.COMPILE_MIN_STEPS - 1)
+    small = NetworkConfig(policy="mlp", mlp_hidden=(256,) * 4, critic_hidden=(256,) * 4)
+    long = train.COMPILE_MIN_STEPS
+    assert train.resolve_compile("on", 10, small) and not train.resolve_compile("off", 10**6, small)
+    assert not train.resolve_compile("auto", long - 1, small)
     monkeypatch.setattr(train.shutil, "which", lambda name: "/usr/bin/" + name)
-    assert train.resolve_compile("auto", train.COMPILE_MIN_STEPS)
+    assert train.resolve_compile("auto", long, small)
+    assert train.resolve_compile(
+        "auto", long, dataclasses.replace(small, policy="dit"), agent="fql"
+    )  # FQL: MLPs
+    # where it did not pay: the DiT, networks of 512
+    assert not train.resolve_compile("auto", long, dataclasses.replace(small, policy="dit"))
+    assert not train.resolve_compile("auto", long, dataclasses.replace(small, critic_hidden=(512,) * 4))
     monkeypatch.setattr(train.shutil, "which", lambda name: None)
-    assert not train.resolve_compile("auto", 10**6)  # no C++ compiler: torch.compile would fail
+    assert not train.resolve_compile("auto", 10**6, small)  # no C++ compiler: torch.compile would fail
     parser = train.build_parser()
     required = ["--env", TASK, "--dataset-dir", "d", "--out", "o"]
     assert parser.parse_args(required).compile == "auto"
