@@ -9,25 +9,14 @@ import dataclasses
 import pytest
 import torch
 
+from tests.training.test_precision_and_study_options import make_batch
 from training.agents import build_agent
-from training.agents.common import Batch
 from training.agents.fused_step import FusedUpdate, adam_step_, clip_by_total_norm_
 from training.config import NetworkConfig, resolve_agent_config
 from training.schedules import AlphaController, adapted_alpha
 
 TASK = "cube-single-play-singletask-task2-v0"
 SMALL = NetworkConfig(policy="mlp", mlp_hidden=(32, 32), critic_hidden=(32, 32))
-
-
-def make_batch(b: int = 16, obs_dim: int = 6, chunk_dim: int = 3, seed: int = 0) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    return Batch(
-        observations=torch.randn(b, obs_dim, generator=g),
-        actions=torch.rand(b, chunk_dim, generator=g) * 2 - 1,
-        rewards=-torch.randint(0, 2, (b,), generator=g).float(),
-        masks=torch.ones(b),
-        next_observations=torch.randn(b, obs_dim, generator=g),
-    )
 
 
 def assert_same_agents(eager, fused, rtol=1e-5, atol=1e-6) -> None:
@@ -70,7 +59,7 @@ def test_fused_update_matches_the_eager_one(agent_name, policy, overrides):
     step_fn = FusedUpdate(fused, compile=False)
     chunk = 3 * overrides.get("action_horizon", 1)
     for step in range(1, 6):
-        batch = make_batch(chunk_dim=chunk, seed=step)
+        batch = make_batch(action_dim=chunk, seed=step)
         expected, got = eager.update(batch, step), step_fn(batch, step)
         assert set(got) == set(expected)
         for key, value in expected.items():

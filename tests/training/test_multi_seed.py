@@ -8,7 +8,8 @@ import dataclasses
 import pytest
 import torch
 
-from tests.training.test_fused_step import assert_same_agents, make_batch
+from tests.training.test_fused_step import assert_same_agents
+from tests.training.test_precision_and_study_options import make_batch
 from training.agents import build_agent
 from training.config import NetworkConfig, resolve_agent_config
 from training.multi_seed import StackedSeeds
@@ -38,7 +39,7 @@ def test_each_seed_matches_its_single_seed_run(agent_name, overrides):
     stacked = StackedSeeds(stacked_agents)
     for step in range(1, 7):
         # each seed its own batch (its own data order)
-        batches = [make_batch(chunk_dim=chunk, seed=100 * seed + step) for seed in SEEDS]
+        batches = [make_batch(action_dim=chunk, seed=100 * seed + step) for seed in SEEDS]
         expected = [agent.update(batch, step) for agent, batch in zip(singles, batches, strict=True)]
         got = stacked(batches, step)
         for want, have in zip(expected, got, strict=True):

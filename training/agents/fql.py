@@ -24,7 +24,7 @@ from training.agents.common import (
     ema_update,
     frozen_critic_q,
 )
-from training.agents.fused_step import FusedUpdate, OptimizerGroup, UpdatePlan
+from training.agents.fused_step import FusedUpdate, OptimizerGroup, UpdatePlan, target_emas
 from training.config import AgentConfig, NetworkConfig
 from training.networks import CriticEnsemble, MLPPolicy, OneStepMLPPolicy
 from training.precision import Precision, matmul_autocast
@@ -173,14 +173,10 @@ class FQLAgent:
     # The fused update (training.agents.fused_step): the same step as one function of tensors.
 
     def update_plan(self) -> UpdatePlan:
-        cfg = self.config
-        emas = [("target_critic", "critic", cfg.tau)]
-        if self.acting_policy is not self.policy:
-            emas.append(("acting_policy", "policy", cfg.policy_ema_rate))
         return UpdatePlan(
             modules={**self.nets(), **self.modules()},
             groups=(OptimizerGroup(self.optimizer, ("bc_flow", "policy", "critic")),),
-            emas=tuple(emas),
+            emas=target_emas(self),
             objective=self.fused_objective,
         )
 

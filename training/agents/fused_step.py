@@ -56,6 +56,14 @@ class UpdatePlan:
     objective: Callable
 
 
+def target_emas(agent) -> tuple[tuple[str, str, float], ...]:
+    """The EMAs every agent keeps: the target critic's, and the acting policy's when it has one."""
+    emas = [("target_critic", "critic", agent.config.tau)]
+    if agent.acting_policy is not agent.policy:
+        emas.append(("acting_policy", "policy", agent.config.policy_ema_rate))
+    return tuple(emas)
+
+
 def adam_state(optimizer: torch.optim.Optimizer, parameter: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(step, exp_avg, exp_avg_sq) of `parameter` in `optimizer.state`, created as torch's Adam does."""
     state = optimizer.state[parameter]

@@ -26,7 +26,7 @@ from training.agents.common import (
     frozen_critic_q,
     one_step_actions,
 )
-from training.agents.fused_step import FusedUpdate, OptimizerGroup, UpdatePlan
+from training.agents.fused_step import FusedUpdate, OptimizerGroup, UpdatePlan, target_emas
 from training.config import FLOW_TIME_SAMPLINGS, AgentConfig, FlowTimeSampling, NetworkConfig
 from training.networks import CriticEnsemble, build_policy
 from training.precision import Precision, matmul_autocast
@@ -282,16 +282,13 @@ class MFQLAgent:
 
     def update_plan(self) -> UpdatePlan:
         cfg = self.config
-        emas = [("target_critic", "critic", cfg.tau)]
-        if self.acting_policy is not self.policy:
-            emas.append(("acting_policy", "policy", cfg.policy_ema_rate))
         return UpdatePlan(
             modules={**self.nets(), **self.modules()},
             groups=(
                 OptimizerGroup(self.actor_optimizer, ("policy",), cfg.grad_clip, "actor/grad_norm"),
                 OptimizerGroup(self.critic_optimizer, ("critic",), cfg.grad_clip, "critic/grad_norm"),
             ),
-            emas=tuple(emas),
+            emas=target_emas(self),
             objective=self.fused_objective,
         )
 
