@@ -552,6 +552,13 @@ def main(argv: list[str] | None = None) -> int:
         if len(trainers) == 1:
             results = [trainers[0].run(stop_after=args.stop_after)]
         else:
+            # Measured on a CPU (docs/performance.md): N seeds in one step cost about N steps of one,
+            # so there separate runs, one per core, finish sooner; say so rather than let it surprise.
+            print(
+                f"mfql-train: {len(trainers)} seeds in one process, one vectorised step; on a CPU this takes as long as "
+                "or longer than the runs one after another (docs/performance.md)",
+                file=sys.stderr,
+            )
             stacked = StackedSeeds([t.agent for t in trainers], compile=config.compile)
             results = train_together(trainers, stacked, stop_after=args.stop_after)
     except (RunDirectoryError, CheckpointError, ValueError, FileNotFoundError) as exc:
