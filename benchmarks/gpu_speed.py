@@ -56,7 +56,7 @@ def rate(step_fn, steps: int, device: torch.device, warmup: int = 3) -> float:
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
-    return Batch(*(getattr(batch, f).to(device) for f in Batch.__dataclass_fields__))
+    return Batch(*(tensor.to(device) for tensor in batch.tensors()))
 
 
 def agent_on(method: str, width: int, device: torch.device):

@@ -39,7 +39,7 @@ class StackedSeeds:
         self.agents = agents
         plans = [agent.update_plan() for agent in agents]
         self.plan = plans[0]
-        trained = [name for group in self.plan.groups for name in group.modules]
+        trained = self.plan.trained
         names = list(self.plan.modules)
         for plan in plans[1:]:
             if list(plan.modules) != names:
@@ -64,10 +64,7 @@ class StackedSeeds:
         """(steps, exp_avgs, exp_avg_sqs) of optimiser group `index`, one [N, ...] tensor per parameter;
         each seed's optimiser state holds views of its rows."""
         groups = [plan.groups[index] for plan in plans]
-        parameters = [
-            [p for m in g.modules for p in plan.modules[m].parameters()]
-            for g, plan in zip(groups, plans, strict=True)
-        ]
+        parameters = [plan.group_parameters(g) for g, plan in zip(groups, plans, strict=True)]
         stacked: tuple[list[Tensor], list[Tensor], list[Tensor]] = ([], [], [])
         for j in range(len(parameters[0])):
             states = [
@@ -88,16 +85,14 @@ class StackedSeeds:
         ]
         lrs = [agent.learning_rates(step) for agent in self.agents]
         for plan, agent_lrs in zip(self.plans, lrs, strict=True):
-            for group, lr in zip(plan.groups, agent_lrs, strict=True):
-                for param_group in group.optimizer.param_groups:
-                    param_group["lr"] = lr
+            plan.set_learning_rates(agent_lrs)
         alpha_states = [agent.alpha_state(step) for agent in self.agents]
         info = self._step(
             self.params,
             self.fixed,
             self.adam,
             [torch.tensor(column, dtype=torch.float32) for column in zip(*lrs, strict=True)],
-            tuple(torch.stack(field) for field in zip(*(_fields(b) for b in batches), strict=True)),
+            tuple(torch.stack(field) for field in zip(*(b.tensors() for b in batches), strict=True)),
             tuple(torch.stack(noise) for noise in zip(*(noises for noises, _ in draws), strict=True)),
             torch.stack([t for _, t in draws]),
             {key: torch.stack([s[key] for s in alpha_states]) for key in alpha_states[0]},
@@ -108,10 +103,6 @@ class StackedSeeds:
             agent.finish_update(step, dict(zip(keys, row, strict=True)), agent_lrs)
             for agent, row, agent_lrs in zip(self.agents, table, lrs, strict=True)
         ]
-
-
-def _fields(batch: Batch) -> tuple[Tensor, ...]:
-    return (batch.observations, batch.actions, batch.rewards, batch.masks, batch.next_observations)
 
 
 def _fused_update_of_fields(plan, hypers, params, fixed, adam, lrs, batch_fields, noises, t, alpha_state):

@@ -26,6 +26,10 @@ class Batch:
     masks: Tensor  # [B]
     next_observations: Tensor  # [B, obs_dim]
 
+    def tensors(self) -> tuple[Tensor, ...]:
+        """The fields in order, so `Batch(*batch.tensors())` rebuilds it (e.g. after stacking or moving)."""
+        return (self.observations, self.actions, self.rewards, self.masks, self.next_observations)
+
 
 class BoundModule:
     """A module called with the given parameters (`torch.func.functional_call`).

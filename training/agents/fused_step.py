@@ -55,6 +55,21 @@ class UpdatePlan:
     emas: tuple[tuple[str, str, float], ...]
     objective: Callable
 
+    @property
+    def trained(self) -> set[str]:
+        """The modules some optimiser trains (the rest, target critic and acting copy, follow EMAs)."""
+        return {name for group in self.groups for name in group.modules}
+
+    def group_parameters(self, group: OptimizerGroup) -> list[Tensor]:
+        """The group's parameters in its optimiser's order."""
+        return [p for name in group.modules for p in self.modules[name].parameters()]
+
+    def set_learning_rates(self, lrs: list[float]) -> None:
+        """Write this step's rates into the optimisers, as the eager step does (checkpoints keep them)."""
+        for group, lr in zip(self.groups, lrs, strict=True):
+            for param_group in group.optimizer.param_groups:
+                param_group["lr"] = lr
+
 
 def target_emas(agent) -> tuple[tuple[str, str, float], ...]:
     """The EMAs every agent keeps: the target critic's, and the acting policy's when it has one."""
@@ -175,7 +190,7 @@ class FusedUpdate:
     def __init__(self, agent, compile: bool = True, mode: str | None = None) -> None:
         self.agent = agent
         self.plan: UpdatePlan = agent.update_plan()
-        trained = {name for group in self.plan.groups for name in group.modules}
+        trained = self.plan.trained
         # Detached aliases of the parameters (same storage): the step writes them in place, and
         # the compiled program is one graph with no outer autograd to record.
         tensors = {
@@ -196,9 +211,7 @@ class FusedUpdate:
 
     def _adam_lists(self, group: OptimizerGroup) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         """(steps, exp_avgs, exp_avg_sqs) of the group's parameters, in the group's order."""
-        states = [
-            adam_state(group.optimizer, p) for m in group.modules for p in self.plan.modules[m].parameters()
-        ]
+        states = [adam_state(group.optimizer, p) for p in self.plan.group_parameters(group)]
         return [s[0] for s in states], [s[1] for s in states], [s[2] for s in states]
 
     def __call__(self, batch: Batch, step: int) -> dict[str, float]:
@@ -207,9 +220,7 @@ class FusedUpdate:
         if self.device.type != "cpu":  # the agents draw their noise on the CPU, in one stream
             noises, t = tuple(n.to(self.device) for n in noises), t.to(self.device)
         lrs = agent.learning_rates(step)
-        for group, lr in zip(self.plan.groups, lrs, strict=True):
-            for param_group in group.optimizer.param_groups:
-                param_group["lr"] = lr
+        self.plan.set_learning_rates(lrs)
         alpha_state = {key: value.to(self.device) for key, value in agent.alpha_state(step).items()}
         inputs = (
             self.plan,

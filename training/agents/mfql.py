@@ -255,7 +255,7 @@ class MFQLAgent:
         (c_loss + a_loss + alpha * mfi_loss).backward()
         actor_grad = nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
         critic_grad = nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.grad_clip)
-        actor_lr, critic_lr = self.learning_rates(step)
+        actor_lr = self.learning_rates(step)[0]
         for group in self.actor_optimizer.param_groups:
             group["lr"] = actor_lr
         self.actor_optimizer.step()
