@@ -64,6 +64,10 @@ ARMS: dict[str, tuple[str, list[str]]] = {
     ),
     "alpha-100": ("constant lr, alpha 100", [*CONSTANT_LR, "--alpha", "100"]),
     "alpha-1000": ("constant lr, alpha 1000", [*CONSTANT_LR, "--alpha", "1000"]),
+    # The puzzle sweep (issue 23; docs/results/puzzle.md): no MFQL alpha is published for puzzle,
+    # whose family default is FQL's 1000, so lr-constant there is alpha-1000 and these span it.
+    "alpha-300": ("constant lr, alpha 300 (cube-single's default)", [*CONSTANT_LR, "--alpha", "300"]),
+    "alpha-3000": ("constant lr, alpha 3000", [*CONSTANT_LR, "--alpha", "3000"]),
     "dit": ("constant lr, the reference's DiT policy", [*CONSTANT_LR, "--policy", "dit"]),
     # MFQL's Q during training sits at about -27 where FQL's reaches -50 on the same data,
     # while FQL succeeds more: the best-of-K target (a max over K candidates) may overestimate.

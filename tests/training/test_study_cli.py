@@ -4,6 +4,7 @@ arms, one command, resumable in rounds) and the extended gradient diagnosis."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -132,3 +133,16 @@ def test_seeds_together_trains_each_arm_once_with_all_its_seeds(monkeypatch, tmp
     monkeypatch.setattr(compare_methods, "evaluate_run", lambda *a: {})
     compare_methods.train_all(args, ["a"], [0, 1], lambda arm: [])
     assert sorted(c[c.index("--seed") + 1] for c in commands) == ["0", "1"]
+
+
+def test_every_alpha_arm_trains_at_the_alpha_it_is_named_after(monkeypatch):
+    """The puzzle sweep reads alpha from the arm's name: alpha-N must pass `--alpha N` once."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import ablate
+
+    sweep = {"alpha-100", "alpha-300", "alpha-1000", "alpha-3000"}
+    assert sweep <= set(ablate.ARMS)
+    for name, (_, flags) in ablate.ARMS.items():
+        if re.fullmatch(r"alpha-\d+", name):
+            assert flags.count("--alpha") == 1, name
+            assert float(flags[flags.index("--alpha") + 1]) == float(name.removeprefix("alpha-")), name
