@@ -12,7 +12,10 @@ then the study writes `<out>/study.json`, `<out>/study.md` (a table) and `<out>/
 `--list` prints the arms. Extra `mfql-train` flags for every arm go after `--`,
 e.g. `-- --compile`. The arms and what each tests are in ARMS below; docs/results/mfql-study.md
 and docs/results/chunks.md report the ones that were run. Runs already recorded in
-`<out>/study.json` are kept, so a study can be run in rounds into the same folder.
+`<out>/study.json` are kept, so a study can be run in rounds into the same folder. Each run
+also keeps its row in `<run dir>/final_evaluation.json` the moment it is evaluated, so a study
+stopped part-way loses only the runs still training: `--collect` writes the table and plots
+from every finished run in `--out`, training nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_methods import (  # noqa: E402
+    FINAL_EVALUATION,
     add_run_arguments,
     plot_learning_curves,
     split_extra,
@@ -180,6 +184,20 @@ def plot_losses(rows: list[dict], out: Path) -> Path:
     return path
 
 
+def recorded_rows(out: Path) -> list[dict]:
+    """Every run of the study folder with a final evaluation: study.json's rows (earlier rounds,
+    arms of other versions), then finished runs it does not list (a round stopped part-way)."""
+    study = out / "study.json"
+    rows = json.loads(study.read_text())["runs"] if study.is_file() else []
+    listed = {(row["method"], row["seed"]) for row in rows}
+    for path in sorted([*out.glob(f"*/{FINAL_EVALUATION}"), *out.glob(f"*-seeds/seed*/{FINAL_EVALUATION}")]):
+        row = json.loads(path.read_text())
+        if (row["method"], row["seed"]) not in listed:
+            rows.append(row)
+            listed.add((row["method"], row["seed"]))
+    return rows
+
+
 def describe_arm(name: str) -> str:
     """What an arm tests; study.json may hold arms that another version of this script ran."""
     return ARMS[name][0] if name in ARMS else "(an arm this version of ablate.py does not define)"
@@ -230,26 +248,33 @@ def main(argv: list[str] | None = None) -> int:
         "--arms", default="paper,lr-constant,draws-4", help="comma-separated; --list shows all"
     )
     parser.add_argument("--list", action="store_true", help="print the arms and exit")
+    parser.add_argument(
+        "--collect",
+        action="store_true",
+        help="train nothing: write study.json/.md/.png from the finished runs in --out",
+    )
     args = parser.parse_args(argv)
     args.extra = extra
     if args.list:
         for name, (what, flags) in ARMS.items():
             print(f"{name:12s} {what}: {' '.join(flags) or '(base only)'}")
         return 0
-    arms = args.arms.split(",")
-    unknown = [name for name in arms if name not in ARMS]
-    if unknown:
-        parser.error(f"unknown arm(s) {unknown}; expected some of {list(ARMS)}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    runs = [(name, seed) for name in arms for seed in seeds]
-    rows = train_all(args, arms, seeds, lambda name: [*BASE, *ARMS[name][1], *extra])
-    previous = args.out / "study.json"
-    if previous.is_file():
-        done = set(runs)
-        rows = [
-            r for r in json.loads(previous.read_text())["runs"] if (r["method"], r["seed"]) not in done
-        ] + rows
+    if args.collect:
+        rows = recorded_rows(args.out)
+        if not rows:
+            parser.error(f"--collect: no finished run (no */{FINAL_EVALUATION}, no study.json) in {args.out}")
+        args.seeds = ",".join(str(s) for s in sorted({row["seed"] for row in rows}))
+    else:
+        arms = args.arms.split(",")
+        unknown = [name for name in arms if name not in ARMS]
+        if unknown:
+            parser.error(f"unknown arm(s) {unknown}; expected some of {list(ARMS)}")
+        args.out.mkdir(parents=True, exist_ok=True)
+        seeds = [int(s) for s in args.seeds.split(",")]
+        runs = [(name, seed) for name in arms for seed in seeds]
+        rows = train_all(args, arms, seeds, lambda name: [*BASE, *ARMS[name][1], *extra])
+        done = set(runs)  # this round's runs replace earlier rows of the same arm and seed
+        rows = [r for r in recorded_rows(args.out) if (r["method"], r["seed"]) not in done] + rows
     if args.eval_every:
         plot_learning_curves(args, rows).rename(args.out / "study.png")
     plot_losses(rows, args.out)

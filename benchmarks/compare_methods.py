@@ -32,6 +32,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 METHODS = ("mfql", "fql")
+# Each finished run's row, kept in its run directory: a study stopped part-way (a session that
+# ended, a crash) keeps the runs it finished, and `ablate.py --collect` tables them.
+FINAL_EVALUATION = "final_evaluation.json"
 
 
 def console(name: str, module: str) -> list[str]:
@@ -94,7 +97,7 @@ def evaluate_run(args: argparse.Namespace, name: str, seed: int, run_dir: Path, 
             ]  # fmt: skip
         )
     )
-    return {
+    row = {
         "method": name,
         "seed": seed,
         "success_rate": report["success_rate"],
@@ -110,6 +113,8 @@ def evaluate_run(args: argparse.Namespace, name: str, seed: int, run_dir: Path, 
         "num_candidates": report["num_candidates"],
         "run_dir": str(run_dir),
     }
+    (run_dir / FINAL_EVALUATION).write_text(json.dumps(row, indent=2))
+    return row
 
 
 def train_all(args: argparse.Namespace, arms: list[str], seeds: list[int], flags_of) -> list[dict]:

@@ -45,6 +45,33 @@ def test_study_runs_arms_in_rounds_and_diagnoses_a_checkpoint(data_dir, tmp_path
     assert "| retired-arm | (an arm this version of ablate.py does not define) |" in table
     for picture in ("study.png", "study-losses.png"):
         assert (out / picture).stat().st_size > 1000
+
+    # a study stopped part-way keeps each finished run's row in its run dir: --collect tables them
+    (out / "study.json").unlink()
+    (out / "ema-seed0" / "final_evaluation.json").unlink()  # as if it was still training
+    collect = [
+        sys.executable,
+        str(BENCHMARKS / "ablate.py"),
+        "--collect",
+        "--steps",
+        "10",
+        "--eval-every",
+        "5",
+    ]
+    collected = subprocess.run(
+        [*collect, "--out", str(out)], capture_output=True, text=True, env=ENV, timeout=300
+    )
+    assert collected.returncode == 0, collected.stderr[-3000:]
+    rebuilt = json.loads((out / "study.json").read_text())
+    assert sorted(run["method"] for run in rebuilt["runs"]) == ["chunk-5", "draws-4", "fql", "paper"]
+    assert {json.dumps(r, sort_keys=True) for r in rebuilt["runs"]} <= {
+        json.dumps(r, sort_keys=True) for r in study["runs"]
+    }  # the same rows the finished study held
+    assert "| chunk-5 |" in (out / "study.md").read_text()
+    empty = subprocess.run(
+        [*collect, "--out", str(tmp_path / "nothing")], capture_output=True, text=True, env=ENV, timeout=300
+    )
+    assert empty.returncode != 0 and "no finished run" in empty.stderr
     config_file = next((out / "draws-4-seed0" / "checkpoints").glob("step_*/config.json"))
     stored = json.loads(config_file.read_text())["config"]
     assert stored["agent_config"]["mfi_draws"] == 4
