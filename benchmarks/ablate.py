@@ -186,16 +186,15 @@ def plot_losses(rows: list[dict], out: Path) -> Path:
 
 def recorded_rows(out: Path) -> list[dict]:
     """Every run of the study folder with a final evaluation: study.json's rows (earlier rounds,
-    arms of other versions), then finished runs it does not list (a round stopped part-way)."""
+    arms of other versions), then finished runs it does not list (a round stopped part-way). A
+    run directory's own row wins over study.json's: it is the run as it is on disk now."""
     study = out / "study.json"
     rows = json.loads(study.read_text())["runs"] if study.is_file() else []
-    listed = {(row["method"], row["seed"]) for row in rows}
+    by_run = {(row["method"], row["seed"]): row for row in rows}
     for path in sorted([*out.glob(f"*/{FINAL_EVALUATION}"), *out.glob(f"*-seeds/seed*/{FINAL_EVALUATION}")]):
         row = json.loads(path.read_text())
-        if (row["method"], row["seed"]) not in listed:
-            rows.append(row)
-            listed.add((row["method"], row["seed"]))
-    return rows
+        by_run[(row["method"], row["seed"])] = row  # replaced in place, or added at the end
+    return list(by_run.values())
 
 
 def describe_arm(name: str) -> str:
