@@ -270,9 +270,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown arm(s) {unknown}; expected some of {list(ARMS)}")
         args.out.mkdir(parents=True, exist_ok=True)
         seeds = [int(s) for s in args.seeds.split(",")]
-        runs = [(name, seed) for name in arms for seed in seeds]
         rows = train_all(args, arms, seeds, lambda name: [*BASE, *ARMS[name][1], *extra])
-        done = set(runs)  # this round's runs replace earlier rows of the same arm and seed
+        done = {(name, seed) for name in arms for seed in seeds}  # this round replaces their rows
         rows = [r for r in recorded_rows(args.out) if (r["method"], r["seed"]) not in done] + rows
     if args.eval_every:
         plot_learning_curves(args, rows).rename(args.out / "study.png")
