@@ -9,6 +9,16 @@ then the study writes `<out>/study.json`, `<out>/study.md` (a table) and `<out>/
     python benchmarks/ablate.py --dataset-dir data --steps 30000 --jobs 2 --threads 1 \\
         --arms paper,lr-constant,draws-4 --out runs/study
 
+`--tasks 1,2,3,4,5` runs the grid on each of a family's singletask tasks (`--env` names the
+family's singletask env, e.g. `puzzle-3x3-play-singletask-v0`): one study folder per task,
+`<out>/task<N>/`, and `<out>/tasks.md` with each arm's success per task and its mean over the
+tasks. `--resume` keeps the finished runs and continues the ones a stopped session left
+(checkpoints every `--checkpoint-every` steps), so a grid longer than a session runs in rounds:
+
+    python benchmarks/ablate.py --env puzzle-3x3-play-singletask-v0 --tasks 1,2,3,4,5 \
+        --dataset-dir data --steps 30000 --jobs 2 --threads 1 --arms fql,alpha-1000 \
+        --resume --checkpoint-every 5000 --out runs/puzzle-tasks
+
 `--list` prints the arms. Extra `mfql-train` flags for every arm go after `--`,
 e.g. `-- --compile`. The arms and what each tests are in ARMS below; docs/results/mfql-study.md
 and docs/results/chunks.md report the ones that were run. Runs already recorded in
@@ -22,7 +32,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import statistics
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -33,6 +46,7 @@ from compare_methods import (  # noqa: E402
     split_extra,
     summarize,
     train_all,
+    train_and_evaluate,
 )
 
 BASE = [
@@ -214,8 +228,10 @@ def markdown(args: argparse.Namespace, rows: list[dict], summary: dict) -> str:
         mine = [r for r in rows if r["method"] == name]
         curve = []
         for run in mine:
-            with open(Path(run["run_dir"]) / "evaluations.csv") as handle:
-                curve.append(" / ".join(f"{float(line.split(',')[1]):.2f}" for line in list(handle)[1:]))
+            evaluations = Path(run["run_dir"]) / "evaluations.csv"  # none with --eval-every 0
+            if evaluations.is_file():
+                logged = evaluations.read_text().splitlines()[1:]
+                curve.append(" / ".join(f"{float(line.split(',')[1]):.2f}" for line in logged))
         if len(mine) == 1:  # one seed: the spread is the evaluation's own standard error
             spread = f"+/- {mine[0]['success_rate_stderr']:.2f} (s.e.)"
         else:
@@ -237,6 +253,111 @@ def markdown(args: argparse.Namespace, rows: list[dict], summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def task_env(env: str, task: int) -> str:
+    """The singletask env of `task` in `env`'s family: `...-singletask[-taskK]-vN` ->
+    `...-singletask-task<task>-vN` (OGBench's names)."""
+    match = re.fullmatch(r"(.+-singletask)(?:-task\d+)?(-v\d+)", env)
+    if match is None:
+        raise ValueError(
+            f"--env {env!r}: --tasks needs a singletask env name, e.g. puzzle-3x3-play-singletask-v0"
+        )
+    return f"{match[1]}-task{task}{match[2]}"
+
+
+def task_studies(args: argparse.Namespace, tasks: list[int]) -> dict[str, argparse.Namespace]:
+    """One study per task (its env, its folder `<out>/task<N>`), or the one study of `--env`."""
+    if not tasks:
+        return {"": args}
+    return {
+        f"task{task}": argparse.Namespace(
+            **{**vars(args), "env": task_env(args.env, task), "out": args.out / f"task{task}"}
+        )
+        for task in tasks
+    }
+
+
+def train_studies(
+    args: argparse.Namespace, studies: dict[str, argparse.Namespace], arms: list[str], seeds: list[int]
+) -> dict[str, list[dict]]:
+    """Every (task, arm, seed) run, `--jobs` at a time across the tasks: two cores stay busy
+    even where a task has a single run. Rows grouped by task, in the order of the grid."""
+
+    def flags_of(name: str) -> list[str]:
+        return [*BASE, *ARMS[name][1], *args.extra]
+
+    for study in studies.values():
+        study.out.mkdir(parents=True, exist_ok=True)
+    if args.seeds_together or len(studies) == 1:
+        return {key: train_all(study, arms, seeds, flags_of) for key, study in studies.items()}
+    grid = [(key, arm, seed) for key in studies for arm in arms for seed in seeds]
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        rows = list(pool.map(lambda r: train_and_evaluate(studies[r[0]], r[1], r[2], flags_of(r[1])), grid))
+    return {key: [row for (k, _, _), row in zip(grid, rows, strict=True) if k == key] for key in studies}
+
+
+def write_study(args: argparse.Namespace, rows: list[dict]) -> dict:
+    """study.json, study.md, study.png and study-losses.png of one study folder; its summary."""
+    if args.eval_every:
+        plot_learning_curves(args, rows).rename(args.out / "study.png")
+    plot_losses(rows, args.out)
+    summary = summarize(rows)
+    result = {"env": args.env, "steps": args.steps, "runs": rows, "summary": summary}
+    (args.out / "study.json").write_text(json.dumps(result, indent=2))
+    (args.out / "study.md").write_text(markdown(args, rows, summary))
+    return summary
+
+
+def task_table(args: argparse.Namespace, rows_by_task: dict[str, list[dict]]) -> dict:
+    """Each arm's final success per task (mean over its seeds there) and its mean over the tasks.
+    The spread of the task mean is over seeds: each seed's mean over the tasks it finished."""
+    arms = list(dict.fromkeys(row["method"] for rows in rows_by_task.values() for row in rows))
+    table = {}
+    for arm in arms:
+        per_task = {
+            key: statistics.fmean(r["success_rate"] for r in rows if r["method"] == arm)
+            for key, rows in rows_by_task.items()
+            if any(r["method"] == arm for r in rows)
+        }
+        by_seed: dict[int, list[float]] = {}
+        for rows in rows_by_task.values():
+            for r in rows:
+                if r["method"] == arm:
+                    by_seed.setdefault(r["seed"], []).append(r["success_rate"])
+        complete = [statistics.fmean(v) for v in by_seed.values() if len(v) == len(rows_by_task)]
+        table[arm] = {
+            "success_rate_by_task": per_task,
+            # the mean over tasks only when the arm finished every task (else it would mislead)
+            "task_mean": statistics.fmean(per_task.values()) if len(per_task) == len(rows_by_task) else None,
+            "task_mean_stdev_over_seeds": statistics.stdev(complete) if len(complete) > 1 else None,
+            "seeds": sorted(by_seed),
+        }
+    return table
+
+
+def task_markdown(args: argparse.Namespace, envs: dict[str, str], table: dict) -> str:
+    keys = list(envs)
+    lines = [
+        f"{args.steps} steps, seeds {args.seeds}, final evaluation over {args.eval_episodes} episodes "
+        f"per run; tasks: {', '.join(f'{k} = {envs[k]}' for k in keys)}; each task's runs and "
+        "curves in its folder (`<task>/study.md`, `<task>/study.png`)",
+        "",
+        f"| arm | {' | '.join(keys)} | mean over {len(keys)} tasks |",
+        f"|---|{'---|' * len(keys)}---|",
+    ]
+    for arm, row in table.items():
+        cells = [
+            f"{row['success_rate_by_task'][k]:.2f}" if k in row["success_rate_by_task"] else "-" for k in keys
+        ]
+        if row["task_mean"] is None:
+            mean = "- (not every task finished)"
+        elif row["task_mean_stdev_over_seeds"] is None:
+            mean = f"{row['task_mean']:.2f}"
+        else:
+            mean = f"{row['task_mean']:.2f} +/- {row['task_mean_stdev_over_seeds']:.2f} (std over seeds)"
+        lines.append(f"| {arm} | {' | '.join(cells)} | {mean} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv, extra = split_extra(argv)
     parser = argparse.ArgumentParser(
@@ -245,6 +366,12 @@ def main(argv: list[str] | None = None) -> int:
     add_run_arguments(parser, steps=30_000, eval_every=10_000, out="runs/study")
     parser.add_argument(
         "--arms", default="paper,lr-constant,draws-4", help="comma-separated; --list shows all"
+    )
+    parser.add_argument(
+        "--tasks",
+        default="",
+        help="comma-separated task numbers: the grid on each singletask task of --env's family, "
+        "one folder per task under --out",
     )
     parser.add_argument("--list", action="store_true", help="print the arms and exit")
     parser.add_argument(
@@ -258,29 +385,46 @@ def main(argv: list[str] | None = None) -> int:
         for name, (what, flags) in ARMS.items():
             print(f"{name:12s} {what}: {' '.join(flags) or '(base only)'}")
         return 0
+    try:
+        tasks = [int(t) for t in args.tasks.split(",")] if args.tasks else []
+    except ValueError:
+        parser.error(f"--tasks {args.tasks!r}: expected comma-separated task numbers, e.g. 1,2,3,4,5")
+    try:
+        studies = task_studies(args, tasks)
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.collect:
-        rows = recorded_rows(args.out)
-        if not rows:
+        rows_by_task = {key: recorded_rows(study.out) for key, study in studies.items()}
+        if not any(rows_by_task.values()):
             parser.error(f"--collect: no finished run (no */{FINAL_EVALUATION}, no study.json) in {args.out}")
-        args.seeds = ",".join(str(s) for s in sorted({row["seed"] for row in rows}))
+        rows_by_task = {key: rows for key, rows in rows_by_task.items() if rows}
+        args.seeds = ",".join(
+            str(s) for s in sorted({r["seed"] for rows in rows_by_task.values() for r in rows})
+        )
     else:
         arms = args.arms.split(",")
         unknown = [name for name in arms if name not in ARMS]
         if unknown:
             parser.error(f"unknown arm(s) {unknown}; expected some of {list(ARMS)}")
-        args.out.mkdir(parents=True, exist_ok=True)
         seeds = [int(s) for s in args.seeds.split(",")]
-        rows = train_all(args, arms, seeds, lambda name: [*BASE, *ARMS[name][1], *extra])
+        trained = train_studies(args, studies, arms, seeds)
         done = {(name, seed) for name in arms for seed in seeds}  # this round replaces their rows
-        rows = [r for r in recorded_rows(args.out) if (r["method"], r["seed"]) not in done] + rows
-    if args.eval_every:
-        plot_learning_curves(args, rows).rename(args.out / "study.png")
-    plot_losses(rows, args.out)
-    summary = summarize(rows)
-    result = {"env": args.env, "steps": args.steps, "runs": rows, "summary": summary}
-    (args.out / "study.json").write_text(json.dumps(result, indent=2))
-    (args.out / "study.md").write_text(markdown(args, rows, summary))
-    print((args.out / "study.md").read_text())
+        rows_by_task = {
+            key: [r for r in recorded_rows(studies[key].out) if (r["method"], r["seed"]) not in done] + rows
+            for key, rows in trained.items()
+        }
+    for key, rows in rows_by_task.items():
+        studies[key].seeds = args.seeds
+        write_study(studies[key], rows)
+        print((studies[key].out / "study.md").read_text())
+    if tasks:
+        table = task_table(args, rows_by_task)
+        envs = {key: studies[key].env for key in rows_by_task}
+        (args.out / "tasks.json").write_text(
+            json.dumps({"envs": envs, "steps": args.steps, "arms": table}, indent=2)
+        )
+        (args.out / "tasks.md").write_text(task_markdown(args, envs, table))
+        print((args.out / "tasks.md").read_text())
     return 0
 
 

@@ -49,11 +49,28 @@ def run(command: list[str]) -> str:
     return result.stdout
 
 
+def finished_row(run_dir: Path) -> dict | None:
+    """The row a finished run keeps in its directory, or None (never run, or stopped before it)."""
+    path = run_dir / FINAL_EVALUATION
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """A completed step directory to resume from (`mfql-train` writes them whole, then renames)."""
+    return any(path.is_dir() for path in (run_dir / "checkpoints").glob("step_*"))
+
+
 def train_and_evaluate(args: argparse.Namespace, name: str, seed: int, flags: list[str]) -> dict:
-    """Train one arm (`name`, its `mfql-train` flags) for one seed, then evaluate its final checkpoint."""
+    """Train one arm (`name`, its `mfql-train` flags) for one seed, then evaluate its final checkpoint.
+
+    With `--resume`, a finished run (its `final_evaluation.json`) is kept as it is, and a run
+    stopped part-way (a session that ended) continues from its newest checkpoint."""
     run_dir = args.out / f"{name}-seed{seed}"
+    if args.resume and (row := finished_row(run_dir)) is not None:
+        return row
     start = time.perf_counter()
-    run(train_command(args, run_dir, ["--seed", str(seed)], flags))
+    resume = args.resume and has_checkpoint(run_dir)
+    run(train_command(args, run_dir, ["--seed", str(seed)], flags, resume))
     return evaluate_run(args, name, seed, run_dir, time.perf_counter() - start)
 
 
@@ -61,22 +78,31 @@ def train_and_evaluate_seeds(
     args: argparse.Namespace, name: str, seeds: list[int], flags: list[str]
 ) -> list[dict]:
     """`train_and_evaluate` for all `seeds` of an arm in one `mfql-train --seeds` process
-    (`--seeds-together`): run directories `<out>/<name>-seeds/seed<N>`."""
+    (`--seeds-together`): run directories `<out>/<name>-seeds/seed<N>`. One process trains all
+    the seeds, so `--resume` keeps them only if all finished, and resumes only if all have a
+    checkpoint; otherwise they start again together."""
     parent = args.out / f"{name}-seeds"
+    run_dirs = [parent / f"seed{seed}" for seed in seeds]
+    if args.resume and all(rows := [finished_row(d) for d in run_dirs]):
+        return rows
     start = time.perf_counter()
-    run(train_command(args, parent, ["--seeds", ",".join(map(str, seeds))], flags))
+    resume = args.resume and all(has_checkpoint(d) for d in run_dirs)
+    run(train_command(args, parent, ["--seeds", ",".join(map(str, seeds))], flags, resume))
     seconds = time.perf_counter() - start
-    return [evaluate_run(args, name, seed, parent / f"seed{seed}", seconds) for seed in seeds]
+    return [evaluate_run(args, name, seed, d, seconds) for seed, d in zip(seeds, run_dirs, strict=True)]
 
 
-def train_command(args: argparse.Namespace, out: Path, seed_flags: list[str], flags: list[str]) -> list[str]:
+def train_command(
+    args: argparse.Namespace, out: Path, seed_flags: list[str], flags: list[str], resume: bool = False
+) -> list[str]:
     evaluations = ["--eval-every", str(args.eval_every), "--eval-episodes", str(args.curve_episodes)]
     return [
         *console("mfql-train", "training.train"),
         "--env", args.env, "--dataset-dir", str(args.dataset_dir), "--out", str(out),
         "--steps", str(args.steps), *seed_flags,
         *(evaluations if args.eval_every else ["--eval-episodes", "0"]),
-        "--checkpoint-every", str(args.steps), "--overwrite", "--threads", str(args.threads), *flags,
+        "--checkpoint-every", str(args.checkpoint_every or args.steps),
+        "--resume" if resume else "--overwrite", "--threads", str(args.threads), *flags,
     ]  # fmt: skip
 
 
@@ -223,6 +249,19 @@ def add_run_arguments(parser: argparse.ArgumentParser, steps: int, eval_every: i
         action="store_true",
         help="train each arm's seeds in one `mfql-train --seeds` process, as one vectorised step "
         "(pays where steps are launch-bound, e.g. a GPU; on a CPU it is slower: docs/performance.md)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the runs in --out that finished (their final_evaluation.json) and continue the "
+        "ones stopped part-way from their newest checkpoint (see --checkpoint-every); without it "
+        "every run starts again",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        help="checkpoint each run every N steps, so --resume loses at most N (default: only at the end)",
     )
     parser.add_argument("--out", type=Path, default=Path(out))
 

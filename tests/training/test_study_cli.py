@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from tests.training.test_cli_end_to_end import ENV, TASK, data_dir  # noqa: F401  (fixture)
 
@@ -173,3 +176,115 @@ def test_every_alpha_arm_trains_at_the_alpha_it_is_named_after(monkeypatch):
         if re.fullmatch(r"alpha-\d+", name):
             assert flags.count("--alpha") == 1, name
             assert float(flags[flags.index("--alpha") + 1]) == float(name.removeprefix("alpha-")), name
+
+
+def test_task_env_names_each_singletask_task_of_a_family(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import ablate
+
+    assert ablate.task_env("puzzle-3x3-play-singletask-v0", 3) == "puzzle-3x3-play-singletask-task3-v0"
+    assert (
+        ablate.task_env("cube-single-play-singletask-task2-v0", 5) == "cube-single-play-singletask-task5-v0"
+    )
+    with pytest.raises(ValueError, match="singletask env name"):
+        ablate.task_env("cube-single-play-v0", 1)
+
+
+@pytest.mark.slow  # about 40 s of two cores; test_resume_... below covers the logic by default
+def test_a_task_grid_tables_every_task_and_resume_keeps_and_continues_runs(data_dir, tmp_path):  # noqa: F811
+    """--tasks: one study folder per task and tasks.md; --resume: a finished run is kept untouched,
+    a run stopped part-way continues from its checkpoint (not from scratch: --overwrite would
+    have deleted the run folder), and the table is written again."""
+    out = tmp_path / "grid"
+    command = [
+        sys.executable, str(BENCHMARKS / "ablate.py"), "--env", "cube-single-play-singletask-v0",
+        "--tasks", "1,2", "--dataset-dir", str(data_dir), "--steps", "4", "--arms", "fql",
+        "--eval-episodes", "1", "--eval-every", "0", "--threads", "1", "--jobs", "2",
+        "--checkpoint-every", "2", "--resume", "--out", str(out), "--", *TINY, "--log-every", "1",
+    ]  # fmt: skip
+    first = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    for task in (1, 2):
+        final = sorted((out / f"task{task}" / "fql-seed0" / "checkpoints").glob("step_*"))[-1]
+        config = json.loads((final / "config.json").read_text())
+        assert config["config"]["env_name"] == f"cube-single-play-singletask-task{task}-v0"
+        assert (out / f"task{task}" / "study.md").is_file()
+    grid = json.loads((out / "tasks.json").read_text())
+    assert grid["envs"] == {f"task{n}": f"cube-single-play-singletask-task{n}-v0" for n in (1, 2)}
+    fql = grid["arms"]["fql"]
+    assert set(fql["success_rate_by_task"]) == {"task1", "task2"} and fql["seeds"] == [0]
+    assert fql["task_mean"] == pytest.approx(sum(fql["success_rate_by_task"].values()) / 2)
+    assert "| arm | task1 | task2 | mean over 2 tasks |" in (out / "tasks.md").read_text()
+
+    kept, stopped = out / "task1" / "fql-seed0", out / "task2" / "fql-seed0"
+    kept_row = (kept / "final_evaluation.json").read_bytes()
+    (stopped / "final_evaluation.json").unlink()  # as a session that ended at step 2 leaves it
+    checkpoints = sorted((stopped / "checkpoints").glob("step_*"))
+    assert [int(c.name.removeprefix("step_")) for c in checkpoints] == [2, 4]
+    shutil.rmtree(checkpoints[-1])
+    kept_checkpoint_time = sorted((kept / "checkpoints").glob("step_*"))[-1].stat().st_mtime_ns
+    for run in (kept, stopped):
+        (run / "marker").write_text("still here")
+    second = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert (kept / "final_evaluation.json").read_bytes() == kept_row  # not evaluated again
+    assert sorted((kept / "checkpoints").glob("step_*"))[-1].stat().st_mtime_ns == kept_checkpoint_time
+    assert (kept / "marker").exists() and (stopped / "marker").exists()  # resumed in place
+    assert (checkpoints[-1] / "config.json").is_file() and (stopped / "final_evaluation.json").is_file()
+    steps = [int(line.split(",")[0]) for line in (stopped / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == [1, 2, 3, 4]  # steps 1-2 from the first round, 3-4 from the resumed one
+    assert json.loads((out / "tasks.json").read_text())["arms"]["fql"]["task_mean"] is not None
+
+
+def test_resume_keeps_finished_runs_continues_stopped_ones_and_restarts_the_rest(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import compare_methods
+
+    commands = []
+    monkeypatch.setattr(compare_methods, "run", lambda command: commands.append(command) or "")
+    monkeypatch.setattr(
+        compare_methods, "evaluate_run", lambda args, name, seed, run_dir, s: {"evaluated": seed}
+    )
+    parser = compare_methods.argparse.ArgumentParser()
+    compare_methods.add_run_arguments(parser, steps=30, eval_every=0, out=str(tmp_path))
+    finished, stopped = tmp_path / "arm-seed0", tmp_path / "arm-seed1"
+    (finished / "checkpoints" / "step_000000030").mkdir(parents=True)
+    (finished / "final_evaluation.json").write_text('{"method": "arm", "seed": 0, "kept": true}')
+    (stopped / "checkpoints" / "step_000000010").mkdir(parents=True)
+
+    args = parser.parse_args(["--resume", "--checkpoint-every", "10"])
+    rows = [compare_methods.train_and_evaluate(args, "arm", seed, []) for seed in (0, 1, 2)]
+    assert rows == [{"method": "arm", "seed": 0, "kept": True}, {"evaluated": 1}, {"evaluated": 2}]
+    assert len(commands) == 2  # the finished run trained nothing
+    resumed, fresh = commands
+    assert "--resume" in resumed and "--overwrite" not in resumed
+    assert "--overwrite" in fresh and "--resume" not in fresh  # seed 2 had nothing to resume
+    assert all(c[c.index("--checkpoint-every") + 1] == "10" for c in commands)
+
+    commands.clear()
+    args = parser.parse_args([])  # without --resume every run starts again, checkpointed at the end
+    compare_methods.train_and_evaluate(args, "arm", 0, [])
+    assert "--overwrite" in commands[0] and commands[0][commands[0].index("--checkpoint-every") + 1] == "30"
+
+
+def test_the_task_table_means_over_tasks_only_for_arms_that_finished_every_task(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import ablate
+
+    def row(method, seed, rate):
+        return {"method": method, "seed": seed, "success_rate": rate}
+
+    rows_by_task = {
+        "task1": [row("fql", 0, 0.2), row("fql", 1, 0.4), row("mfql", 0, 0.6)],
+        "task2": [row("fql", 0, 0.6), row("fql", 1, 1.0)],
+    }
+    table = ablate.task_table(None, rows_by_task)
+    assert table["fql"]["success_rate_by_task"] == pytest.approx({"task1": 0.3, "task2": 0.8})
+    assert table["fql"]["task_mean"] == pytest.approx(0.55)
+    # seed 0's task mean 0.4, seed 1's 0.7: their std
+    assert table["fql"]["task_mean_stdev_over_seeds"] == pytest.approx(0.2121, abs=1e-4)
+    assert table["mfql"]["task_mean"] is None and table["mfql"]["success_rate_by_task"] == {"task1": 0.6}
+    args = ablate.argparse.Namespace(steps=30000, seeds="0,1", eval_episodes=50)
+    text = ablate.task_markdown(args, {"task1": "a-task1-v0", "task2": "a-task2-v0"}, table)
+    assert "| fql | 0.30 | 0.80 | 0.55 +/- 0.21 (std over seeds) |" in text
+    assert "| mfql | 0.60 | - | - (not every task finished) |" in text
