@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_methods import (  # noqa: E402
     FINAL_EVALUATION,
     add_run_arguments,
+    arm_colours,
     plot_learning_curves,
     split_extra,
     summarize,
@@ -163,7 +164,7 @@ def plot_losses(rows: list[dict], out: Path) -> Path:
         ("actor/q", "Q of the policy's action"),
     )
     methods = list(dict.fromkeys(row["method"] for row in rows))
-    colours = plt.get_cmap("tab20").colors
+    colours = arm_colours(len(methods))
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
     for row in rows:
         with open(Path(row["run_dir"]) / "metrics.csv", newline="") as handle:

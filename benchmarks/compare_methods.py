@@ -153,6 +153,14 @@ def train_all(args: argparse.Namespace, arms: list[str], seeds: list[int], flags
         return list(pool.map(lambda r: train_and_evaluate(args, r[0], r[1], flags_of(r[0])), runs))
 
 
+def arm_colours(count: int) -> tuple:
+    """Distinct colours for `count` arms: tab10 up to 10 (tab20 pairs a dark and a light shade
+    of one hue, which made a two-arm study one colour), tab20 beyond."""
+    import matplotlib.pyplot as plt
+
+    return plt.get_cmap("tab10" if count <= 10 else "tab20").colors
+
+
 def plot_learning_curves(args: argparse.Namespace, rows: list[dict]) -> Path:
     """comparison.png: success rate during training, one line per method and seed."""
     import matplotlib
@@ -163,7 +171,7 @@ def plot_learning_curves(args: argparse.Namespace, rows: list[dict]) -> Path:
     # one colour per method (seeds share it, with their own markers), legend beside the axes:
     # a study of many arms stays readable
     methods = list(dict.fromkeys(row["method"] for row in rows))
-    colours = plt.get_cmap("tab20").colors
+    colours = arm_colours(len(methods))
     markers = "osD^v<>"
     fig, ax = plt.subplots(figsize=(9.0, 4.4))
     for row in rows:
