@@ -4,7 +4,8 @@ Each arm is a set of `mfql-train` flags on top of a shared base (MLP 4x256 polic
 the reference's critic lr and discount). Every run evaluates during training (25 episodes by
 default) and once more at the end (50 episodes, the same evaluation seeds for every arm),
 then the study writes `<out>/study.json`, `<out>/study.md` (a table) and `<out>/study.png`
-(success during training, one line per arm).
+(success and the mean return per episode during training, one line per arm and seed: on a
+dense reward such as puzzle's the return moves long before any episode succeeds).
 
     python benchmarks/ablate.py --dataset-dir data --steps 30000 --jobs 2 --threads 1 \\
         --arms paper,lr-constant,draws-4 --out runs/study
@@ -222,8 +223,8 @@ def markdown(args: argparse.Namespace, rows: list[dict], summary: dict) -> str:
         f"{args.env}, {args.steps} steps, seeds {args.seeds}, final evaluation over {args.eval_episodes} "
         f"episodes, base flags `{' '.join(BASE + args.extra)}`",
         "",
-        "| arm | what it tests | success (final) | during training | steps/s | training min |",
-        "|---|---|---|---|---|---|",
+        "| arm | what it tests | success (final) | during training | mean return (final) | steps/s | training min |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, row in summary.items():
         mine = [r for r in rows if r["method"] == name]
@@ -247,9 +248,10 @@ def markdown(args: argparse.Namespace, rows: list[dict], summary: dict) -> str:
             minutes_and_steps = f"{minutes:.0f} ({', '.join(f'{n // 1000}k' for n in steps)} steps)"
         else:
             minutes_and_steps = f"{minutes:.0f}"
+        mean_return = "-" if row.get("mean_return_mean") is None else f"{row['mean_return_mean']:.1f}"
         lines.append(
             f"| {name} | {describe_arm(name)} | {row['success_rate_mean']:.2f} {spread} "
-            f"| {'; '.join(curve)} | {row['train_steps_per_second']:.1f} | {minutes_and_steps} |"
+            f"| {'; '.join(curve)} | {mean_return} | {row['train_steps_per_second']:.1f} | {minutes_and_steps} |"
         )
     return "\n".join(lines) + "\n"
 

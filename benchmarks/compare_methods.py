@@ -1,10 +1,10 @@
 """MFQL vs FQL on the same data, seeds and step budget: the paper's central comparison, one command.
 
 For each method and seed it runs `mfql-train`, then `mfql-eval` on the final checkpoint, and
-reports success rate (mean and spread over seeds), training steps/s (the trainer's own
+reports success rate (mean and spread over seeds), the mean return per episode, training steps/s (the trainer's own
 `time/steps_per_s`, which excludes data loading, evaluations and checkpoints) and the
 policy's latency per action. `--eval-every N` adds evaluations during training and a plot of
-both methods' learning curves (`comparison.png`). `--jobs 2 --threads 1` trains two runs at
+both methods' learning curves (`comparison.png`: success, and the mean return below it). `--jobs 2 --threads 1` trains two runs at
 once, one core each: on a 2-core machine that is about 1.3x the throughput of one 2-thread run
 at a time (MFQL, MLP 4x256: 2 x 11.9 vs 18.5 steps/s), and both methods see the same conditions.
 
@@ -128,6 +128,9 @@ def evaluate_run(args: argparse.Namespace, name: str, seed: int, run_dir: Path, 
         "seed": seed,
         "success_rate": report["success_rate"],
         "success_rate_stderr": report["success_rate_stderr"],
+        # the mean of each episode's summed reward: the signal where no episode succeeds yet
+        # (puzzle's dense reward counts the lights that do not match the goal)
+        "mean_return": report["mean_return"],
         "wall_seconds": round(seconds, 1),
         # the last logged step: fewer than --steps when `--time-budget-minutes` stopped the run
         "steps_trained": int(logged[-1]["step"]),
@@ -162,7 +165,9 @@ def arm_colours(count: int) -> tuple:
 
 
 def plot_learning_curves(args: argparse.Namespace, rows: list[dict]) -> Path:
-    """comparison.png: success rate during training, one line per method and seed."""
+    """comparison.png: success rate (top) and mean return per episode (bottom) during training,
+    one line per method and seed. The return shows learning on a dense reward before any
+    episode succeeds (evaluations.csv of older runs lacks it: that panel then stays empty)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -173,24 +178,31 @@ def plot_learning_curves(args: argparse.Namespace, rows: list[dict]) -> Path:
     methods = list(dict.fromkeys(row["method"] for row in rows))
     colours = arm_colours(len(methods))
     markers = "osD^v<>"
-    fig, ax = plt.subplots(figsize=(9.0, 4.4))
+    fig, (success_ax, return_ax) = plt.subplots(2, 1, figsize=(9.0, 6.6), sharex=True)
     for row in rows:
         with open(Path(row["run_dir"]) / "evaluations.csv", newline="") as handle:
             points = list(csv.DictReader(handle))
-        ax.errorbar(
-            [int(p["step"]) for p in points],
+        style = {
+            "marker": markers[int(row["seed"]) % len(markers)],
+            "color": colours[methods.index(row["method"]) % len(colours)],
+            "label": f"{row['method']} seed {row['seed']}",
+        }
+        steps = [int(p["step"]) for p in points]
+        success_ax.errorbar(
+            steps,
             [float(p["success_rate"]) for p in points],
             yerr=[float(p["success_rate_stderr"]) for p in points],
-            marker=markers[int(row["seed"]) % len(markers)],
             capsize=3,
-            color=colours[methods.index(row["method"]) % len(colours)],
-            label=f"{row['method']} seed {row['seed']}",
+            **style,
         )
-    ax.set_xlabel("gradient step")
-    ax.set_ylabel(f"success rate ({args.curve_episodes} episodes)")
-    ax.set_ylim(-0.05, 1.05)
-    ax.set_title(args.env, fontsize=9)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        if points and "mean_return" in points[0]:
+            return_ax.plot(steps, [float(p["mean_return"]) for p in points], **style)
+    return_ax.set_xlabel("gradient step")
+    success_ax.set_ylabel(f"success rate ({args.curve_episodes} episodes)")
+    return_ax.set_ylabel("mean return per episode")
+    success_ax.set_ylim(-0.05, 1.05)
+    success_ax.set_title(args.env, fontsize=9)
+    success_ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     out = args.out / "comparison.png"
     fig.savefig(out, dpi=90)
@@ -208,6 +220,12 @@ def summarize(rows: list[dict]) -> dict:
         summary[method] = {
             "success_rate_mean": statistics.fmean(success),
             "success_rate_stdev": statistics.stdev(success) if len(success) > 1 else 0.0,
+            # rows written before mean_return was recorded lack it
+            "mean_return_mean": (
+                statistics.fmean(r["mean_return"] for r in mine)
+                if all("mean_return" in r for r in mine)
+                else None
+            ),
             "train_steps_per_second": statistics.fmean(r["train_steps_per_second"] for r in mine),
             "policy_latency_ms_p50": statistics.fmean(r["policy_latency_ms_p50"] for r in mine),
         }
@@ -218,13 +236,14 @@ def markdown(args: argparse.Namespace, summary: dict) -> str:
     lines = [
         f"{args.env}, {args.steps} steps, seeds {args.seeds}, {args.eval_episodes} eval episodes, policy {args.policy}",
         "",
-        "| method | success rate | training steps/s | latency per action (ms, p50) |",
-        "|---|---|---|---|",
+        "| method | success rate | mean return | training steps/s | latency per action (ms, p50) |",
+        "|---|---|---|---|---|",
     ]
     for method, row in summary.items():
+        mean_return = "-" if row.get("mean_return_mean") is None else f"{row['mean_return_mean']:.1f}"
         lines.append(
             f"| {method.upper()} | {row['success_rate_mean']:.2f} +/- {row['success_rate_stdev']:.2f} "
-            f"| {row['train_steps_per_second']:.1f} | {row['policy_latency_ms_p50']:.2f} |"
+            f"| {mean_return} | {row['train_steps_per_second']:.1f} | {row['policy_latency_ms_p50']:.2f} |"
         )
     if args.eval_every:
         lines += ["", "![success rate during training](comparison.png)"]

@@ -132,8 +132,47 @@ def test_the_study_table_says_how_many_steps_a_time_budget_left_each_seed(tmp_pa
         env=TASK, steps=200_000, seeds="0,1", eval_episodes=50, extra=["--time-budget-minutes", "120"]
     )
     table = ablate.markdown(args, rows, ablate.summarize(rows))
-    # (150000 + 140500) / 20 / 2 s = 121 min on average
-    assert "| 20.0 | 121 (150k, 140k steps) |" in table
+    # (150000 + 140500) / 20 / 2 s = 121 min on average; rows without a mean return show "-"
+    assert "| - | 20.0 | 121 (150k, 140k steps) |" in table
+    rows[0]["mean_return"], rows[1]["mean_return"] = -1500.0, -1000.0
+    assert "| -1250.0 | 20.0 | 121 (150k, 140k steps) |" in ablate.markdown(
+        args, rows, ablate.summarize(rows)
+    )
+    rows[1].pop("mean_return")  # a mean over some of the seeds would mislead: none
+    assert ablate.summarize(rows)["lr-constant"]["mean_return_mean"] is None
+
+
+def test_the_learning_curves_plot_success_and_the_mean_return(monkeypatch, tmp_path):
+    """comparison.png has a second panel, the mean return per episode (puzzle's dense reward
+    moves before any episode succeeds); an evaluations.csv without the column still plots."""
+    sys.path.insert(0, str(BENCHMARKS))
+    import compare_methods
+    import matplotlib.pyplot as plt
+
+    rows = []
+    for method, header, values in (
+        (
+            "fql",
+            "step,success_rate,success_rate_stderr,mean_return",
+            "10000,0.0,0.0,-2247.2\n20000,0.0,0.0,-2100.5\n",
+        ),
+        ("old", "step,success_rate,success_rate_stderr", "10000,0.5,0.1\n"),
+    ):
+        run_dir = tmp_path / method
+        run_dir.mkdir()
+        (run_dir / "evaluations.csv").write_text(f"{header}\n{values}")
+        rows.append({"method": method, "seed": 0, "run_dir": str(run_dir)})
+    figures = []
+    savefig = plt.Figure.savefig
+    monkeypatch.setattr(
+        plt.Figure, "savefig", lambda fig, *a, **k: figures.append(fig) or savefig(fig, *a, **k)
+    )
+    args = compare_methods.argparse.Namespace(out=tmp_path, curve_episodes=25, env="puzzle")
+    out = compare_methods.plot_learning_curves(args, rows)
+    assert out.is_file() and out.stat().st_size > 0
+    success_ax, return_ax = figures[0].axes
+    assert [list(line.get_ydata()) for line in return_ax.get_lines()] == [[-2247.2, -2100.5]]
+    assert len(success_ax.containers) == 2  # both runs' success curves, with error bars
 
 
 def test_seeds_together_trains_each_arm_once_with_all_its_seeds(monkeypatch, tmp_path):
