@@ -1,10 +1,11 @@
 """MFQL vs FQL on the same data, seeds and step budget: the paper's central comparison, one command.
 
 For each method and seed it runs `mfql-train`, then `mfql-eval` on the final checkpoint, and
-reports success rate (mean and spread over seeds), the mean return per episode, training steps/s (the trainer's own
-`time/steps_per_s`, which excludes data loading, evaluations and checkpoints) and the
-policy's latency per action. `--eval-every N` adds evaluations during training and a plot of
-both methods' learning curves (`comparison.png`: success, and the mean return below it). `--jobs 2 --threads 1` trains two runs at
+reports success rate (mean and spread over seeds), the mean return per episode, training
+steps/s (the trainer's own `time/steps_per_s`, which excludes data loading, evaluations and
+checkpoints) and the policy's latency per action. `--eval-every N` adds evaluations during
+training and a plot of both methods' learning curves (`comparison.png`: success, and the mean
+return below it). `--jobs 2 --threads 1` trains two runs at
 once, one core each: on a 2-core machine that is about 1.3x the throughput of one 2-thread run
 at a time (MFQL, MLP 4x256: 2 x 11.9 vs 18.5 steps/s), and both methods see the same conditions.
 
