@@ -7,7 +7,9 @@ checkpoints) and the policy's latency per action. `--eval-every N` adds evaluati
 training and a plot of both methods' learning curves (`comparison.png`: success, and the mean
 return below it). `--jobs 2 --threads 1` trains two runs at
 once, one core each: on a 2-core machine that is about 1.3x the throughput of one 2-thread run
-at a time (MFQL, MLP 4x256: 2 x 11.9 vs 18.5 steps/s), and both methods see the same conditions.
+at a time (MFQL, MLP 4x256: 2 x 11.9 vs 18.5 steps/s, on an earlier CPU; on the AVX2-only
+EPYC of 2026-12-03 two compiled puzzle runs at once went at 6.3 (FQL) and 5.2 (MFQL) steps/s,
+and one 2-thread run was not measured there), and both methods see the same conditions.
 
     python benchmarks/compare_methods.py --env cube-single-play-singletask-task2-v0 \
         --dataset-dir data --steps 50000 --seeds 0,1 --policy mlp --out runs/compare
