@@ -44,6 +44,7 @@ from compare_methods import (  # noqa: E402
     FINAL_EVALUATION,
     add_run_arguments,
     arm_colours,
+    mean_return_cell,
     plot_learning_curves,
     split_extra,
     summarize,
@@ -248,10 +249,9 @@ def markdown(args: argparse.Namespace, rows: list[dict], summary: dict) -> str:
             minutes_and_steps = f"{minutes:.0f} ({', '.join(f'{n // 1000}k' for n in steps)} steps)"
         else:
             minutes_and_steps = f"{minutes:.0f}"
-        mean_return = "-" if row.get("mean_return_mean") is None else f"{row['mean_return_mean']:.1f}"
         lines.append(
             f"| {name} | {describe_arm(name)} | {row['success_rate_mean']:.2f} {spread} "
-            f"| {'; '.join(curve)} | {mean_return} | {row['train_steps_per_second']:.1f} | {minutes_and_steps} |"
+            f"| {'; '.join(curve)} | {mean_return_cell(row)} | {row['train_steps_per_second']:.1f} | {minutes_and_steps} |"
         )
     return "\n".join(lines) + "\n"
 

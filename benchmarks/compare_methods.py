@@ -235,6 +235,12 @@ def summarize(rows: list[dict]) -> dict:
     return summary
 
 
+def mean_return_cell(summary_row: dict) -> str:
+    """A summary row's mean return for a table; "-" where some of its runs did not record one."""
+    value = summary_row["mean_return_mean"]
+    return "-" if value is None else f"{value:.1f}"
+
+
 def markdown(args: argparse.Namespace, summary: dict) -> str:
     lines = [
         f"{args.env}, {args.steps} steps, seeds {args.seeds}, {args.eval_episodes} eval episodes, policy {args.policy}",
@@ -243,10 +249,9 @@ def markdown(args: argparse.Namespace, summary: dict) -> str:
         "|---|---|---|---|---|",
     ]
     for method, row in summary.items():
-        mean_return = "-" if row.get("mean_return_mean") is None else f"{row['mean_return_mean']:.1f}"
         lines.append(
             f"| {method.upper()} | {row['success_rate_mean']:.2f} +/- {row['success_rate_stdev']:.2f} "
-            f"| {mean_return} | {row['train_steps_per_second']:.1f} | {row['policy_latency_ms_p50']:.2f} |"
+            f"| {mean_return_cell(row)} | {row['train_steps_per_second']:.1f} | {row['policy_latency_ms_p50']:.2f} |"
         )
     if args.eval_every:
         lines += ["", "![success rate during training](comparison.png)"]

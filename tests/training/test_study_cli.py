@@ -145,7 +145,7 @@ def test_the_study_table_says_how_many_steps_a_time_budget_left_each_seed(tmp_pa
 def test_the_learning_curves_plot_success_and_the_mean_return(monkeypatch, tmp_path):
     """comparison.png has a second panel, the mean return per episode (puzzle's dense reward
     moves before any episode succeeds); an evaluations.csv without the column still plots."""
-    sys.path.insert(0, str(BENCHMARKS))
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
     import compare_methods
     import matplotlib.pyplot as plt
 
