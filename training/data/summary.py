@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from training.data.env_families import ENV_FAMILIES
+from training.data.lights_out import fewest_presses, puzzle_grid
 from training.data.npz_files import read_npz
 from training.data.validation import CORE_KEYS, validate_raw_arrays
 
@@ -53,7 +54,8 @@ def file_summary(path: Path) -> dict:
 def task_statistics(path: Path, collection_env: str, task_ids=SINGLETASK_IDS) -> dict:
     """Per singletask: mean reward, fraction of successful states and of episodes that reach success.
 
-    Uses ogbench's own loader and relabelling, exactly what training sees.
+    Uses ogbench's own loader and relabelling, exactly what training sees. Puzzle tasks also
+    get how far the start is from the goal: lights that differ, and the fewest presses.
     """
     import gymnasium
     import ogbench.manipspace  # noqa: F401  (registers the env ids)
@@ -68,6 +70,7 @@ def task_statistics(path: Path, collection_env: str, task_ids=SINGLETASK_IDS) ->
         name = f"{stem[0]}-singletask-task{task_id}-{stem[1]}"
         env = gymnasium.make(name)
         relabel_dataset(name, env, dataset)
+        task_info = env.unwrapped.task_infos[task_id - 1]
         env.close()
         success = dataset["masks"] == 0.0
         result[f"task{task_id}"] = {
@@ -77,5 +80,18 @@ def task_statistics(path: Path, collection_env: str, task_ids=SINGLETASK_IDS) ->
             "success_episode_fraction": float(
                 np.bincount(episode_index, weights=success).astype(bool).mean()
             ),
+            **puzzle_task_distance(collection_env, task_info),
         }
     return result
+
+
+def puzzle_task_distance(collection_env: str, task_info: dict) -> dict:
+    """{'lights_wrong_at_start', 'fewest_presses'} for a puzzle task's info; {} for other envs."""
+    grid = puzzle_grid(collection_env)
+    if grid is None:
+        return {}
+    start, goal = task_info["init_button_states"], task_info["goal_button_states"]
+    return {
+        "lights_wrong_at_start": int((np.asarray(start) != np.asarray(goal)).sum()),
+        "fewest_presses": fewest_presses(start, goal, *grid),
+    }
