@@ -30,7 +30,7 @@ ENV PATH=/opt/mfql/bin:$PATH \
 USER 10001
 EXPOSE 8000
 # Mount your own bundles at /models and set MFQL_MODEL_REPOSITORY=/models;
-# without it the embedded default model serves.
+# without it the embedded models serve (default: cube-single).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=2).status == 200 else 1)"]
 CMD ["mfql-serve"]

@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CONSTRAINTS := constraints/cpu.txt
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-slow lint format clean default-model
+.PHONY: serve test test-slow lint format clean default-model puzzle-model
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,3 +57,19 @@ default-model: $(VENV)/.dev-installed
 	$(BIN)/mfql-eval $(DEFAULT_RUN) --episodes 50 > $(DEFAULT_RUN)/eval-50.json
 	$(BIN)/mfql-export $(DEFAULT_RUN) --out server/default_model/cube-single/1 --name cube-single \
 		--format onnx --evaluation $(DEFAULT_RUN)/eval-50.json --overwrite
+
+# Rebuild the embedded MFQL puzzle model from scratch (docs/results/default-model.md#the-puzzle-model).
+# About 40 min of data generation (skipped when the file exists) and about 95 min of training
+# (30000 compiled fp32 steps on one core, as the recorded run), plus its evaluations, on 2 CPU cores.
+PUZZLE_RUN ?= runs/puzzle-3x3-task1
+puzzle-model: $(VENV)/.dev-installed
+	test -f $(DATA_DIR)/puzzle-3x3-play-v0.npz || $(BIN)/mfql-data generate --env puzzle-3x3-v0 --type play \
+		--episodes 1000 --seed 0 --workers 2 --out $(DATA_DIR)/puzzle-3x3-play-v0.npz
+	$(BIN)/mfql-train --env puzzle-3x3-play-singletask-task1-v0 --dataset-dir $(DATA_DIR) --out $(PUZZLE_RUN) \
+		--agent mfql --policy mlp --mlp-hidden 256,256,256,256 --critic-hidden 256,256,256,256 --steps 30000 \
+		--seed 0 --hyperparameters reference --actor-lr-schedule constant --actor-lr 3e-4 --alpha 1000 \
+		--eval-every 10000 --eval-episodes 25 --checkpoint-every 5000 --threads 1 --precision fp32 --compile on \
+		--overwrite
+	$(BIN)/mfql-eval $(PUZZLE_RUN) --episodes 50 --seed 1000000 > $(PUZZLE_RUN)/eval-50.json
+	$(BIN)/mfql-export $(PUZZLE_RUN) --out server/default_model/puzzle-3x3-task1/1 --name puzzle-3x3-task1 \
+		--format onnx --evaluation $(PUZZLE_RUN)/eval-50.json --overwrite

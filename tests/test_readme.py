@@ -151,6 +151,7 @@ def makefile_recipe(target: str) -> list[list[str]]:
     body = re.search(rf"^{target}:.*?\n((?:\t.*\n)+)", text, flags=re.MULTILINE).group(1)
     body = body.replace("\\\n", " ").replace("$(BIN)/", "")
     body = body.replace("$(DATA_DIR)", "data").replace("$(DEFAULT_RUN)", "runs/default-cube-single")
+    body = body.replace("$(PUZZLE_RUN)", "runs/puzzle-3x3-task1")
     commands = []
     for line in body.splitlines():
         line = line.strip().split("|| ", 1)[-1]  # 'test -f FILE || CMD' runs CMD
@@ -159,17 +160,35 @@ def makefile_recipe(target: str) -> list[list[str]]:
     return commands
 
 
-def test_default_model_commands_match_the_makefile_and_the_shipped_metadata():
+# Each embedded model: its Makefile target, and the words that open its paragraph in README's Results.
+EMBEDDED_MODELS = {
+    "cube-single": ("default-model", "**The embedded default model**"),
+    "puzzle-3x3-task1": ("puzzle-model", "**The embedded MFQL puzzle model**"),
+}
+
+
+def test_every_embedded_model_has_a_recipe():
+    shipped = sorted(
+        path.parent.parent.name for path in (ROOT / "server" / "default_model").glob("*/*/metadata.json")
+    )
+    assert shipped == sorted(EMBEDDED_MODELS)
+
+
+@pytest.mark.parametrize("name", sorted(EMBEDDED_MODELS))
+def test_embedded_model_commands_match_the_makefile_and_the_shipped_metadata(name):
     import json
 
+    target, opening = EMBEDDED_MODELS[name]
     page = DEFAULT_MODEL_PAGE.read_text()
     documented = shell_commands(page)
-    recipe = makefile_recipe("default-model")
+    recipe = makefile_recipe(target)
     assert recipe and all(command in documented for command in recipe), (recipe, documented)
     (train,) = [c for c in recipe if c[0] == "mfql-train"]
+    (export,) = [c for c in recipe if c[0] == "mfql-export"]
+    assert export[export.index("--name") + 1] == name
+    assert export[export.index("--out") + 1] == f"server/default_model/{name}/1"
     parsed = parsers()["mfql-train"]().parse_args(train[1:])
-    (metadata_file,) = (ROOT / "server" / "default_model").glob("*/*/metadata.json")
-    metadata = json.loads(metadata_file.read_text())
+    metadata = json.loads((ROOT / "server" / "default_model" / name / "1" / "metadata.json").read_text())
     config = metadata["training_config"]
     assert (config["agent"], config["offline_steps"], config["seed"]) == (
         parsed.agent,
@@ -179,10 +198,15 @@ def test_default_model_commands_match_the_makefile_and_the_shipped_metadata():
     assert config["env_name"] == parsed.env and metadata["agent"] == parsed.agent
     assert config["threads"] == parsed.threads  # the thread count changes float rounding
     assert config.get("precision", "fp32") == parsed.precision  # so does bf16 (runs before it were fp32)
+    if parsed.alpha is not None:
+        assert config["agent_config"]["alpha"] == parsed.alpha
+    if parsed.actor_lr_schedule is not None:
+        assert config["agent_config"]["actor_lr_schedule"] == parsed.actor_lr_schedule
     recorded = f"{metadata['evaluation']['success_rate']:.2f}"
     results = README.split("## Results", 1)[1].split("\n## ", 1)[0]
-    paragraph = results[results.index("**The embedded default model**") :]
-    assert "make default-model" in paragraph and DEFAULT_MODEL_PAGE.name in paragraph
+    paragraph = results[results.index(opening) :].split("\n\n", 1)[0]
+    assert f"make {target}" in paragraph and DEFAULT_MODEL_PAGE.name in paragraph
+    assert f"server/default_model/{name}/1/" in paragraph
     assert recorded in paragraph, f"README's Results do not state the recorded {recorded}"
     assert recorded in page, f"{DEFAULT_MODEL_PAGE.name} does not state the recorded {recorded}"
 

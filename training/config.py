@@ -44,6 +44,12 @@ class TaskFamily:
 # training each, 0.44 vs 0.96), so it stays the reference's; the study's options are flags. Lower alpha lets the Q term push the
 # one-step policy off the data (docs/results/generator-quality.md). scene's row was run once with
 # the constant lr at 30k (docs/results/second-family.md); it stays the assumed value.
+# puzzle-3x3's row was studied on 2026-12-02/03 (docs/results/puzzle.md): alpha 1000 (FQL's
+# puzzle value; the paper publishes no per-task MFQL setting for puzzle) with K = 5 and the
+# constant actor lr 3e-4 (`--actor-lr-schedule constant`, the study's `alpha-1000` arm) won
+# task1 at 30k steps, 1.00 against FQL's 0.56 over 50 episodes, and is the embedded
+# puzzle-3x3-task1 model; on task4 (all 9 lights to press) neither method succeeds at 30k.
+# puzzle-4x4's row is untried: it copies puzzle-3x3's.
 TASK_FAMILIES: dict[str, TaskFamily] = {
     "cube-single": TaskFamily(
         alpha=300.0, fql_alpha=300.0, num_candidates=5, discount=0.99, time_steps=10000, horizon=200

@@ -178,11 +178,14 @@ def test_tiny_trained_model_served_takes_the_actions_mfql_eval_computes(tiny_run
         assert served[key] == pytest.approx(evaluated[key]), key
 
 
+EMBEDDED = sorted(p.parent for p in (ROOT / "server" / "default_model").glob("*/*/metadata.json"))
+
+
 @pytest.mark.slow
-def test_embedded_default_model_served_reproduces_its_recorded_success_rate(tmp_path):
-    """The default bundle's metadata holds the mfql-eval report of its checkpoint (50 episodes)."""
+@pytest.mark.parametrize("bundle", EMBEDDED, ids=[p.parent.name for p in EMBEDDED])
+def test_embedded_model_served_reproduces_its_recorded_success_rate(tmp_path, bundle):
+    """Each embedded bundle's metadata holds the mfql-eval report of its checkpoint (50 episodes)."""
     default_model = ROOT / "server" / "default_model"
-    (bundle,) = [p for p in default_model.glob("*/*") if p.is_dir()]
     metadata = json.loads((bundle / "metadata.json").read_text())
     recorded = metadata["evaluation"]
     repository = tmp_path / "repository"  # a copy: the server's log goes beside the repository
