@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from server.settings import ServerSettings
+from server.settings import EMBEDDED_REPOSITORY, ServerSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -168,9 +168,7 @@ EMBEDDED_MODELS = {
 
 
 def test_every_embedded_model_has_a_recipe():
-    shipped = sorted(
-        path.parent.parent.name for path in (ROOT / "server" / "default_model").glob("*/*/metadata.json")
-    )
+    shipped = sorted(path.parent.parent.name for path in EMBEDDED_REPOSITORY.glob("*/*/metadata.json"))
     assert shipped == sorted(EMBEDDED_MODELS)
 
 
@@ -188,7 +186,7 @@ def test_embedded_model_commands_match_the_makefile_and_the_shipped_metadata(nam
     assert export[export.index("--name") + 1] == name
     assert export[export.index("--out") + 1] == f"server/default_model/{name}/1"
     parsed = parsers()["mfql-train"]().parse_args(train[1:])
-    metadata = json.loads((ROOT / "server" / "default_model" / name / "1" / "metadata.json").read_text())
+    metadata = json.loads((EMBEDDED_REPOSITORY / name / "1" / "metadata.json").read_text())
     config = metadata["training_config"]
     assert (config["agent"], config["offline_steps"], config["seed"]) == (
         parsed.agent,

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from server.settings import EMBEDDED_REPOSITORY
 from tests.clients.live_server import running_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,16 +34,14 @@ CALLS = quickstart_calls()
 
 
 def test_the_quickstart_calls_each_embedded_model():
-    embedded = sorted(
-        path.parent.parent.name for path in (ROOT / "server" / "default_model").glob("*/*/metadata.json")
-    )
+    embedded = sorted(path.parent.parent.name for path in EMBEDDED_REPOSITORY.glob("*/*/metadata.json"))
     assert sorted(answer["model"] for _, _, answer in CALLS) == embedded
 
 
 @pytest.fixture(scope="module")
 def server_url(tmp_path_factory):
     repository = tmp_path_factory.mktemp("quickstart") / "repository"  # the server's log goes beside it
-    shutil.copytree(ROOT / "server" / "default_model", repository)
+    shutil.copytree(EMBEDDED_REPOSITORY, repository)
     with running_server(repository) as url:
         yield url
 

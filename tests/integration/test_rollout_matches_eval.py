@@ -27,6 +27,7 @@ from clients.connect import open_client
 from clients.remote_policy import RemotePolicy
 from clients.rollout import make_env, run_episodes
 from server.noise import request_noise
+from server.settings import EMBEDDED_REPOSITORY
 from tests.clients.live_server import running_server
 from training.evaluate import evaluate_policy
 from training.inference import ServingPolicy, load_serving_policy
@@ -178,18 +179,17 @@ def test_tiny_trained_model_served_takes_the_actions_mfql_eval_computes(tiny_run
         assert served[key] == pytest.approx(evaluated[key]), key
 
 
-EMBEDDED = sorted(p.parent for p in (ROOT / "server" / "default_model").glob("*/*/metadata.json"))
+EMBEDDED = sorted(p.parent for p in EMBEDDED_REPOSITORY.glob("*/*/metadata.json"))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("bundle", EMBEDDED, ids=[p.parent.name for p in EMBEDDED])
 def test_embedded_model_served_reproduces_its_recorded_success_rate(tmp_path, bundle):
     """Each embedded bundle's metadata holds the mfql-eval report of its checkpoint (50 episodes)."""
-    default_model = ROOT / "server" / "default_model"
     metadata = json.loads((bundle / "metadata.json").read_text())
     recorded = metadata["evaluation"]
     repository = tmp_path / "repository"  # a copy: the server's log goes beside the repository
-    shutil.copytree(default_model, repository)
+    shutil.copytree(EMBEDDED_REPOSITORY, repository)
     with running_server(repository) as url:
         served = cli(
             "mfql-rollout", "clients.rollout", "--url", url, "--model", metadata["name"],
