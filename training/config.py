@@ -52,7 +52,7 @@ class TaskFamily:
 # puzzle value; the paper publishes no per-task MFQL setting for puzzle) with K = 5 and the
 # constant actor lr 3e-4 (the study's `alpha-1000` arm; the reference's warm-up + cosine was
 # not run on puzzle) won task1 at 30k steps, 1.00 against FQL's 0.56 over 50 episodes, and at
-# equal training time, 0.96 +/- 0.06 against 0.31 +/- 0.35 over two seeds; that run is the
+# equal training time, 0.93 +/- 0.06 against 0.26 +/- 0.26 over three seeds; that run is the
 # embedded puzzle-3x3-task1 model. On task4 (all 9 lights to press) neither method succeeds
 # at 30k. puzzle-4x4's row is untried: FQL's alpha and the reference's actor lr.
 TASK_FAMILIES: dict[str, TaskFamily] = {
