@@ -29,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument(
         "--out", type=Path, required=True, help="train file, e.g. data/cube-single-play-v0.npz"
     )
-    generate.add_argument("--seed", type=int, default=0, help="same seed, byte-identical files (on the same CPU model)")
+    generate.add_argument(
+        "--seed", type=int, default=0, help="same seed, byte-identical files (on the same CPU model)"
+    )
     generate.add_argument(
         "--workers", type=int, default=1, help="parallel processes (results do not depend on it)"
     )
