@@ -59,6 +59,7 @@ class TaskFamily:
 # min, three seeds) chunked FQL leads H = 1 MFQL, 0.97 +/- 0.01 against 0.87 +/- 0.19, within
 # MFQL's spread. The rows keep H = 1: chunks did not help MFQL here, and the action horizon is
 # a per-run choice (`--action-horizon`), not a family default.
+# The task1 alpha sweep at 30k steps (one seed): 300 0.74, 1000 1.00, 3000 1.00; 1000 stays.
 # puzzle-4x4's row is untried: FQL's alpha and the reference's actor lr.
 TASK_FAMILIES: dict[str, TaskFamily] = {
     "cube-single": TaskFamily(
