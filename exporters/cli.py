@@ -59,7 +59,26 @@ def build_export_parser() -> argparse.ArgumentParser:
         help="seconds per control step, for metadata.json (default: read from the training env; "
         "null if it cannot be built here)",
     )
+    for flag, text in (
+        ("--action-low", "lower action bounds the server clamps to (1 or action_dim comma-separated values)"),
+        (
+            "--action-high",
+            "upper action bounds the server clamps to (1 or action_dim comma-separated values)",
+        ),
+        (
+            "--max-action-delta",
+            "largest change of an action per control step the server allows (1 or action_dim values)",
+        ),
+    ):
+        parser.add_argument(flag, type=_floats, default=None, help=text)
     return parser
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers; got {text!r}") from None
 
 
 def build_inspect_parser() -> argparse.ArgumentParser:
@@ -95,6 +114,9 @@ def run_export(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         evaluation=args.evaluation,
         control_period_s=args.control_period_s,
+        action_low=args.action_low,
+        action_high=args.action_high,
+        max_action_delta=args.max_action_delta,
     )
     try:
         result = export_bundle(args.checkpoint, options)

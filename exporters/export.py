@@ -56,6 +56,12 @@ class ExportOptions:
     # seconds per control step, for metadata; None: read from the training env (null if it
     # cannot be built here, e.g. without ogbench)
     control_period_s: float | None = None
+    # Action limits for the server (docs/control-loop.md): bounds narrower than the policy's range
+    # (one value or action_dim values; None: the policy's own range) and the largest change per
+    # control step (None: unlimited). Sessions may narrow them further, never widen them.
+    action_low: tuple[float, ...] | None = None
+    action_high: tuple[float, ...] | None = None
+    max_action_delta: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,32 @@ def check_options(options: ExportOptions) -> None:
     if period is not None and not (period > 0 and math.isfinite(period)):
         raise ExportError(f"--control-period-s must be a positive number of seconds; got {period}")
     check_opset(options.opset)
+
+
+def _per_dimension(values: tuple[float, ...] | None, name: str, dim: int) -> list[float] | None:
+    if values is None:
+        return None
+    if len(values) not in (1, dim) or not all(math.isfinite(v) for v in values):
+        raise ExportError(f"--{name} needs 1 or action_dim={dim} finite values; got {list(values)}")
+    return [float(v) for v in (values * dim if len(values) == 1 else values)]
+
+
+def action_limits(options: ExportOptions, low: list[float], high: list[float]) -> dict:
+    """metadata's action_low / action_high / max_action_delta with the export's limits applied."""
+    dim = len(low)
+    new_low = _per_dimension(options.action_low, "action-low", dim) or low
+    new_high = _per_dimension(options.action_high, "action-high", dim) or high
+    delta = _per_dimension(options.max_action_delta, "max-action-delta", dim)
+    for index in range(dim):
+        if not low[index] <= new_low[index] <= new_high[index] <= high[index]:
+            raise ExportError(
+                f"action bounds at index {index}: [{new_low[index]}, {new_high[index]}] must lie within the "
+                f"policy's range [{low[index]}, {high[index]}] with low <= high"
+            )
+    if delta is not None and min(delta) <= 0:
+        raise ExportError(f"--max-action-delta values must be > 0; got {delta}")
+    limits = {"action_low": new_low, "action_high": new_high}
+    return {**limits, "max_action_delta": delta} if delta is not None else limits
 
 
 def load_module(path: Path) -> tuple[ServingPolicy, PolicyCheckpoint]:
@@ -149,12 +181,23 @@ def read_evaluation(path: Path, checkpoint: PolicyCheckpoint) -> dict:
         report = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         raise ExportError(f"--evaluation {path}: not a readable mfql-eval JSON report ({exc})") from exc
-    if not isinstance(report, dict) or not isinstance(report.get("success_rate"), (int, float)):
-        raise ExportError(f"--evaluation {path}: expected an mfql-eval report with a numeric 'success_rate'")
-    if report.get("step") != checkpoint.step or report.get("env") != checkpoint.config.env_name:
+    numeric = (int, float)
+    if not isinstance(report, dict) or not (
+        isinstance(report.get("success_rate"), numeric)
+        or (report.get("success_rate") is None and isinstance(report.get("mean_return"), numeric))
+    ):
+        raise ExportError(
+            f"--evaluation {path}: expected an mfql-eval report with a numeric 'success_rate' "
+            "(or 'mean_return', for an env without success)"
+        )
+    trained_env = checkpoint.config.evaluation_env or checkpoint.config.env_name
+    if report.get("step") != checkpoint.step or report.get("env") not in (
+        trained_env,
+        checkpoint.config.env_name,
+    ):
         raise ExportError(
             f"--evaluation {path} evaluated step {report.get('step')} on {report.get('env')!r}; "
-            f"the checkpoint is step {checkpoint.step} on {checkpoint.config.env_name!r}"
+            f"the checkpoint is step {checkpoint.step} on {trained_env!r}"
         )
     return report
 
@@ -175,11 +218,17 @@ def export_bundle(checkpoint_path: Path, options: ExportOptions) -> ExportResult
         refuse_existing(options.triton_repo / name, options.overwrite)
     control_period_s = options.control_period_s
     if control_period_s is None:
-        control_period_s = env_control_period(checkpoint.config.env_name)
+        # The data's own period (LeRobot: 1 / fps), else the period of the env the run evaluated in.
+        control_period_s = checkpoint.dataset.get("control_period_s")
+    if control_period_s is None and checkpoint.config.evaluation_env is not None:
+        control_period_s = env_control_period(
+            checkpoint.config.evaluation_env, checkpoint.config.data.observation_keys
+        )
     triton_config = None
     with staged_directory(options.out, options.overwrite) as staging:
         contents, parity = _write_bundle_files(staging, module, checkpoint, options, name)
         metadata = build_metadata(checkpoint, module, contents, evaluation, control_period_s)
+        metadata.update(action_limits(options, metadata["action_low"], metadata["action_high"]))
         write_metadata(staging, metadata)
         write_checksums(staging)
         if options.triton_repo is not None:

@@ -7,6 +7,7 @@ Keys beyond the documented ones are additive (readers ignore unknown keys): `age
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.metadata
 import warnings
@@ -62,6 +63,9 @@ def _portable_config(config) -> dict:
     data = config_to_dict(config)
     data["dataset_dir"] = Path(config.dataset_dir).name
     data["out_dir"] = Path(config.out_dir).name
+    source = config.data.source
+    if source is not None and not source.startswith("minari:"):
+        data["data"]["source"] = Path(source).name  # a LeRobot folder or a file: by name
     return data
 
 
@@ -73,10 +77,28 @@ def _dataset_name(env_name: str) -> str:
     return "-".join(tokens[: tokens.index("singletask")] + tokens[-1:])
 
 
+def _data_summary(checkpoint: PolicyCheckpoint) -> dict:
+    """Where the training data came from (docs/bundle-format.md `data`); old runs: OGBench files."""
+    provenance = dict(checkpoint.dataset)
+    if not provenance:  # a run from before data sources were recorded: its OGBench files
+        config = checkpoint.config
+        provenance = {"format": "ogbench", "source": f"{_dataset_name(config.env_name)}.npz"}
+    provenance.setdefault("reward", dataclasses.asdict(checkpoint.config.data.reward))
+    return provenance
+
+
 def _evaluation_summary(evaluation: dict | None) -> dict | None:
     if evaluation is None:
         return None
-    keys = ("env", "episodes", "num_candidates", "success_rate", "success_rate_stderr", "mean_episode_length")
+    keys = (
+        "env",
+        "episodes",
+        "num_candidates",
+        "success_rate",
+        "success_rate_stderr",
+        "mean_return",
+        "mean_episode_length",
+    )
     return {key: evaluation.get(key) for key in keys}
 
 
@@ -97,7 +119,7 @@ def _signature(obs_dim: int, chunk: tuple[int, ...]) -> dict[str, list[dict]]:
 
 
 @functools.cache
-def env_control_period(env_name: str) -> float | None:
+def env_control_period(env_name: str, observation_keys: tuple[str, ...] | None = None) -> float | None:
     """Seconds per step of `env_name`, read from the env itself; None where it cannot be built here.
 
     gymnasium's MuJoCo envs report `dt` (frame skip x physics timestep); OGBench's manipulation
@@ -110,13 +132,13 @@ def env_control_period(env_name: str) -> float | None:
         import ogbench  # noqa: F401 - make_task_env imports it; probed here to say "unknown", not fail
     except ImportError:
         return None
-    from training.data.ogbench_files import make_task_env
+    from training.envs import make_eval_env
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a headless machine's GLFW notice, gymnasium's dtype notes
         try:
-            env = make_task_env(env_name)
-        except (ValueError, KeyError, gymnasium.error.Error):
+            env = make_eval_env(env_name, observation_keys)
+        except (ValueError, KeyError, ImportError, gymnasium.error.Error):
             return None
     try:
         return _step_seconds(env.unwrapped)
@@ -152,8 +174,9 @@ def build_metadata(
         "name": contents.name,
         "obs_dim": checkpoint.obs_dim,
         "action_dim": d,
-        "action_low": [-1.0] * d,
-        "action_high": [1.0] * d,
+        # The range the bundle's actions cover: [-1, 1], or the data's units for scaled actions.
+        "action_low": [float(v) for v in module.action_low.tolist()],
+        "action_high": [float(v) for v in module.action_high.tolist()],
         "default_num_candidates": config.acting_num_candidates,
         "max_num_candidates": contents.max_num_candidates,
         "action_horizon": module.action_horizon,
@@ -162,6 +185,9 @@ def build_metadata(
         "agent": config.agent,
         "env_name": config.env_name,
         "dataset": _dataset_name(config.env_name),
+        "data": _data_summary(checkpoint),
+        "observation_keys": checkpoint.dataset.get("observation_keys"),
+        "action_names": checkpoint.dataset.get("action_names"),
         "training_seed": config.seed,
         "training_config": _portable_config(config),
         "training_step": checkpoint.step,

@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -52,6 +52,9 @@ class PolicyCheckpoint:
     step: int
     metrics: dict
     model: dict[str, Tensor]
+    # Where the training data came from (training/data/sources.py `provenance`): format, source,
+    # content hash, observation keys, action names, control period, reward. {} for older runs.
+    dataset: dict = field(default_factory=dict)
 
     def module_state(self, prefix: str) -> dict[str, Tensor]:
         start = prefix + "."
@@ -142,6 +145,7 @@ def save_checkpoint(
     trainer_state: dict,
     metrics: dict,
     keep: int = 3,
+    dataset: dict | None = None,
 ) -> Path:
     """Write step `step` atomically; keep the newest `keep` complete steps."""
     root = Path(run_dir) / "checkpoints"
@@ -167,6 +171,7 @@ def save_checkpoint(
         "action_dim": action_dim,
         "config": config_to_dict(config),
         "metrics": metrics,
+        "dataset": dataset or {},
     }
     (tmp / CONFIG_FILE).write_text(json.dumps(description, indent=2))
     if final.exists():  # a rerun of the same step replaces it only once the new one is complete
@@ -220,7 +225,14 @@ def load_policy_checkpoint(path: Path | str) -> PolicyCheckpoint:
             f"expected ({obs_dim},)"
         )
     return PolicyCheckpoint(
-        step_dir, config, obs_dim, action_dim, step, description.get("metrics", {}), model
+        step_dir,
+        config,
+        obs_dim,
+        action_dim,
+        step,
+        description.get("metrics", {}),
+        model,
+        description.get("dataset") or {},
     )
 
 

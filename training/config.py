@@ -10,6 +10,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
+from training.data.rewards import RewardConfig
+from training.data.sources import DataConfig
+
 PolicyType = Literal["dit", "mlp"]
 GeluKind = Literal["tanh", "erf"]
 GELU_KINDS: tuple[str, ...] = get_args(GeluKind)
@@ -94,6 +97,34 @@ TASK_FAMILIES: dict[str, TaskFamily] = {
         alpha=10000.0, fql_alpha=30.0, num_candidates=5, discount=0.995, time_steps=50, horizon=2000
     ),
 }
+
+
+# D4RL tasks by their Minari ids (docs/datasets.md), UNVERIFIED: alpha / K / time steps from
+# others' reading of the paper's Table 7, never run here (the files need a network to download);
+# FQL's alpha is set to MFQL's for want of a published one, and the horizons are D4RL's episode
+# lengths. An independent reproduction found adroit needed alphas 3-30x lower than these.
+def _unverified_d4rl(alpha: float, time_steps: int, horizon: int) -> TaskFamily:
+    return TaskFamily(
+        alpha=alpha, fql_alpha=alpha, num_candidates=5, discount=0.99, time_steps=time_steps, horizon=horizon
+    )
+
+
+# key: (alpha, time steps, D4RL episode length)
+D4RL_FAMILIES: dict[str, TaskFamily] = {
+    key: _unverified_d4rl(*row)
+    for key, row in {
+        "D4RL/antmaze/umaze": (100.0, 10000, 700),
+        "D4RL/antmaze/umaze-diverse": (130.0, 100, 700),
+        "D4RL/antmaze/medium-play": (10.0, 50, 1000),
+        "D4RL/antmaze/medium-diverse": (50.0, 50, 1000),
+        "D4RL/antmaze/large-play": (10.0, 100, 1000),
+        "D4RL/relocate": (10000.0, 50, 200),
+        "D4RL/pen": (10000.0, 100, 100),
+        "D4RL/hammer": (11000.0, 100, 200),
+        "D4RL/door": (9000.0, 50, 200),
+    }.items()
+}
+TASK_FAMILIES.update(D4RL_FAMILIES)
 GENERIC_FAMILY = TaskFamily(
     alpha=300.0, fql_alpha=300.0, num_candidates=5, discount=0.99, time_steps=10000, horizon=1000
 )
@@ -104,6 +135,12 @@ PAPER_CRITIC_LR = 1e-4
 PAPER_DISCOUNT = 0.995
 REFERENCE_CRITIC_LR = 3e-4
 FQL_LR = 3e-4  # FQL: one Adam, constant lr, for every network
+# One-step best-of-N (agent "bon") takes Q-chunking's best-of-n settings (arXiv 2507.07969, its
+# README's OGBench commands): 32 candidates, chunks of 5 actions, lr 3e-4 constant for actor and
+# critic, the family's discount (0.99 for the manipulation families QC runs).
+BON_NUM_CANDIDATES = 32
+BON_ACTION_HORIZON = 5
+QC_LR = 3e-4
 
 
 def task_family(env_name: str) -> TaskFamily:
@@ -215,7 +252,7 @@ class TrainConfig:
     env_name: str = "cube-single-play-singletask-task2-v0"  # OGBench singletask name
     dataset_dir: str = "data"  # folder holding <dataset>.npz and <dataset>-val.npz
     out_dir: str = "runs/mfql"  # run directory
-    agent: Literal["mfql", "fql"] = "mfql"  # method
+    agent: Literal["mfql", "fql", "bon"] = "mfql"  # method (bon: one-step best-of-N)
     seed: int = 0  # seeds networks, noise, batches and evaluation episodes
     offline_steps: int = 1_000_000  # offline gradient steps
     online_steps: int = 0  # offline-to-online gradient steps (one env step each)
@@ -239,6 +276,19 @@ class TrainConfig:
     compile: bool = False  # torch.compile the step's forward passes (speed only; same maths)
     agent_config: AgentConfig = field(default_factory=AgentConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    # Where the data comes from when it is not the OGBench name `env_name` (Minari, LeRobot, a
+    # transitions file), how its rewards are read, which episodes are held out.
+    data: DataConfig = field(default_factory=DataConfig)
+    # The env evaluation rolls out in (an OGBench singletask name, minari:<id> or a gymnasium
+    # id); None: `env_name` for OGBench data, and no env (offline-only training) for other sources.
+    eval_env: str | None = None
+
+    @property
+    def evaluation_env(self) -> str | None:
+        """The env evaluation and `mfql-eval` build; None: offline only (validation losses instead)."""
+        if self.eval_env:
+            return self.eval_env
+        return self.env_name if self.data.source is None else None
 
     @property
     def total_steps(self) -> int:
@@ -275,9 +325,22 @@ def resolve_agent_config(
 
     `None` values in `overrides` mean "not given" and keep the default. For `agent="fql"` the
     defaults are FQL's own (Park et al. 2025): its alpha column, lr 3e-4 everywhere, the
-    family discount.
+    family discount. For `agent="bon"` they are Q-chunking's best-of-n settings (K = 32, H = 5,
+    lr 3e-4 constant, the family discount) with the family's MFI time grid.
     """
     family = task_family(env_name)
+    if agent == "bon":
+        base = AgentConfig(
+            num_candidates=BON_NUM_CANDIDATES,
+            action_horizon=BON_ACTION_HORIZON,
+            discount=family.discount,
+            time_steps=family.time_steps,
+            actor_lr=QC_LR,
+            actor_lr_schedule="constant",
+            critic_lr=QC_LR,
+            hyperparameters="reference",
+        )
+        return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
     if agent == "fql":
         base = AgentConfig(
             alpha=family.fql_alpha,
@@ -319,4 +382,14 @@ def config_from_dict(data: dict) -> TrainConfig:
     for key in ("mlp_hidden", "critic_hidden"):
         network_data[key] = tuple(network_data[key])
     network_data.setdefault("gelu", "erf")  # written before the field existed: the exact GELU
-    return TrainConfig(agent_config=agent, network=NetworkConfig(**network_data), **data)
+    # Runs written before `data` existed trained on OGBench files with the dataset's rewards.
+    source = dict(data.pop("data", None) or {})
+    reward = RewardConfig(**source.pop("reward", {}))
+    if source.get("observation_keys") is not None:
+        source["observation_keys"] = tuple(source["observation_keys"])
+    return TrainConfig(
+        agent_config=agent,
+        network=NetworkConfig(**network_data),
+        data=DataConfig(reward=reward, **source),
+        **data,
+    )

@@ -1,6 +1,9 @@
-"""Closed-loop evaluation in the OGBench singletask env, and the `mfql-eval` CLI.
+"""Closed-loop evaluation in the run's env, and the `mfql-eval` CLI.
 
-Success = mean over episodes of `info['success']` at the episode's last step (ALGORITHM.md).
+Success = mean over episodes of `info['success']` at the episode's last step (ALGORITHM.md);
+an env that reports no success (e.g. a MuJoCo locomotion env rebuilt from a Minari dataset)
+gets `success_rate: null` and is judged by its returns. The env is an OGBench singletask
+name, `minari:<id>` (the dataset's stored env) or a gymnasium id (training/envs.py).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ def evaluate_policy(
     seed: int,
     progress: bool = True,
     replan_every: int | None = None,
+    observation_keys: tuple[str, ...] | None = None,
 ) -> dict:
     """Run `episodes` episodes (env seeds seed, seed+1, ...); return success/return/length/latency.
 
@@ -33,13 +37,13 @@ def evaluate_policy(
     chunk open-loop (default H, the whole chunk), then is asked again; `policy_latency_ms`
     times the requests, and `requests` counts them.
     """
-    from training.data.ogbench_files import make_task_env
+    from training.envs import make_eval_env
 
     horizon = module.action_horizon
     replan = replan_every or horizon
     if not 1 <= replan <= horizon:
         raise ValueError(f"replan_every must be between 1 and the action horizon {horizon}; got {replan}")
-    env = make_task_env(env_name)
+    env = make_eval_env(env_name, observation_keys)
     generator = torch.Generator().manual_seed(seed)
     successes, returns, lengths, latencies = [], [], [], []
     for episode in tqdm(range(episodes), desc="eval", leave=False, disable=not progress):
@@ -58,18 +62,19 @@ def evaluate_policy(
             total += float(reward)
             length += 1
             done = terminated or truncated
-        successes.append(float(info["success"]))
+        if "success" in info:
+            successes.append(float(info["success"]))
         returns.append(total)
         lengths.append(length)
     env.close()
-    success = np.asarray(successes)
+    success = np.asarray(successes) if len(successes) == episodes else None
     latency_ms = np.asarray(latencies) * 1e3
     return {
         "env": env_name,
         "episodes": episodes,
         "num_candidates": num_candidates,
-        "success_rate": float(success.mean()),
-        "success_rate_stderr": float(success.std(ddof=1) / np.sqrt(episodes)) if episodes > 1 else 0.0,
+        "success_rate": None if success is None else float(success.mean()),
+        "success_rate_stderr": _stderr(success),
         "mean_return": float(np.mean(returns)),
         "mean_episode_length": float(np.mean(lengths)),
         "action_horizon": horizon,
@@ -83,12 +88,24 @@ def evaluate_policy(
     }
 
 
+def _stderr(values: np.ndarray | None) -> float | None:
+    if values is None:
+        return None
+    return float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mfql-eval", description="Evaluate an MFQL checkpoint in its OGBench env."
     )
     parser.add_argument("checkpoint", help="step directory, or run directory (newest step)")
-    parser.add_argument("--env", help="singletask env name (default: the one the checkpoint was trained on)")
+    parser.add_argument(
+        "--env",
+        "--eval-env",
+        dest="env",
+        help="env to roll out in: an OGBench singletask name, minari:<id> or a gymnasium id "
+        "(default: the one the run evaluated in)",
+    )
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument(
         "--num-candidates", type=int, help="K for best-of-K (default: the K the run acts with)"
@@ -119,9 +136,19 @@ def main(argv: list[str] | None = None) -> int:
         print("mfql-eval: --num-candidates and --episodes must be >= 1", file=sys.stderr)
         return 2
     replan = args.replan_every or checkpoint.config.replan_every
+    env = args.env or checkpoint.config.evaluation_env
+    if env is None:
+        print(
+            f"mfql-eval: {checkpoint.path} was trained offline only on {checkpoint.config.data.source}, which names "
+            "no env to roll out in; pass --eval-env with a gymnasium id (or minari:<id>, or an OGBench "
+            "singletask name) whose observations and actions match the data",
+            file=sys.stderr,
+        )
+        return 2
+    keys = checkpoint.config.data.observation_keys
     try:
         result = evaluate_policy(
-            module, args.env or checkpoint.config.env_name, args.episodes, k, args.seed, replan_every=replan
+            module, env, args.episodes, k, args.seed, replan_every=replan, observation_keys=keys
         )
     except ValueError as exc:
         print(f"mfql-eval: {exc}", file=sys.stderr)

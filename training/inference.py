@@ -33,6 +33,7 @@ class ServingPolicy(nn.Module):
         critic: CriticEnsemble,
         action_dim: int,
         action_horizon: int = 1,
+        action_bounds: tuple[list[float], list[float]] | None = None,
     ) -> None:
         super().__init__()
         self.normalizer = normalizer
@@ -40,6 +41,24 @@ class ServingPolicy(nn.Module):
         self.critic = critic
         self.action_dim = int(action_dim)
         self.action_horizon = int(action_horizon)
+        # Data whose actions were mapped from [low, high] to [-1, 1] for training (`--action-scaling`):
+        # the outputs are mapped back, so evaluation, export and serving act in the data's units.
+        self.scaled = action_bounds is not None
+        low, high = action_bounds or ([-1.0] * self.action_dim, [1.0] * self.action_dim)
+        self.register_buffer("action_low", torch.as_tensor(low, dtype=torch.float32))
+        self.register_buffer("action_high", torch.as_tensor(high, dtype=torch.float32))
+
+    def to_data_units(self, actions: Tensor) -> Tensor:
+        """Policy outputs in [-1, 1] -> the data's action units (identity without scaling)."""
+        if not self.scaled:
+            return actions
+        return self.action_low + (actions + 1.0) * 0.5 * (self.action_high - self.action_low)
+
+    def to_policy_units(self, actions: Tensor) -> Tensor:
+        """The inverse of `to_data_units` (online steps store actions as the policy sees them)."""
+        if not self.scaled:
+            return actions
+        return (actions - self.action_low) / (self.action_high - self.action_low) * 2.0 - 1.0
 
     @property
     def noise_shape(self) -> tuple[int, ...]:
@@ -58,7 +77,7 @@ class ServingPolicy(nn.Module):
         if self.action_horizon > 1:
             chunk = (self.action_horizon, self.action_dim)
             actions, candidates = actions.unflatten(-1, chunk), candidates.unflatten(-1, chunk)
-        return actions, q, candidates
+        return self.to_data_units(actions), q, self.to_data_units(candidates)
 
 
 def serving_policy_from_checkpoint(checkpoint: PolicyCheckpoint) -> ServingPolicy:
@@ -78,8 +97,17 @@ def serving_policy_from_checkpoint(checkpoint: PolicyCheckpoint) -> ServingPolic
             f"{checkpoint.path}: weights do not match the described networks ({exc})"
         ) from exc
     normalizer = ObservationNormalizer(checkpoint.obs_mean, checkpoint.obs_std)
-    module = ServingPolicy(normalizer, policy, critic, checkpoint.action_dim, horizon)
+    module = ServingPolicy(
+        normalizer, policy, critic, checkpoint.action_dim, horizon, action_bounds_of(checkpoint.dataset)
+    )
     return module.eval().requires_grad_(False)
+
+
+def action_bounds_of(provenance: dict) -> tuple[list[float], list[float]] | None:
+    """The (low, high) a run scaled its actions from, or None (actions trained as they are)."""
+    if provenance.get("action_low") is None:
+        return None
+    return list(provenance["action_low"]), list(provenance["action_high"])
 
 
 def load_serving_policy(path: Path | str) -> tuple[ServingPolicy, PolicyCheckpoint]:

@@ -1,4 +1,4 @@
-"""What a run writes while it trains: metrics.csv, evaluations.csv, TensorBoard events, curves.png."""
+"""What a run writes while it trains: metrics.csv, evaluations.csv, validation.csv, TensorBoard, curves.png."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 TRAIN_CSV, EVAL_CSV, PLOT_FILE = "metrics.csv", "evaluations.csv", "curves.png"
+VALIDATION_CSV = "validation.csv"  # losses on held-out episodes (sources other than OGBench files)
 
 
 def _truncate_csv(path: Path, last_step: int) -> None:
@@ -32,7 +33,7 @@ class RunLog:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume_step is not None:
-            for name in (TRAIN_CSV, EVAL_CSV):
+            for name in (TRAIN_CSV, EVAL_CSV, VALIDATION_CSV):
                 _truncate_csv(self.run_dir / name, resume_step)
         self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=resume_step)
 
@@ -62,7 +63,14 @@ class RunLog:
         }
         self._append(EVAL_CSV, row)
         for key in ("success_rate", "mean_return", "mean_episode_length"):
-            self.writer.add_scalar(f"eval/{key}", row[key], step)
+            if row[key] is not None:  # an env without a success signal has no success rate
+                self.writer.add_scalar(f"eval/{key}", row[key], step)
+
+    def validation(self, step: int, info: dict[str, float]) -> None:
+        """Losses of the current networks on held-out episodes (no update)."""
+        self._append(VALIDATION_CSV, {"step": step, **info})
+        for key, value in info.items():
+            self.writer.add_scalar(key, value, step)
 
     def close(self) -> None:
         self.writer.close()
@@ -74,7 +82,11 @@ def _read_columns(path: Path) -> dict[str, list[float]]:
         return {}
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    return {key: [float(row[key]) for row in rows] for key in (rows[0].keys() if rows else [])}
+    # An empty cell (e.g. no success rate where the env reports none) reads as NaN.
+    return {
+        key: [float(row[key]) if row[key] not in ("", None) else float("nan") for row in rows]
+        for key in (rows[0].keys() if rows else [])
+    }
 
 
 def plot_curves(run_dir: Path) -> Path:
@@ -86,6 +98,7 @@ def plot_curves(run_dir: Path) -> Path:
 
     train = _read_columns(Path(run_dir) / TRAIN_CSV)
     evals = _read_columns(Path(run_dir) / EVAL_CSV)
+    held_out = _read_columns(Path(run_dir) / VALIDATION_CSV)
     # FQL runs log a flow-matching BC loss where MFQL logs the MeanFlow-identity loss.
     bc_panel = ("bc_flow/loss", "flow-matching BC loss", True) if "bc_flow/loss" in train else None
     panels = [
@@ -97,19 +110,33 @@ def plot_curves(run_dir: Path) -> Path:
     fig, axes = plt.subplots(1, 5, figsize=(22, 3.6))
     for ax, (key, title, log) in zip(axes, panels, strict=False):
         if key in train:
-            ax.plot(train["step"], train[key], linewidth=0.8)
+            ax.plot(train["step"], train[key], linewidth=0.8, label="train")
+            if f"val/{key}" in held_out:
+                ax.plot(held_out["step"], held_out[f"val/{key}"], "o--", linewidth=1.2, label="held-out")
+                ax.legend(fontsize=7)
             if log and min(train[key]) > 0:
                 ax.set_yscale("log")
         ax.set_title(title)
         ax.set_xlabel("step")
-    ax = axes[-1]
-    if "success_rate" in evals:
-        ax.errorbar(evals["step"], evals["success_rate"], yerr=evals["success_rate_stderr"], marker="o")
-    ax.set_ylim(-0.05, 1.05)
-    ax.set_title("success rate")
-    ax.set_xlabel("step")
+    _outcome_panel(axes[-1], evals)
     fig.tight_layout()
     out = Path(run_dir) / PLOT_FILE
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return out
+
+
+def _outcome_panel(ax, evals: dict[str, list[float]]) -> None:
+    """Success rate where the env reports it, else the mean return, else nothing (offline only)."""
+    import math
+
+    if evals.get("success_rate") and not all(math.isnan(v) for v in evals["success_rate"]):
+        ax.errorbar(evals["step"], evals["success_rate"], yerr=evals["success_rate_stderr"], marker="o")
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_title("success rate")
+    elif evals.get("mean_return"):
+        ax.plot(evals["step"], evals["mean_return"], marker="o")
+        ax.set_title("mean return")
+    else:
+        ax.set_title("no env: see the held-out losses")
+    ax.set_xlabel("step")

@@ -17,8 +17,17 @@ from tqdm import tqdm
 from training.agents import build_agent
 from training.checkpoint import CheckpointError, list_checkpoints, load_policy_checkpoint
 from training.config import FLOW_TIME_SAMPLINGS, GELU_KINDS, NetworkConfig, TrainConfig, resolve_agent_config
+from training.data.rewards import REWARD_KINDS, RewardConfig
+from training.data.sources import (
+    ACTION_SCALINGS,
+    DataConfig,
+    LoadedData,
+    dataset_name,
+    is_ogbench_name,
+    load_training_data,
+)
 from training.evaluate import evaluate_policy
-from training.inference import ServingPolicy
+from training.inference import ServingPolicy, action_bounds_of
 from training.multi_seed import StackedSeeds
 from training.networks import ObservationNormalizer
 from training.precision import resolve_precision
@@ -49,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dataset-dir", default=TrainConfig.dataset_dir, help="folder with <dataset>.npz and -val.npz"
     )
+    add_data_arguments(p)
     p.add_argument("--out", default=TrainConfig.out_dir, help="run directory")
     p.add_argument("--steps", type=int, default=TrainConfig.offline_steps, help="offline gradient steps")
     p.add_argument("--online-steps", type=int, default=0, help="offline-to-online steps after --steps")
@@ -59,7 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
         "one run directory per seed, --out/seed<N>, each as a single-seed run of that seed would be",
     )
     p.add_argument(
-        "--agent", choices=["mfql", "fql"], default="mfql", help="method (fql: the two-stage baseline)"
+        "--agent",
+        choices=["mfql", "fql", "bon"],
+        default="mfql",
+        help="method (fql: the two-stage baseline; bon: one-step best-of-N, the MeanFlow policy trained "
+        "by the MFI loss alone and Q only in choosing among its K candidates; K = 32, H = 5 unless given)",
     )
     p.add_argument("--policy", choices=["dit", "mlp"], default="dit", help="MFQL policy network")
     p.add_argument(
@@ -76,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=TrainConfig.eval_every, help="0: only at the end")
     p.add_argument(
         "--eval-episodes", type=int, default=TrainConfig.eval_episodes, help="0 turns evaluation off"
+    )
+    p.add_argument(
+        "--eval-env",
+        help="env to evaluate in (a gymnasium id, minari:<id> or an OGBench singletask name); default: the env "
+        "the data names (OGBench, or a Minari dataset's stored env), else none (offline-only training)",
     )
     p.add_argument(
         "--eval-num-candidates",
@@ -173,19 +192,94 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _keys(text: str) -> tuple[str, ...]:
+    keys = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not keys:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated keys such as observation.state; got {text!r}"
+        )
+    return keys
+
+
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """--dataset and the options of reading it (shared by mfql-train and mfql-data)."""
+    p.add_argument(
+        "--dataset",
+        help="data source instead of --env's OGBench files: an OGBench singletask name, minari:<dataset id>, "
+        "a LeRobot dataset folder (v2.1/v3.0) or a transitions .npz/.h5 file (docs/datasets.md)",
+    )
+    p.add_argument(
+        "--observation-keys",
+        type=_keys,
+        help="observation features to concatenate, e.g. observation.state,observation.environment_state "
+        "(LeRobot: default observation.state + the other float vectors; Minari Dict spaces: all vector keys)",
+    )
+    p.add_argument(
+        "--reward",
+        choices=REWARD_KINDS,
+        default=RewardConfig.kind,
+        help="dataset: the source's rewards; sparse: 0 on transitions that reach success, -1 elsewhere (Q-chunking's)",
+    )
+    p.add_argument("--reward-scale", type=float, default=RewardConfig.scale, help="r <- scale * r + shift")
+    p.add_argument(
+        "--reward-shift", type=float, default=RewardConfig.shift, help="e.g. -1 for D4RL antmaze's r - 1"
+    )
+    p.add_argument(
+        "--action-scaling",
+        choices=ACTION_SCALINGS,
+        default=DataConfig.action_scaling,
+        help="actions to the policy's [-1, 1]: minmax maps each dimension's data range (the bundle maps back to "
+        "the data's units); none refuses data outside [-1, 1]; auto (default): minmax only where needed",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=DataConfig.val_fraction,
+        help="share of episodes held out for validation losses where the source has no validation split (0: none)",
+    )
+
+
+def data_config_from_args(args: argparse.Namespace) -> tuple[str | None, DataConfig]:
+    """(the env name a --dataset implies, or None; the DataConfig)."""
+    reward = RewardConfig(kind=args.reward, scale=args.reward_scale, shift=args.reward_shift)
+    source = args.dataset
+    if source is None or is_ogbench_name(source):
+        if args.observation_keys:
+            raise ValueError("--observation-keys applies to Minari and LeRobot sources, not to OGBench files")
+        data = DataConfig(val_fraction=args.val_fraction, reward=reward, action_scaling=args.action_scaling)
+        return source, data
+    data = DataConfig(
+        source=source,
+        observation_keys=args.observation_keys,
+        val_fraction=args.val_fraction,
+        reward=reward,
+        action_scaling=args.action_scaling,
+    )
+    return dataset_name(source), data
+
+
 # Flags that only MFQL's maths reads: refused with --agent fql rather than silently ignored.
 MFQL_ONLY_FLAGS = ("mfi_draws", "flow_time_sampling", "anchor_weight", "anchor_steps")
+# Flags of MFQL's Q term and alpha, which best-of-N (--agent bon) does not have: refused with it.
+BON_UNREAD_FLAGS = ("alpha", "alpha_schedule", "normalize_q_loss", "anchor_weight", "anchor_steps")
+UNREAD_FLAGS = {
+    "fql": (MFQL_ONLY_FLAGS, "MFQL options; FQL (--agent fql) has no MeanFlow loss to apply them to"),
+    "bon": (
+        BON_UNREAD_FLAGS,
+        "options of MFQL's Q term and alpha; best-of-N (--agent bon) trains its policy by the MFI loss alone",
+    ),
+}
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    if args.agent == "fql":
-        given = ["--" + name.replace("_", "-") for name in MFQL_ONLY_FLAGS if getattr(args, name) is not None]
-        if given:
-            raise ValueError(
-                f"{', '.join(given)}: MFQL options; FQL (--agent fql) has no MeanFlow loss to apply them to"
-            )
+    unread, reason = UNREAD_FLAGS.get(args.agent, ((), ""))
+    given = ["--" + name.replace("_", "-") for name in unread if getattr(args, name) is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)}: {reason}")
+    named_env, data = data_config_from_args(args)
+    env_name = named_env or args.env
     agent = resolve_agent_config(
-        args.env,
+        env_name,
         args.hyperparameters,
         args.agent,
         alpha=args.alpha,
@@ -212,7 +306,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         gelu=args.gelu,
     )
     return TrainConfig(
-        env_name=args.env,
+        env_name=env_name,
+        data=data,
+        eval_env=args.eval_env,
         dataset_dir=args.dataset_dir,
         out_dir=args.out,
         agent=args.agent,
@@ -278,12 +374,21 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None
 class Trainer:
     """The loop: sample, update, log, evaluate, checkpoint; then online interaction if asked."""
 
-    def __init__(self, config: TrainConfig, resume_from: Path | None) -> None:
-        from training.data.ogbench_files import load_task_datasets, observation_statistics
+    def __init__(self, config: TrainConfig, resume_from: Path | None, data: LoadedData | None = None) -> None:
+        """`data`: the run's data already loaded with `config.data` (None: load it here)."""
+        from training.data.dataset import observation_statistics
 
+        loaded = data or load_training_data(config.env_name, config.dataset_dir, config.data)
+        if config.data.source is not None and config.eval_env is None and loaded.eval_env:
+            config = replace(config, eval_env=loaded.eval_env)  # a Minari dataset's stored env
+        if config.online_steps and config.evaluation_env is None:
+            raise ValueError(
+                f"--online-steps needs an env to interact with; {config.data.source} names none: pass --eval-env"
+            )
         self.config = config
         self.run_dir = Path(config.out_dir)
-        train_set, _ = load_task_datasets(config.env_name, Path(config.dataset_dir))
+        self.dataset_provenance = loaded.provenance
+        train_set = loaded.train
         self.mean, self.std = observation_statistics(train_set)
         self.agent = build_agent(
             config.agent,
@@ -306,8 +411,11 @@ class Trainer:
             agent_config.action_horizon,
             agent_config.discount,
         )
+        # Held-out batches for validation losses (non-OGBench sources), drawn once, the same every time.
+        self.validation_batches = self._validation_batches(loaded.val)
         self.pending_actions: list[np.ndarray] = []  # online: the rest of the chunk being executed
         self.step, self.metrics = 0, {}  # metrics: the last evaluation's
+        self.last_evaluation: dict | None = None  # evaluate_policy's full result, for callers (mfql-sweep)
         # Training wall-clock seconds of the run so far (evaluations excluded), for the time budget.
         self.train_seconds = 0.0
         self.stopped_by_time_budget = False
@@ -328,29 +436,86 @@ class Trainer:
             self.agent.target_critic,
             self.agent.action_dim,
             self.agent.action_horizon,
+            action_bounds_of(self.dataset_provenance),
         )
 
+    VALIDATION_BATCHES = 4
+
+    def _validation_batches(self, val_set) -> list:
+        if val_set is None or self.config.data.source is None:
+            return []  # OGBench runs: unchanged (evaluation in the env judges them)
+        cfg = self.config.agent_config
+        try:
+            buffer = ReplayBuffer(
+                val_set, self.mean, self.std, 0, self.config.seed, cfg.action_horizon, cfg.discount
+            )
+        except ValueError as error:  # e.g. no held-out episode is as long as a chunk
+            tqdm.write(f"mfql-train: no validation losses: the held-out episodes cannot be sampled ({error})")
+            return []
+        return [buffer.sample(self.config.batch_size) for _ in range(self.VALIDATION_BATCHES)]
+
+    @property
+    def offline_only(self) -> bool:
+        return self.config.evaluation_env is None
+
+    def validate(self) -> dict[str, float]:
+        """The step's losses on held-out episodes, without updating anything (`val/` keys).
+
+        The losses draw their noise from a generator of their own, seeded the same at every
+        validation, so the training stream (and a resumed run's batches) does not change.
+        """
+        agent = self.agent
+        training_generator = agent.generator
+        agent.generator = torch.Generator().manual_seed(self.config.seed + 123_457)
+        totals: dict[str, float] = {}
+        try:
+            for batch in self.validation_batches:
+                noises, t = agent.update_noise(self.config.batch_size)
+                *_, info = agent.step_losses(agent.nets(), batch, noises, t)
+                for key, value in info.items():
+                    totals[key] = totals.get(key, 0.0) + float(value) / len(self.validation_batches)
+        finally:
+            agent.generator = training_generator
+        shown = {
+            f"val/{key}": value for key, value in totals.items() if key.endswith("loss") or key.endswith("/q")
+        }
+        self.log.validation(self.step, shown)
+        losses = ", ".join(f"{key} {value:.4g}" for key, value in shown.items() if key.endswith("loss"))
+        tqdm.write(f"step {self.step}: held-out {losses}")
+        return shown
+
     def evaluate(self) -> None:
+        if self.validation_batches:
+            self.metrics = {**self.metrics, **self.validate(), "eval_step": self.step}
+        if self.offline_only or self.config.eval_episodes == 0:
+            return
         cfg = self.config
         k = cfg.acting_num_candidates
         result = evaluate_policy(
             self.serving_view(),
-            cfg.env_name,
+            cfg.evaluation_env,
             cfg.eval_episodes,
             k,
             cfg.seed + 10_000 * self.step,
             replan_every=cfg.replan_every,
+            observation_keys=cfg.data.observation_keys,
         )
         self.log.evaluation(self.step, result)
+        self.last_evaluation = result
         self.metrics = {
+            **{key: value for key, value in self.metrics.items() if key.startswith("val/")},
             "success_rate": result["success_rate"],
+            "mean_return": result["mean_return"],
             "eval_step": self.step,
             "eval_episodes": cfg.eval_episodes,
             "eval_num_candidates": k,
         }
-        tqdm.write(
-            f"step {self.step}: success {result['success_rate']:.3f} over {cfg.eval_episodes} episodes (K={k})"
+        outcome = (
+            f"success {result['success_rate']:.3f}"
+            if result["success_rate"] is not None
+            else f"mean return {result['mean_return']:.4g} (the env reports no success)"
         )
+        tqdm.write(f"step {self.step}: {outcome} over {cfg.eval_episodes} episodes (K={k})")
 
     def run_metrics(self) -> dict:
         """What a checkpoint records and `run` returns: the last evaluation and the training time."""
@@ -359,7 +524,13 @@ class Trainer:
 
     def checkpoint(self) -> Path:
         return save_training_state(
-            self.run_dir, self.step, self.config, self.agent, self.buffer, self.run_metrics()
+            self.run_dir,
+            self.step,
+            self.config,
+            self.agent,
+            self.buffer,
+            self.run_metrics(),
+            dataset=self.dataset_provenance,
         )
 
     def run(self, stop_after: int | None = None) -> dict:
@@ -385,10 +556,10 @@ class Trainer:
         A chunked policy is asked for a chunk when the one it is executing runs out (after
         `replan_every` actions) or the episode ends; the steps in between come from the chunk.
         """
-        from training.data.ogbench_files import make_task_env
+        from training.envs import make_eval_env
 
         if env is None:
-            env = make_task_env(self.config.env_name)
+            env = make_eval_env(self.config.evaluation_env, self.config.data.observation_keys)
             observation, _ = env.reset(seed=self.config.seed + self.step)
             self.pending_actions = []
             # A resumed run starts a new episode (the env's state is not checkpointed): the
@@ -407,9 +578,12 @@ class Trainer:
             chunk = chosen.reshape(self.agent.action_horizon, self.agent.action_dim)
             self.pending_actions = list(chunk[: self.config.replan_every])
         action = self.pending_actions.pop(0)
-        next_observation, reward, terminated, truncated, _ = env.step(action)
+        next_observation, reward, terminated, truncated, info = env.step(action)
+        reward = self.config.data.reward.online_reward(reward, bool(info.get("success", terminated)))
         ended = terminated or truncated
-        self.buffer.add(observation, action, reward, 1.0 - float(terminated), next_observation, ended)
+        # The buffer holds actions as the policy sees them: [-1, 1], also when the data's were scaled.
+        stored = self.serving_view().to_policy_units(torch.as_tensor(action)).numpy()
+        self.buffer.add(observation, stored, reward, 1.0 - float(terminated), next_observation, ended)
         if ended:
             next_observation, _ = env.reset(seed=self.config.seed + self.step)
             self.pending_actions = []
@@ -475,7 +649,8 @@ def train_together(trainers: list[Trainer], update, stop_after: int | None = Non
         bar.update(1)
         final = step == cfg.total_steps or out_of_time
         for trainer in trainers:
-            if cfg.eval_episodes > 0 and ((cfg.eval_every and step % cfg.eval_every == 0) or final):
+            wants_outcome = cfg.eval_episodes > 0 or trainer.validation_batches
+            if wants_outcome and ((cfg.eval_every and step % cfg.eval_every == 0) or final):
                 trainer.evaluate()
             if step % cfg.checkpoint_every == 0 or step == end or out_of_time:
                 trainer.checkpoint()
@@ -519,6 +694,18 @@ def resolve_run(config: TrainConfig, args: argparse.Namespace) -> tuple[TrainCon
     return config, resume_from
 
 
+def configure_torch(config: TrainConfig) -> None:
+    """The process-wide torch settings a run trains under (mfql-train's and each mfql-sweep trial's)."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if config.compile:
+        # A persistent compile cache: the first run pays the compile, later ones reuse it.
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache/mfql/torchinductor"))
+    # Zero-initialised adaLN/head layers drift through denormal floats, which made CPU
+    # matmuls ~3x slower (DiT: 1.6 -> 4.5 steps/s); flushing them changes no result that matters.
+    torch.set_flush_denormal(True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -529,6 +716,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     run_dir = Path(config.out_dir)
     try:
+        # A new run reads (and checks) its data before --overwrite deletes anything, so a bad
+        # source leaves the old run as it was; the seeds of one run share the loaded arrays.
+        loaded = None if args.resume else load_training_data(config.env_name, config.dataset_dir, config.data)
         if seeds is None:
             runs = [resolve_run(config, args)]
         else:
@@ -540,15 +730,8 @@ def main(argv: list[str] | None = None) -> int:
                 for seed in seeds
             ]
         config = runs[0][0]
-        if config.threads:
-            torch.set_num_threads(config.threads)
-        if config.compile:
-            # A persistent compile cache: the first run pays the compile, later ones reuse it.
-            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache/mfql/torchinductor"))
-        # Zero-initialised adaLN/head layers drift through denormal floats, which made CPU
-        # matmuls ~3x slower (DiT: 1.6 -> 4.5 steps/s); flushing them changes no result that matters.
-        torch.set_flush_denormal(True)
-        trainers = [Trainer(run_config, resume_from) for run_config, resume_from in runs]
+        configure_torch(config)
+        trainers = [Trainer(run_config, resume_from, loaded) for run_config, resume_from in runs]
         if len(trainers) == 1:
             results = [trainers[0].run(stop_after=args.stop_after)]
         else:

@@ -33,7 +33,13 @@ def model_tensors(agent: Agent, obs_mean: np.ndarray, obs_std: np.ndarray) -> di
 
 
 def save_training_state(
-    run_dir: Path, step: int, config: TrainConfig, agent: Agent, buffer: ReplayBuffer, metrics: dict
+    run_dir: Path,
+    step: int,
+    config: TrainConfig,
+    agent: Agent,
+    buffer: ReplayBuffer,
+    metrics: dict,
+    dataset: dict | None = None,
 ) -> Path:
     trainer_tensors = {
         "rng.agent": agent.generator.get_state(),
@@ -52,6 +58,7 @@ def save_training_state(
         agent.extra_state(),
         metrics,
         keep=config.keep_checkpoints,
+        dataset=dataset,
     )
 
 

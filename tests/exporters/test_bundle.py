@@ -74,7 +74,7 @@ def test_control_period_option_is_recorded_and_an_unknown_env_leaves_it_null(
     assert code == 0 and read_metadata(tmp_path / "b")["control_period_s"] == 0.02
     assert "(action_horizon 1), control period 0.02 s" in capsys.readouterr().out
     assert exporters.metadata.env_control_period("no-such-env-singletask-v0") is None
-    monkeypatch.setattr(exporters.export, "env_control_period", lambda name: None)
+    monkeypatch.setattr(exporters.export, "env_control_period", lambda name, keys=None: None)
     options = ExportOptions(out=tmp_path / "unknown", formats=("onnx",), opset=17)
     assert export_bundle(mlp_checkpoint, options).metadata["control_period_s"] is None
 

@@ -113,3 +113,24 @@ def test_chunked_fql_checkpoint_exports_its_one_step_chunk_policy(tmp_path):
     for name, reference in zip(OUTPUT_NAMES, expected, strict=True):
         np.testing.assert_allclose(got[name], reference.numpy(), rtol=0, atol=1e-5, err_msg=name)
     assert got["action"].shape == (7, 3, 2)
+
+
+def test_export_writes_action_limits_for_the_server_and_refuses_wider_ones(mlp_checkpoint, tmp_path):
+    from server.bundle_loader import BundleMetadata
+
+    options = dict(formats=("onnx",), action_low=(-0.5,), action_high=(0.5,), max_action_delta=(0.1,))
+    result = export_bundle(mlp_checkpoint, ExportOptions(out=tmp_path / "limited", **options))
+    dim = result.metadata["action_dim"]
+    assert (
+        result.metadata["action_low"] == [-0.5] * dim and result.metadata["max_action_delta"] == [0.1] * dim
+    )
+    BundleMetadata(**read_metadata(tmp_path / "limited"))  # what the server loads
+    with pytest.raises(ExportError, match="must lie within the policy's range"):
+        export_bundle(
+            mlp_checkpoint, ExportOptions(out=tmp_path / "wide", formats=("onnx",), action_low=(-2.0,))
+        )
+    with pytest.raises(ExportError, match="--max-action-delta needs 1 or action_dim"):
+        export_bundle(
+            mlp_checkpoint,
+            ExportOptions(out=tmp_path / "bad", formats=("onnx",), max_action_delta=(0.1, 0.2)),
+        )

@@ -29,7 +29,9 @@ def target_k1_acting_k3(tmp_path):
 def test_mfql_eval_and_export_default_to_the_acting_k(target_k1_acting_k3, tmp_path, monkeypatch, capsys):
     seen = {}
 
-    def fake_evaluation(module, env_name, episodes, num_candidates, seed, progress=True, replan_every=None):
+    def fake_evaluation(
+        module, env_name, episodes, num_candidates, seed, progress=True, replan_every=None, **_
+    ):
         seen["k"] = num_candidates
         return {"success_rate": 0.0, "num_candidates": num_candidates}
 

@@ -24,7 +24,9 @@ def evaluations(monkeypatch) -> list[int]:
     """Steps at which the trainer evaluated (the env rollout replaced by a fixed answer)."""
     steps: list[int] = []
 
-    def fake_evaluation(module, env_name, episodes, num_candidates, seed, progress=True, replan_every=None):
+    def fake_evaluation(
+        module, env_name, episodes, num_candidates, seed, progress=True, replan_every=None, **_
+    ):
         steps.append(seed)
         return {
             "success_rate": 0.5,

@@ -40,9 +40,78 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--no-progress", action="store_true")
 
     info = commands.add_parser("info", help="print sizes, dims, episodes and per-task reward statistics")
-    info.add_argument("file", type=Path)
+    info.add_argument("file", type=Path, nargs="?", help="an OGBench-format .npz file")
     info.add_argument("--tasks", default="1,2,3,4,5", help="singletask ids to relabel for ('' for none)")
+    _add_source_arguments(info)
+
+    convert = commands.add_parser(
+        "convert", help="write a source's transitions as a Minari dataset or a transitions .npz/.h5 file"
+    )
+    _add_source_arguments(convert, required=True)
+    convert.add_argument(
+        "--to",
+        required=True,
+        help="minari:<dataset id> (written under MINARI_DATASETS_PATH) or out.npz / out.h5",
+    )
+    convert.add_argument(
+        "--split", default="train", choices=("train", "val"), help="OGBench sources: which file to convert"
+    )
+    convert.add_argument("--overwrite", action="store_true", help="replace an existing destination")
     return parser
+
+
+def _add_source_arguments(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    parser.add_argument(
+        "--dataset",
+        required=required,
+        help="an OGBench singletask name (with --dataset-dir), minari:<id>, a LeRobot folder or a .npz/.h5 "
+        "transitions file (docs/datasets.md)",
+    )
+    parser.add_argument("--dataset-dir", default="data", help="folder of OGBench files")
+    parser.add_argument(
+        "--observation-keys", help="comma-separated observation features (LeRobot, Minari Dict spaces)"
+    )
+
+
+def _keys(text: str | None) -> tuple[str, ...] | None:
+    return tuple(key.strip() for key in text.split(",") if key.strip()) or None if text else None
+
+
+def _source_info(args: argparse.Namespace) -> dict:
+    """What `--dataset` loads to: provenance, sizes and reward statistics."""
+    from training.data.rewards import RewardConfig
+    from training.data.sources import DataConfig, load_training_data, source_format
+
+    kind = source_format(args.dataset)
+    data = DataConfig(
+        source=None if kind == "ogbench" else args.dataset,
+        observation_keys=_keys(args.observation_keys),
+        val_fraction=0.0,
+        reward=RewardConfig(),
+    )
+    loaded = load_training_data(args.dataset, args.dataset_dir, data)
+    train = loaded.train
+    success = train.success_flags
+    return {
+        **loaded.provenance,
+        "eval_env": loaded.eval_env,
+        "rewards": {
+            "min": float(train.rewards.min()),
+            "max": float(train.rewards.max()),
+            "mean": float(train.rewards.mean()),
+        },
+        "success_transition_fraction": float(success.mean()),
+        "terminated_fraction": float((train.masks == 0).mean()),
+        "action_range": [float(train.actions.min()), float(train.actions.max())],
+    }
+
+
+def _convert(args: argparse.Namespace) -> dict:
+    from training.data.convert import convert
+
+    return convert(
+        args.dataset, args.to, args.dataset_dir, _keys(args.observation_keys), args.split, args.overwrite
+    )
 
 
 def _generate(args: argparse.Namespace) -> dict:
@@ -66,6 +135,12 @@ def _info(args: argparse.Namespace) -> dict:
     from training.data.generate import silence_harmless_env_warnings
     from training.data.summary import collection_env_of, file_summary, task_statistics
 
+    if args.dataset:
+        if args.file:
+            raise DatasetError("give either a FILE or --dataset, not both")
+        return _source_info(args)
+    if args.file is None:
+        raise DatasetError("mfql-data info needs a FILE (OGBench .npz) or --dataset SOURCE")
     if not args.file.is_file():
         raise DatasetError(f"{args.file}: no such file")
     summary = file_summary(args.file)
@@ -82,7 +157,8 @@ def _info(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        result = _generate(args) if args.command == "generate" else _info(args)
+        commands = {"generate": _generate, "info": _info, "convert": _convert}
+        result = commands[args.command](args)
     except (DatasetError, UnknownEnvError, ValueError) as error:
         print(f"mfql-data: error: {error}", file=sys.stderr)
         return 2

@@ -9,45 +9,21 @@ checked first and a missing file is reported with the command that generates it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from training.data.dataset import (  # noqa: F401 - re-exported: OfflineDataset lived here
+    ACTION_CLIP,
+    MIN_OBSERVATION_STD,
+    OfflineDataset,
+    observation_statistics,
+)
 from training.data.env_families import ENV_FAMILIES
 from training.data.errors import DatasetError, DatasetFileNotFoundError
 from training.data.npz_files import read_npz
 from training.data.task_names import TaskName, generate_command, parse_task_name, validation_path
 from training.data.validation import required_keys, validate_raw_arrays
-
-
-@dataclass(frozen=True)
-class OfflineDataset:
-    """Transitions of one split, with singletask rewards; arrays are row-aligned."""
-
-    observations: np.ndarray  # [N, obs_dim] float32
-    actions: np.ndarray  # [N, action_dim] float32
-    rewards: np.ndarray  # [N] float32, (#satisfied subtasks - #subtasks) at s
-    masks: np.ndarray  # [N] float32, 1 - success at s
-    terminals: np.ndarray  # [N] float32, 1 on the last transition of an episode
-    next_observations: np.ndarray  # [N, obs_dim] float32
-    source: str  # the file it came from
-
-    @property
-    def size(self) -> int:
-        return len(self.observations)
-
-    @property
-    def obs_dim(self) -> int:
-        return int(self.observations.shape[1])
-
-    @property
-    def action_dim(self) -> int:
-        return int(self.actions.shape[1])
-
-    @property
-    def episodes(self) -> int:
-        return int(self.terminals.sum())
 
 
 def dataset_paths(env_name: str, dataset_dir: Path) -> tuple[Path, Path]:
@@ -67,13 +43,6 @@ def _validate_file(path: Path, task: TaskName) -> None:
     family = ENV_FAMILIES.get(task.collection_env)
     keys = required_keys(family) if family else ("observations", "actions", "terminals", "qpos")
     validate_raw_arrays(path, read_npz(path), keys)
-
-
-# ALGORITHM.md, "Details the reference implementation settles": dataset actions are clipped
-# to +-(1 - 1e-5) on load, so no target sits exactly on the policy's clipping bound.
-ACTION_CLIP = 1 - 1e-5
-# ... and a constant observation dimension (std < 1e-6) is normalised with std 1.
-MIN_OBSERVATION_STD = 1e-6
 
 
 def _as_offline(split: dict[str, np.ndarray], source: Path) -> OfflineDataset:
@@ -104,14 +73,6 @@ def load_task_datasets(env_name: str, dataset_dir: Path) -> tuple[OfflineDataset
         ) from error
     env.close()
     return _as_offline(train, train_path), _as_offline(val, val_path)
-
-
-def observation_statistics(dataset: OfflineDataset) -> tuple[np.ndarray, np.ndarray]:
-    """Per-dimension mean and standard deviation of the observations (float32); std < 1e-6 -> 1."""
-    observations = dataset.observations.astype(np.float64)
-    std = observations.std(axis=0)
-    std = np.where(std < MIN_OBSERVATION_STD, 1.0, std)
-    return observations.mean(axis=0).astype(np.float32), std.astype(np.float32)
 
 
 def make_task_env(env_name: str):
