@@ -1,5 +1,7 @@
 """Training speed on this machine: MFQL steps/s (DiT and MLP policies, batch 256, K = 5) and FQL's,
 in fp32 and bf16 (and compiled, with `--compile`), against this machine's own matmul ceilings.
+`bon` is the one-step best-of-N agent (MLP policy, its own K = 32 and H = 5); `--action-horizon`
+sets H for every method (e.g. 5 for chunked FQL against bon).
 
 For each method and precision it reports steps/s, the step's FLOPs (`torch.utils.flop_counter`)
 and the share of a plain matmul's speed they run at (fp32 and bf16 matmuls of the step's
@@ -16,9 +18,9 @@ Two anchors can be measured in the same run:
 - `--baseline DIR`: this benchmark as another checkout of mfql has it (e.g. a `git worktree`
   of an older commit), run in a subprocess against that checkout's code.
 
-Usage: python benchmarks/train_speed.py [--steps 30] [--width 512] [--methods mfql-dit,mfql-mlp,fql]
+Usage: python benchmarks/train_speed.py [--steps 30] [--width 512] [--methods mfql-dit,mfql-mlp,fql,bon]
        [--precisions fp32,bf16] [--compile] [--components] [--reference DIR --reference-python PY]
-       [--seeds 4] [--baseline DIR]
+       [--seeds 4] [--baseline DIR] [--action-horizon 5]
 Reports ratios measured in one run; absolute numbers depend on the machine and its load.
 """
 
@@ -106,13 +108,22 @@ def flow_matching_bc_step(
 
 
 def make_agent(
-    method: str, obs_dim: int, action_dim: int, width: int, precision: str = "fp32", compile_=False
+    method: str,
+    obs_dim: int,
+    action_dim: int,
+    width: int,
+    precision: str = "fp32",
+    compile_=False,
+    action_horizon: int | None = None,
 ):
-    """MFQL with a DiT or MLP policy, or FQL, with cube-single's settings; MLPs and critics 4 x `width`."""
+    """MFQL with a DiT or MLP policy, FQL, or best-of-N (MLP policy), with cube-single's settings;
+    MLPs and critics 4 x `width`; `action_horizon` None keeps each agent's default H."""
     hidden = (width,) * 4
-    agent = "fql" if method == "fql" else "mfql"
-    config = resolve_agent_config(TrainConfig.env_name, "reference", agent=agent)
-    policy = "mlp" if agent == "fql" else method.removeprefix("mfql-")
+    agent = method if method in ("fql", "bon") else "mfql"
+    config = resolve_agent_config(
+        TrainConfig.env_name, "reference", agent=agent, action_horizon=action_horizon
+    )
+    policy = "mlp" if agent in ("fql", "bon") else method.removeprefix("mfql-")
     network = NetworkConfig(policy=policy, mlp_hidden=hidden, critic_hidden=hidden)
     return build_agent(agent, obs_dim, action_dim, config, network, 10**6, 0, precision, compile_)
 
@@ -199,13 +210,22 @@ def sampling_ms(rows: int, obs_dim: int, action_dim: int, batch_size: int, sampl
 
 def measure(method: str, precision: str, args: argparse.Namespace, compile_: bool = False) -> dict:
     generator = torch.Generator().manual_seed(0)
-    batches = [random_batch(args.batch_size, args.obs_dim, args.action_dim, generator) for _ in range(8)]
     started = time.perf_counter()
-    agent = make_agent(method, args.obs_dim, args.action_dim, args.width, precision, compile_)
+    agent = make_agent(
+        method, args.obs_dim, args.action_dim, args.width, precision, compile_, args.action_horizon
+    )
+    batches = [random_batch(args.batch_size, args.obs_dim, agent.chunk_dim, generator) for _ in range(8)]
     agent.update(batches[0], 1)  # with --compile, this first step compiles
     first_step = time.perf_counter() - started
     rate = time_steps(lambda i: agent.update(batches[i % 8], i + 1), args.steps)
-    row = {"method": method, "precision": precision, "compiled": compile_, "steps_per_s": round(rate, 2)}
+    row = {
+        "method": method,
+        "precision": precision,
+        "compiled": compile_,
+        "action_horizon": agent.action_horizon,
+        "num_candidates": agent.config.num_candidates,
+        "steps_per_s": round(rate, 2),
+    }
     if compile_:
         row["compile_seconds"] = round(first_step, 1)
         return row
@@ -249,13 +269,17 @@ def measure_seeds(method: str, precision: str, args: argparse.Namespace, compile
     from training.multi_seed import StackedSeeds
 
     generator = torch.Generator().manual_seed(0)
-    batches = [random_batch(args.batch_size, args.obs_dim, args.action_dim, generator) for _ in range(8)]
-    n = args.seeds
-    single = make_agent(method, args.obs_dim, args.action_dim, args.width, precision, compile_)
+    n, horizon = args.seeds, args.action_horizon
+    single = make_agent(method, args.obs_dim, args.action_dim, args.width, precision, compile_, horizon)
+    batches = [random_batch(args.batch_size, args.obs_dim, single.chunk_dim, generator) for _ in range(8)]
     single.update(batches[0], 1)
     started = time.perf_counter()
     stacked = StackedSeeds(
-        [make_agent(method, args.obs_dim, args.action_dim, args.width, precision) for _ in range(n)], compile_
+        [
+            make_agent(method, args.obs_dim, args.action_dim, args.width, precision, action_horizon=horizon)
+            for _ in range(n)
+        ],
+        compile_,
     )
     stacked([batches[i] for i in range(n)], 1)
     first_step = time.perf_counter() - started
@@ -367,7 +391,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--width", type=int, default=512, help="MLP policy and critic width (4 layers)")
-    parser.add_argument("--methods", default="mfql-dit,mfql-mlp,fql", help="comma-separated")
+    parser.add_argument(
+        "--methods", default="mfql-dit,mfql-mlp,fql", help="comma-separated: mfql-dit, mfql-mlp, fql, bon"
+    )
+    parser.add_argument(
+        "--action-horizon", type=int, help="H of every method (default: each agent's own, bon 5, others 1)"
+    )
     parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16")
     parser.add_argument("--compile", action="store_true", help="also time compiled steps (and the compile)")
     parser.add_argument("--components", action="store_true", help="time each part of an MFQL step")

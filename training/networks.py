@@ -139,8 +139,15 @@ class DiTPolicy(nn.Module):
         self.head = _dense(width, action_dim, "zero")
 
     def forward(self, observations: Tensor, z: Tensor, t: Tensor) -> Tensor:
-        """t is [B, 1], or [1, 1] for one time shared by every row (the conditioning broadcasts)."""
-        x = self.embed(torch.cat([observations, z], dim=-1)) + self.position
+        """t is [B, 1], or [1, 1] for one time shared by every row (the conditioning broadcasts).
+
+        z may be [K, B, d], K inputs per observation (best-of-K candidates): the output is then
+        [K, B, d] and the observation's share of the embedding is computed once per state.
+        """
+        if z.dim() == 3:
+            x = shared_observation_linear(self.embed, observations, z) + self.position
+        else:
+            x = self.embed(torch.cat([observations, z], dim=-1)) + self.position
         c = self.time(t)
         for block in self.blocks:
             # Reference mixing: x + 0.1 (block(x) - x)
@@ -149,11 +156,24 @@ class DiTPolicy(nn.Module):
         return full_precision(self.head, _modulate(self.final_norm(x), shift, scale))
 
 
-def _run_mlp(net: nn.Sequential, x: Tensor) -> Tensor:
-    """The hidden layers as they are (bf16 under autocast), the output layer in float32."""
-    for layer in net[:-1]:
+def _run_mlp(net: nn.Sequential, x: Tensor, first: int = 0) -> Tensor:
+    """Layers `first`.. as they are (bf16 under autocast), the output layer in float32."""
+    for layer in net[first:-1]:
         x = layer(x)
     return full_precision(net[-1], x)
+
+
+def shared_observation_linear(layer: nn.Linear, observations: Tensor, inputs: Tensor) -> Tensor:
+    """`layer(concat(s, x))` for inputs x [K, B, n] that share each observation s [B, o].
+
+    The first layer of concat(s, x) is W_s s + W_x x + b: the observation's share is computed
+    once per state instead of once per candidate (K times), and the repeated observations are
+    never materialised.
+    """
+    obs_dim = observations.shape[-1]
+    return F.linear(inputs, layer.weight[:, obs_dim:]) + F.linear(
+        observations, layer.weight[:, :obs_dim], layer.bias
+    )
 
 
 def _gelu(kind: str) -> nn.GELU:
@@ -184,7 +204,14 @@ class MLPPolicy(nn.Module):
         self.net = _mlp(obs_dim + action_dim + 1, config.mlp_hidden, action_dim, zero_head, config.gelu)
 
     def forward(self, observations: Tensor, z: Tensor, t: Tensor) -> Tensor:
-        """t is [B, 1], or [1, 1] for one time shared by every row."""
+        """t is [B, 1], or [1, 1] for one time shared by every row.
+
+        z may be [K, B, d], K inputs per observation (best-of-K candidates): the output is then
+        [K, B, d] and the observation's share of the first layer is computed once per state.
+        """
+        if z.dim() == 3:
+            inputs = torch.cat([z, t.expand(*z.shape[:-1], 1)], dim=-1)
+            return _run_mlp(self.net, shared_observation_linear(self.net[0], observations, inputs), first=1)
         return _run_mlp(self.net, torch.cat([observations, z, t.expand(z.shape[0], 1)], dim=-1))
 
 
@@ -263,6 +290,24 @@ class CriticEnsemble(nn.Module):
         self.members = members
 
     def forward(self, observations: Tensor, actions: Tensor) -> Tensor:
-        """Q values [E, B] for observations [B, obs_dim] and actions [B, action_dim]."""
+        """Q values [E, B] for observations [B, obs_dim] and actions [B, action_dim].
+
+        actions may be [K, B, action_dim], K candidates per observation: Q is then [E, K, B],
+        and the observation's share of the first layer is computed once per state.
+        """
+        if actions.dim() == 3:
+            return self._candidate_values(observations, actions)
         x = torch.cat([observations, actions], dim=-1).unsqueeze(0)
         return _run_mlp(self.net, x).squeeze(-1)
+
+    def _candidate_values(self, observations: Tensor, actions: Tensor) -> Tensor:
+        k, b, action_dim = actions.shape
+        first: EnsembleLinear = self.net[0]
+        obs_dim = observations.shape[-1]
+        members = first.weight.shape[0]
+        shared = torch.baddbmm(
+            first.bias, observations.expand(members, -1, -1), first.weight[:, :obs_dim]
+        )  # [E, B, hidden]
+        own = torch.matmul(actions.reshape(1, k * b, action_dim), first.weight[:, obs_dim:])
+        x = (own.unflatten(1, (k, b)) + shared.unsqueeze(1)).flatten(1, 2)
+        return _run_mlp(self.net, x, first=1).squeeze(-1).unflatten(1, (k, b))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from training.agents.best_of_n import BestOfNAgent
 from training.agents.fql import FQLAgent
 from training.agents.mfql import MFQLAgent
 from training.config import AgentConfig, NetworkConfig
 from training.precision import Precision
 
-Agent = MFQLAgent | FQLAgent
-AGENTS = {"mfql": MFQLAgent, "fql": FQLAgent}
+Agent = MFQLAgent | FQLAgent | BestOfNAgent
+AGENTS = {"mfql": MFQLAgent, "fql": FQLAgent, "bon": BestOfNAgent}
 
 
 def build_agent(

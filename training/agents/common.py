@@ -101,6 +101,11 @@ def critic_loss(
     with torch.no_grad():
         _, next_q, _ = best_of_k(policy, target_critic, batch.next_observations, next_noise)
         target = batch.rewards + discount * batch.masks * next_q
+    return td_loss(critic, batch, target)
+
+
+def td_loss(critic: nn.Module, batch: Batch, target: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """Mean over the ensemble and the batch of (Q(s, a) - y)^2 for a fixed target y [B]."""
     q = critic(batch.observations, batch.actions)
     loss = (q - target).pow(2).mean()
     return loss, {
