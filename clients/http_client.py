@@ -91,12 +91,13 @@ class _HttpPolicyBase:
         num_candidates: int | None,
         seed: int | None,
         deadline_ms: float | None,
+        control: dict | None = None,
     ) -> tuple[str, dict]:
         batch = protocol.observation_batch(observations, single)
         if self.protocol == "v2":
-            body = protocol.v2_infer_body(batch, num_candidates, seed, deadline_ms)
+            body = protocol.v2_infer_body(batch, num_candidates, seed, deadline_ms, control)
             return protocol.v2_infer_path(self.model, self.version), body
-        body = protocol.rest_act_body(batch, single, num_candidates, seed, self.version, deadline_ms)
+        body = protocol.rest_act_body(batch, single, num_candidates, seed, self.version, deadline_ms, control)
         return protocol.rest_act_path(self.model), body
 
     def _parse_act(self, response: httpx.Response) -> Inference:
@@ -181,18 +182,22 @@ class PolicyClient(_HttpPolicyBase):
         *,
         deadline_ms: float | None = None,
         timeout: float | None = None,
+        control: dict | None = None,
     ) -> Inference:
         """Everything the server answers for one observation [obs_dim] or a batch [B, obs_dim].
 
         ``deadline_ms``: the server drops the request (504) if it cannot start it in time;
-        ``timeout``: seconds for this call, retries included (default: the client's).
+        ``timeout``: seconds for this call, retries included (default: the client's);
+        ``control``: session and control-loop values (docs/control-loop.md).
         """
         return self._infer(
-            observations, np.ndim(observations) == 1, num_candidates, seed, deadline_ms, timeout
+            observations, np.ndim(observations) == 1, num_candidates, seed, deadline_ms, timeout, control
         )
 
-    def _infer(self, observations, single, num_candidates, seed, deadline_ms=None, timeout=None) -> Inference:
-        path, body = self._act_request(observations, single, num_candidates, seed, deadline_ms)
+    def _infer(
+        self, observations, single, num_candidates, seed, deadline_ms=None, timeout=None, control=None
+    ) -> Inference:
+        path, body = self._act_request(observations, single, num_candidates, seed, deadline_ms, control)
         return self._parse_act(self._request("POST", path, body, timeout))
 
     def metadata(self, model: str | None = None) -> ModelMetadata:

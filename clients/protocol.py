@@ -95,6 +95,9 @@ class Inference:
     version: str | None = None
     seed: int | None = None
     timing_ms: dict = field(default_factory=dict)
+    # the control loop's answer, when it applies: session_id, episode, step, action_clamped,
+    # clamped_steps, handover, clock (v2: sequence_id and the flat response parameters)
+    control: dict = field(default_factory=dict)
 
     @property
     def action_horizon(self) -> int:
@@ -124,6 +127,29 @@ def observation_batch(observations: Any, single: bool) -> np.ndarray:
     return batch
 
 
+CONTROL_ANSWER_KEYS = (
+    "session_id",
+    "episode",
+    "step",
+    "action_clamped",
+    "clamped_steps",
+    "handover",
+    "clock",
+)
+
+
+def _control_answer(payload: dict) -> dict:
+    return {key: payload[key] for key in CONTROL_ANSWER_KEYS if key in payload}
+
+
+def _jsonable(control: dict | None) -> dict:
+    return {
+        k: (v.tolist() if isinstance(v, np.ndarray) else v)
+        for k, v in (control or {}).items()
+        if v is not None
+    }
+
+
 def _request_options(num_candidates: int | None, seed: int | None, deadline_ms: float | None) -> dict:
     options = {"num_candidates": num_candidates, "seed": seed, "deadline_ms": deadline_ms}
     return {key: value for key, value in options.items() if value is not None}
@@ -143,9 +169,13 @@ def rest_act_body(
     seed: int | None = None,
     version: str | None = None,
     deadline_ms: float | None = None,
+    control: dict | None = None,
 ) -> dict:
+    """``control``: session and control-loop values (docs/control-loop.md), e.g. ``session_id``,
+    ``reset``, ``previous_chunk``, ``handover_weight``, ``client_time``."""
     body: dict[str, Any] = {"observation": batch[0].tolist()} if single else {"observations": batch.tolist()}
     body.update(_request_options(num_candidates, seed, deadline_ms))
+    body.update(_jsonable(control))
     if version is not None:
         body["version"] = version
     return body
@@ -165,6 +195,7 @@ def parse_rest_act(payload: dict) -> Inference:
             version=_optional_str(payload.get("version")),
             seed=_optional_int(payload.get("seed")),
             timing_ms=dict(payload.get("timing_ms") or {}),
+            control=_control_answer(payload),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ServerError(f"unreadable act response (missing {exc}): {_preview(payload)}") from exc
@@ -182,7 +213,12 @@ def v2_infer_body(
     num_candidates: int | None = None,
     seed: int | None = None,
     deadline_ms: float | None = None,
+    control: dict | None = None,
 ) -> dict:
+    """``control``: request parameters such as ``sequence_id``, ``sequence_start``, ``handover_weight``;
+    a ``previous_chunk`` [r, action_dim] goes as an FP32 input."""
+    control = dict(control or {})
+    previous = control.pop("previous_chunk", None)
     body: dict[str, Any] = {
         "inputs": [
             {
@@ -194,7 +230,17 @@ def v2_infer_body(
         ],
         "outputs": [{"name": "action"}, {"name": "q_value"}],
     }
-    parameters = _request_options(num_candidates, seed, deadline_ms)
+    if previous is not None:
+        rest = np.asarray(previous, dtype=np.float32)
+        body["inputs"].append(
+            {
+                "name": "previous_chunk",
+                "shape": list(rest.shape),
+                "datatype": "FP32",
+                "data": rest.ravel().tolist(),
+            }
+        )
+    parameters = {**_request_options(num_candidates, seed, deadline_ms), **_jsonable(control)}
     if parameters:
         body["parameters"] = parameters
     return body
@@ -214,9 +260,17 @@ def parse_v2_infer(payload: dict) -> Inference:
             version=_optional_str(payload.get("model_version")),
             seed=_optional_int(parameters.get("seed")),
             timing_ms=_v2_timing(parameters),
+            control={
+                k: v
+                for k, v in parameters.items()
+                if k not in V2_PLAIN_PARAMETERS and not k.startswith("timing_ms_")
+            },
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ServerError(f"unreadable v2 infer response ({exc}): {_preview(payload)}") from exc
+
+
+V2_PLAIN_PARAMETERS = ("num_candidates", "seed", "action_horizon")
 
 
 def _v2_timing(parameters: dict) -> dict:
@@ -228,10 +282,15 @@ def _v2_timing(parameters: dict) -> dict:
 
 
 def ws_request(
-    batch: np.ndarray, single: bool, num_candidates: int | None = None, seed: int | None = None
+    batch: np.ndarray,
+    single: bool,
+    num_candidates: int | None = None,
+    seed: int | None = None,
+    control: dict | None = None,
 ) -> dict:
     message: dict[str, Any] = {"observation": batch[0] if single else batch}
     message.update(_request_options(num_candidates, seed, None))
+    message.update({k: v for k, v in (control or {}).items() if v is not None})
     return message
 
 
@@ -247,6 +306,7 @@ def parse_ws_reply(reply: Any, single: bool) -> Inference:
             version=_optional_str(reply.get("version")),
             seed=_optional_int(reply.get("seed")),
             timing_ms=dict(reply.get("server_timing") or {}),
+            control=_control_answer(reply),
         )
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         raise ServerError(f"unreadable WebSocket reply ({exc}): {_preview(reply)}") from exc

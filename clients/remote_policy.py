@@ -14,6 +14,7 @@ misses its control period falls back on the chunk's next planned action while on
 
 from __future__ import annotations
 
+import uuid
 from collections import deque
 from typing import Any
 
@@ -37,6 +38,12 @@ class RemotePolicy:
     of the action bounds).
     ``replan_every``: for a chunked model, actions executed from each chunk before the next
     request, 1..H (default H, read from the model's metadata).
+    ``session``: run as one server session (REST ``session_id``, v2 ``sequence_id``; a WebSocket
+    connection is one anyway); ``reset()`` starts its next episode.
+    ``handover_weight``, ``delay_steps``, ``pin_delay``: the server's smooth hand-over
+    (docs/control-loop.md); each request then carries the chunk's unexecuted rest.
+    ``boundary_changes`` / ``mean_boundary_change``: the mean absolute action change where a new
+    chunk takes over; ``step_changes`` / ``mean_step_change`` at every step.
     """
 
     def __init__(
@@ -47,6 +54,10 @@ class RemotePolicy:
         control_period: float | None = None,
         hold_action: Any = None,
         replan_every: int | None = None,
+        session: bool = True,
+        handover_weight: float | None = None,
+        delay_steps: int | None = None,
+        pin_delay: bool = False,
     ):
         self.client = client
         self.metadata: ModelMetadata = client.metadata()
@@ -63,6 +74,17 @@ class RemotePolicy:
         self._plan: deque[np.ndarray] = deque()  # the current chunk's actions not yet executed
         self._executed = 0  # actions executed from the current chunk
         self._options: dict[str, Any] = {}
+        self._session = _session_keys(client) if session else {}
+        self._in_session = session
+        self._new_episode = session  # the next request starts the session's episode
+        self._handover = {
+            "handover_weight": handover_weight,
+            "delay_steps": delay_steps,
+            "pin_delay": pin_delay or None,
+        }
+        self.boundary_changes: list[float] = []  # mean |a_t - a_(t-1)| where a new chunk takes over
+        self.step_changes: list[float] = []  # the same at every step
+        self._episode_steps = 0
         if control_period is not None:
             if control_period <= 0:
                 raise ValueError(f"control_period must be > 0 seconds, got {control_period}")
@@ -89,7 +111,9 @@ class RemotePolicy:
         if self.needs_request:
             self.requests += 1
             try:
-                answer = self.client.infer(observation, self.num_candidates, seed, **self._options)
+                answer = self.client.infer(
+                    observation, self.num_candidates, seed, **self._options, **self._control_option()
+                )
             except MISSED_ANSWERS:
                 if self.control_period is None:
                     raise
@@ -97,12 +121,40 @@ class RemotePolicy:
                 if self._plan:  # the old chunk still plans this step: better than repeating one
                     self._last_action = self._plan.popleft()
                 return self._last_action
+            self._new_episode = False
             self._plan = deque(self._chunk_of(answer))
             self._executed = 0
             self.last_answer = answer
+        previous = self._last_action if self._episode_steps else None
+        self._episode_steps += 1
         self._executed += 1
         self._last_action = self._plan.popleft()
+        if previous is not None:
+            change = float(np.abs(self._last_action - previous).mean())
+            self.step_changes.append(change)
+            if self._executed == 1:  # a new chunk's first action
+                self.boundary_changes.append(change)
         return self._last_action
+
+    @property
+    def mean_boundary_change(self) -> float | None:
+        """Mean absolute action change at chunk hand-overs (None before the second chunk)."""
+        return float(np.mean(self.boundary_changes)) if self.boundary_changes else None
+
+    @property
+    def mean_step_change(self) -> float | None:
+        return float(np.mean(self.step_changes)) if self.step_changes else None
+
+    def _control_option(self) -> dict[str, Any]:
+        """The request's session and hand-over values (docs/control-loop.md), as ``control=``."""
+        control = dict(self._session)
+        if self._new_episode and self._in_session:  # a WebSocket's session is its connection
+            control["sequence_start" if "sequence_id" in control else "reset"] = True
+        if self._handover["handover_weight"] or self._handover["pin_delay"]:
+            control.update({k: v for k, v in self._handover.items() if v is not None})
+            if self._plan:  # the unexecuted rest of the chunk, and how much of it ran
+                control.update(previous_chunk=np.stack(self._plan), execute_steps=self._executed)
+        return {"control": control} if control else {}
 
     def check_observation(self, observation: Any) -> np.ndarray:
         """``observation`` as float32 [obs_dim]; raises :class:`DimensionMismatch` naming both sizes."""
@@ -120,6 +172,8 @@ class RemotePolicy:
         self._plan.clear()
         self._executed = 0
         self._last_action = self.hold_action
+        self._new_episode = self._in_session
+        self._episode_steps = 0
 
     def _chunk_of(self, answer: Inference) -> np.ndarray:
         chunk = answer.chunks[0]
@@ -155,3 +209,12 @@ class RemotePolicy:
                 f"hold_action has shape {hold.shape}, the model's action_dim is {action_dim}"
             )
         return hold
+
+
+def _session_keys(client: Any) -> dict[str, Any]:
+    """How this client's requests name their session: a WebSocket connection is one already."""
+    if not isinstance(client, PolicyClient):
+        return {}
+    if client.protocol == "v2":
+        return {"sequence_id": uuid.uuid4().int % 2**53 or 1}
+    return {"session_id": uuid.uuid4().hex}

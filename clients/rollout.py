@@ -11,6 +11,11 @@ is reproducible and any request can be replayed against the server.
 The control latency is reported three ways: every control step (``control_latency_ms``),
 the steps that asked the server (``request_latency_ms``, one per chunk) and the steps
 served from the buffered chunk (``step_latency_ms``, no network).
+
+Every rollout is one server session (``reset`` starts each episode); ``--handover-weight``,
+``--delay-steps`` and ``--pin-delay`` turn on the server's smooth hand-over, each request then
+carrying the chunk's unexecuted rest, and the report gives the mean absolute action change at
+chunk boundaries and at every step (docs/control-loop.md).
 """
 
 from __future__ import annotations
@@ -75,6 +80,8 @@ def run_episodes(policy: RemotePolicy, env, episodes: int, seed: int) -> dict:
         "request_latency_ms": latency_summary_ms(latencies[True]),
         "steps_from_chunk": policy.steps_from_chunk,
         "step_latency_ms": latency_summary_ms(latencies[False]),
+        "mean_boundary_change": policy.mean_boundary_change,  # mean |a_t - a_(t-1)| where a chunk takes over
+        "mean_step_change": policy.mean_step_change,
     }
 
 
@@ -95,6 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--replan-every",
         type=int,
         help="chunked models: actions executed from each chunk before asking again (default: its horizon)",
+    )
+    parser.add_argument(
+        "--handover-weight",
+        type=float,
+        help="chunked models: the server scores candidates by Q - this x distance to the chunk's rest",
+    )
+    parser.add_argument(
+        "--delay-steps", type=int, help="the hand-over's d (default: the server estimates it)"
+    )
+    parser.add_argument(
+        "--pin-delay", action="store_true", help="pin the first d actions to the chunk's rest"
     )
     parser.add_argument(
         "--control-period-ms",
@@ -121,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
                 num_candidates=args.num_candidates,
                 control_period=period,
                 replan_every=args.replan_every,
+                handover_weight=args.handover_weight,
+                delay_steps=args.delay_steps,
+                pin_delay=args.pin_delay,
             )
             env = make_env(args.env)
             try:

@@ -84,10 +84,10 @@ class _WebSocketBase:
         self._stale = 0
 
     def _message(
-        self, observations: Any, single: bool, num_candidates: int | None, seed: int | None
+        self, observations: Any, single: bool, num_candidates: int | None, seed: int | None, control=None
     ) -> bytes:
         batch = protocol.observation_batch(observations, single)
-        return codec.packb(protocol.ws_request(batch, single, num_candidates, seed))
+        return codec.packb(protocol.ws_request(batch, single, num_candidates, seed, control))
 
     def _answer(self, reply: bytes | str, single: bool) -> Inference:
         if isinstance(reply, str):
@@ -147,13 +147,22 @@ class WebSocketPolicyClient(_WebSocketBase):
         return self._infer(observations, False, num_candidates, seed, **options).actions
 
     def infer(
-        self, observations: Any, num_candidates: int | None = None, seed: int | None = None, *, timeout=None
+        self,
+        observations: Any,
+        num_candidates: int | None = None,
+        seed: int | None = None,
+        *,
+        timeout=None,
+        control: dict | None = None,
     ) -> Inference:
-        """Everything the server answers for one observation [obs_dim] or a batch [B, obs_dim]."""
-        return self._infer(observations, np.ndim(observations) == 1, num_candidates, seed, timeout)
+        """Everything the server answers for one observation [obs_dim] or a batch [B, obs_dim].
 
-    def _infer(self, observations, single, num_candidates, seed, timeout=None) -> Inference:
-        message = self._message(observations, single, num_candidates, seed)
+        The connection is the server's session; ``control``: its values (docs/control-loop.md),
+        e.g. ``{"reset": True}`` to start a new episode with this observation."""
+        return self._infer(observations, np.ndim(observations) == 1, num_candidates, seed, timeout, control)
+
+    def _infer(self, observations, single, num_candidates, seed, timeout=None, control=None) -> Inference:
+        message = self._message(observations, single, num_candidates, seed, control)
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         if self._ws is None:
             self._connect()

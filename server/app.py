@@ -18,12 +18,14 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from server.auth import ApiKeyMiddleware, read_api_keys
+from server.control import ControlLoop
 from server.errors import ServingError
 from server.limits import BodySizeLimitMiddleware
 from server.metrics import ServerMetrics
 from server.repository import ModelRepository, require_repository
-from server.routes import health, v1, v2, websocket
+from server.routes import health, sessions, v1, v2, websocket
 from server.schemas import validation_message
+from server.sessions import SessionStore, sweep_forever
 from server.settings import ServerSettings
 
 logger = logging.getLogger("mfql.app")
@@ -44,9 +46,13 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.state.settings = settings
     app.state.repository = repository
     app.state.metrics = metrics
+    app.state.sessions = SessionStore(
+        settings.max_sessions, settings.session_idle_s, metrics.session_events()
+    )
+    app.state.control = ControlLoop(metrics, settings.record_dir)
     for hot_routes in (v1.hot_routes, v2.hot_routes):  # act and infer first (routes/raw.py)
         hot_routes.install(app)
-    for router in (v1.router, v2.router, health.router, websocket.router):
+    for router in (v1.router, sessions.router, v2.router, health.router, websocket.router):
         app.include_router(router)
     _add_error_bodies(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
@@ -59,11 +65,16 @@ def create_app(settings: ServerSettings) -> FastAPI:
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: ServerSettings = app.state.settings
     repository: ModelRepository = app.state.repository
-    background = asyncio.create_task(_load_then_poll(repository, settings.repository_poll_s))
+    background = [
+        asyncio.create_task(_load_then_poll(repository, settings.repository_poll_s)),
+        asyncio.create_task(sweep_forever(app.state.sessions)),
+    ]
     yield
-    background.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await background
+    for task in background:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    app.state.sessions.close_all()  # closes the recordings' files
     await repository.close()
 
 

@@ -64,6 +64,8 @@ class BundleMetadata(BaseModel):
     # Actions per observation (a chunk when > 1); bundles from before chunks have none: 1.
     action_horizon: int = Field(1, ge=1)
     control_period_s: float | None = Field(None, gt=0)  # seconds per action; None: unknown
+    # Largest change of each action dimension per control step; bundles without it: no limit.
+    max_action_delta: list[float] | None = None
 
     @property
     def chunk_shape(self) -> tuple[int, ...]:
@@ -81,6 +83,10 @@ class BundleMetadata(BaseModel):
                 raise ValueError(f"action bounds need action_dim={self.action_dim} values, got {len(bound)}")
         if any(low > high for low, high in zip(self.action_low, self.action_high, strict=True)):
             raise ValueError("action_low exceeds action_high")
+        if self.max_action_delta is not None and (
+            len(self.max_action_delta) != self.action_dim or min(self.max_action_delta) <= 0
+        ):
+            raise ValueError(f"max_action_delta needs action_dim={self.action_dim} values > 0")
         if not 1 <= self.default_num_candidates <= self.max_num_candidates:
             raise ValueError(
                 f"default_num_candidates={self.default_num_candidates} is not in "

@@ -79,3 +79,11 @@ class InferenceFailed(ServingError):
 
 class BundleError(RuntimeError):
     """A bundle on disk cannot serve: incomplete, tampered with, or not computing what it recorded."""
+
+
+class SessionsFull(Unavailable):
+    """`--max-sessions` sessions are open: a new one is refused until one ends or expires."""
+
+
+class UnknownSession(NotFound):
+    """A session id that is not open (never opened, ended, or expired after `--session-idle-s`)."""

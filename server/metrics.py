@@ -4,7 +4,9 @@ Names follow Prometheus conventions: `mfql_requests_total{model,protocol,status}
 `mfql_request_duration_seconds`, `mfql_queue_duration_seconds`, `mfql_inference_duration_seconds`,
 `mfql_batch_size`, `mfql_queue_depth`, `mfql_num_candidates`, `mfql_num_candidates_reduced_total`,
 `mfql_chosen_q_value`, `mfql_actions_per_observation` (the chunk length H of each answer),
-`mfql_model_versions_loaded`, `mfql_model_versions_failed`.
+`mfql_model_versions_loaded`, `mfql_model_versions_failed`; sessions: `mfql_sessions_active`,
+`mfql_sessions_ended_total{reason}` (ended, expired, disconnected), `mfql_session_resets_total`,
+`mfql_sessions_refused_total`; `mfql_actions_clamped_total{model,limit}`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from prometheus_client.exposition import generate_latest
 from server.batcher import BatchObserver
 from server.errors import ServingError
 from server.served_model import ActResult
+from server.sessions import SessionEvents
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -71,6 +74,25 @@ class ServerMetrics:
         self.chosen_q = Summary(
             "mfql_chosen_q_value", "Critic value of the chosen actions", ["model"], registry=r
         )
+        self.sessions_active = Gauge("mfql_sessions_active", "Sessions open (all protocols)", registry=r)
+        self.sessions_ended = Counter(
+            "mfql_sessions_ended",
+            "Sessions ended, by reason (ended, expired, disconnected)",
+            ["reason"],
+            registry=r,
+        )
+        self.session_resets = Counter(
+            "mfql_session_resets", "New episodes started in open sessions", registry=r
+        )
+        self.sessions_refused = Counter(
+            "mfql_sessions_refused", "Sessions refused because --max-sessions were open", registry=r
+        )
+        self.actions_clamped = Counter(
+            "mfql_actions_clamped",
+            "Answered action steps an action limit changed, by limit (rate: max change per step, bound)",
+            ["model", "limit"],
+            registry=r,
+        )
         self._children: dict[tuple, object] = {}
         self.loaded = Gauge("mfql_model_versions_loaded", "Model versions serving", registry=r)
         self.failed = Gauge(
@@ -92,6 +114,14 @@ class ServerMetrics:
         summary = self._child(self.chosen_q, result.model)
         for q in result.q_values.tolist():
             summary.observe(q)
+
+    def session_events(self) -> SessionEvents:
+        return _PrometheusSessionEvents(self)
+
+    def record_clamps(self, model: str, counts: dict[str, int]) -> None:
+        for limit, count in counts.items():
+            if count:
+                self._child(self.actions_clamped, model, limit).inc(count)
 
     def track(self, protocol: str) -> Tracking:
         """`with metrics.track("rest") as tracked:` counts the request under its model and status
@@ -162,3 +192,21 @@ class _PrometheusObserver(BatchObserver):
         gauge, model, version = self._labels
         with contextlib.suppress(KeyError):  # already removed (a stop before the close)
             gauge.remove(model, version)
+
+
+class _PrometheusSessionEvents(SessionEvents):
+    def __init__(self, metrics: ServerMetrics):
+        self.metrics = metrics
+
+    def opened(self, active: int) -> None:
+        self.metrics.sessions_active.set(active)
+
+    def closed(self, active: int, reason: str) -> None:
+        self.metrics.sessions_active.set(active)
+        self.metrics._child(self.metrics.sessions_ended, reason).inc()
+
+    def reset(self) -> None:
+        self.metrics.session_resets.inc()
+
+    def refused(self) -> None:
+        self.metrics.sessions_refused.inc()

@@ -78,3 +78,10 @@ def pad_candidates(noise: np.ndarray, num_candidates: int) -> np.ndarray:
     if k == num_candidates:
         return noise
     return noise[:, np.arange(num_candidates) % k]
+
+
+def stream_seed(base: int, episode: int, step: int) -> int:
+    """The `step`-th seed of a session's stream: a function of its base seed, episode and step alone,
+    below FRESH_SEED_LIMIT, so a recorded session replays without the server's state."""
+    mixed = _splitmix64((base ^ _splitmix64(episode)) & _MASK64)
+    return _splitmix64((mixed + step) & _MASK64) % FRESH_SEED_LIMIT

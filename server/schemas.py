@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
 
 from server.errors import InvalidInput, MalformedRequest
 from server.noise import SEED_LIMIT
@@ -23,7 +31,58 @@ VERSION_LIMIT = 10**18  # repository.VERSION_PATTERN: up to 18 digits
 Version = Annotated[int, Field(ge=1, lt=VERSION_LIMIT)] | Annotated[str, Field(pattern=r"^[1-9][0-9]{0,17}$")]
 
 
-class ActBody(BaseModel):
+SESSION_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+STEP_LIMIT = 2**31  # steps of a chunk, of delay: int32; exact as a JSON double too
+COUNTER_LIMIT = 2**53  # a client's step index and a session's base seed: exact as JSON doubles
+SessionId = Annotated[str, Field(pattern=SESSION_ID_PATTERN)]
+BoundedFloat = Annotated[float, Field(strict=True, ge=-FLOAT32_MAX, le=FLOAT32_MAX)]
+PerDimension = list[BoundedFloat] | BoundedFloat  # one value for every action dimension, or action_dim values
+PositivePerDimension = (
+    list[Annotated[float, Field(strict=True, gt=0, le=FLOAT32_MAX)]]
+    | Annotated[float, Field(strict=True, gt=0, le=FLOAT32_MAX)]
+)
+
+
+class SessionOptionsBody(BaseModel):
+    """Per-session options (docs/control-loop.md); in an act request they apply to that request only,
+    unless it starts the session or an episode (first use, `reset`), which then keeps them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    handover_weight: float | None = Field(
+        None,
+        strict=True,
+        ge=0,
+        le=FLOAT32_MAX,
+        description="lambda: candidates score Q - lambda x distance to the previous chunk's rest (0: off)",
+    )
+    delay_steps: int | None = Field(
+        None,
+        strict=True,
+        ge=0,
+        lt=STEP_LIMIT,
+        description="d: control steps the answer takes (default: estimated from measured latency)",
+    )
+    execute_steps: int | None = Field(
+        None,
+        strict=True,
+        ge=1,
+        lt=STEP_LIMIT,
+        description="s: steps of the previous chunk executed before this request",
+    )
+    pin_delay: StrictBool | None = Field(
+        None, strict=True, description="copy the previous chunk's first d rest actions into the answer"
+    )
+    action_low: PerDimension | None = Field(None, description="lower bounds (one value or action_dim values)")
+    action_high: PerDimension | None = Field(
+        None, description="upper bounds (one value or action_dim values)"
+    )
+    max_action_delta: PositivePerDimension | None = Field(
+        None, description="largest change of each action dimension per control step"
+    )
+
+
+class ActBody(SessionOptionsBody):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
@@ -46,6 +105,35 @@ class ActBody(BaseModel):
     version: Version | None = Field(None, description="model version (default: the newest ready one)")
     deadline_ms: float | None = Field(
         None, gt=0, description="drop the request (504) if inference cannot start within this many ms"
+    )
+
+    session_id: SessionId | None = Field(
+        None,
+        strict=True,
+        description="the robot's session, created on first use (POST /v1/sessions creates one explicitly)",
+    )
+    reset: StrictBool | None = Field(
+        None, description="with session_id: start a new episode with this request"
+    )
+    previous_chunk: list[Annotated[list[Float32], Field(min_length=1)]] | None = Field(
+        None,
+        strict=True,
+        min_length=1,
+        description="the previous chunk's unexecuted rest [r, action_dim], for the hand-over",
+    )
+    client_time: float | None = Field(
+        None,
+        strict=True,
+        ge=-FLOAT32_MAX,
+        le=FLOAT32_MAX,
+        description="the client's clock (seconds), echoed in `clock`",
+    )
+    client_step: int | None = Field(
+        None,
+        strict=True,
+        ge=0,
+        lt=COUNTER_LIMIT,
+        description="the client's control step index, echoed in `clock`",
     )
 
     @model_validator(mode="after")
@@ -82,11 +170,12 @@ class ErrorBody(BaseModel):
 ERROR_DESCRIPTIONS = {
     400: "unreadable body (not JSON, broken binary framing)",
     401: "missing or invalid API key (only with --api-key-file)",
-    404: "unknown model or version; the message lists what exists",
+    404: "unknown model or version (the message lists what exists), or a session that is not open",
     413: "body larger than --max-request-bytes",
-    422: "a value is wrong: shape, NaN/inf, K out of range, seed, version",
+    422: "a value is wrong: shape, NaN/inf, K out of range, seed, version, session_id, a control value "
+    "(previous_chunk's shape, action limits' sizes, low > high, a batch in a session)",
     500: "the runtime failed on this batch",
-    503: "queue full, still loading, or shutting down (Retry-After says when to retry)",
+    503: "queue full, still loading, shutting down, or --max-sessions sessions open (Retry-After says when to retry)",
     504: "the deadline passed before inference started; nothing was computed",
 }
 
@@ -100,6 +189,36 @@ class TimingMs(BaseModel):
     queue: float = Field(description="waiting for a batch to start")
     inference: float = Field(description="the batch's runtime call")
     total: float = Field(description="request parsed to answer ready")
+
+
+class Clock(BaseModel):
+    client_time: float | None = Field(description="as sent")
+    client_step: int | None = Field(description="as sent")
+    server_received: float = Field(
+        description="server's clock (seconds since the epoch) when the request arrived"
+    )
+    server_sent: float = Field(description="server's clock when the answer was ready to send")
+
+
+class SessionState(BaseModel):
+    session_id: str
+    episode: int = Field(description="from 0; each reset starts the next")
+    step: int = Field(description="answers served in this episode")
+    seed: int = Field(description="base of the session's seed stream: requests without a seed draw from it")
+
+
+class SessionBody(SessionOptionsBody):
+    model_config = ConfigDict(extra="forbid")
+
+    session_id: SessionId | None = Field(
+        None, strict=True, description="the id to use (default: a new random one)"
+    )
+    seed: int | None = Field(
+        None, strict=True, ge=0, lt=COUNTER_LIMIT, description="base of the seed stream (default: fresh)"
+    )
+    record: StrictBool | None = Field(
+        None, description="with --record-dir: false keeps this session out of it"
+    )
 
 
 Action = list[float]  # [action_dim]
@@ -125,6 +244,19 @@ class ActResponse(BaseModel):
     version: str
     seed: int = Field(description="the seed used (fresh when none was sent): send it back to replay")
     timing_ms: TimingMs
+    session_id: str | None = Field(None, description="the session answered (with session_id)")
+    episode: int | None = Field(None, description="the session's episode, from 0; reset starts the next")
+    step: int | None = Field(None, description="answers the session served before this one in its episode")
+    action_clamped: bool | None = Field(
+        None, description="an action limit changed the answer (when limits apply)"
+    )
+    clamped_steps: dict[str, int] | None = Field(
+        None, description="steps changed by each limit: rate (max change per step) and bound"
+    )
+    handover: dict[str, float | int | None] | None = Field(
+        None, description="the hand-over used: delay_steps, execute_steps, candidate, distance"
+    )
+    clock: Clock | None = Field(None, description="with client_time or client_step: the clock echo")
 
 
 class ModelDescription(BaseModel):

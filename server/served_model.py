@@ -6,6 +6,7 @@ REST, v2 and the WebSocket only translate their wire format into `check_request(
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import warnings
@@ -14,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from server.action_limits import ActionLimits, model_limits
 from server.batcher import BatchObserver, DynamicBatcher
 from server.bundle_loader import Bundle, read_bundle, run_selftest
 from server.errors import BundleError, InvalidInput
@@ -26,6 +28,7 @@ logger = logging.getLogger("mfql.model")
 # A value beyond float32's range becomes inf and is refused with a 422 naming it; numpy's
 # warning about the cast would only repeat that in the log (np.errstate per request cost 25 us).
 warnings.filterwarnings("ignore", message="overflow encountered in cast", category=RuntimeWarning)
+LATENCY_SMOOTHING = 0.1  # weight of the newest answer in ModelVersion.mean_total_ms
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class ActResult:
     seed: int
     timing_ms: dict[str, float]
     candidates_reduced: bool = False  # the latency target lowered K below the model's default
+    candidate_q_values: np.ndarray | None = None  # [B, K]: the critic's value of every candidate (act_scored)
 
     @property
     def action_horizon(self) -> int:
@@ -82,6 +86,8 @@ class ModelVersion:
     selftest: str  # the verification summary line
     default_deadline_ms: float | None = None
     budget: CandidateBudget | None = None  # with --latency-target-ms
+    limits: ActionLimits = ActionLimits()  # the bundle's bounds (where they bind) and max_action_delta
+    mean_total_ms: float = 0.0  # running mean of answers' total time: the hand-over's delay estimate
 
     @property
     def obs_dim(self) -> int:
@@ -116,6 +122,7 @@ class ModelVersion:
             "control_period_s": meta.control_period_s,
             "action_low": meta.action_low,
             "action_high": meta.action_high,
+            "max_action_delta": meta.max_action_delta,
             "default_num_candidates": meta.default_num_candidates,
             "max_num_candidates": meta.max_num_candidates,
             "provider": self.runtime.provider,
@@ -206,6 +213,7 @@ class ModelVersion:
         if self.budget is not None:
             self.budget.observe(result.queue_ms, result.inference_ms, k)
         outputs = result.outputs
+        total_ms = self._observe_total(received)
         return ActResult(
             model=self.name,
             version=self.version,
@@ -218,7 +226,53 @@ class ModelVersion:
             timing_ms={
                 "queue": round(result.queue_ms, 3),
                 "inference": round(result.inference_ms, 3),
-                "total": round((time.perf_counter() - received) * 1e3, 3),
+                "total": round(total_ms, 3),
+            },
+        )
+
+    def _observe_total(self, received: float) -> float:
+        total_ms = (time.perf_counter() - received) * 1e3
+        previous = self.mean_total_ms
+        self.mean_total_ms = (
+            total_ms if previous == 0 else previous + LATENCY_SMOOTHING * (total_ms - previous)
+        )
+        return total_ms
+
+    async def act_scored(self, request: ActRequest, received: float) -> ActResult:
+        """As `act`, with the critic's value of every candidate (`candidate_q_values` [B, K]).
+
+        The graph returns all K candidates but only the best one's Q. Each candidate is a function
+        of its observation and its own noise, and the critic scores each row on its own
+        (best_of_k in training/agents/common.py), so running the B x K (observation, noise) pairs
+        as B x K rows of K = 1 gives every candidate and its Q from the same bundle, with no new
+        graph output; the actor and critic rows computed are the same B x K.
+        """
+        rows, k = request.observations.shape[0], request.num_candidates
+        expanded = dataclasses.replace(
+            request,
+            observations=np.repeat(request.observations, k, axis=0),
+            num_candidates=1,
+            candidates_named=True,
+        )
+        noise = request_noise(request.seed, rows, k, self.chunk_shape).reshape(rows * k, 1, *self.chunk_shape)
+        result = await self.batcher.submit(expanded.observations, noise, request.deadline)
+        candidates = result.outputs["candidates"].reshape(rows, k, *self.chunk_shape)
+        q_values = result.outputs["q_value"].reshape(rows, k)
+        best = q_values.argmax(axis=1)  # first maximum, as the graph's argmax
+        total_ms = self._observe_total(received)
+        return ActResult(
+            model=self.name,
+            version=self.version,
+            actions=candidates[np.arange(rows), best],
+            q_values=q_values[np.arange(rows), best],
+            candidates=candidates,
+            candidate_q_values=q_values,
+            num_candidates=k,
+            seed=request.seed,
+            timing_ms={
+                "queue": round(result.queue_ms, 3),
+                "inference": round(result.inference_ms, 3),
+                "total": round(total_ms, 3),
             },
         )
 
@@ -298,8 +352,9 @@ def load_model_version(
         "model version loaded",
         extra={"model": name, "version": version, "provider": runtime.provider, "selftest": summary},
     )
+    limits = model_limits(meta.action_low, meta.action_high, meta.max_action_delta)
     return ModelVersion(
-        name, version, bundle, runtime, batcher, summary, settings.default_deadline_ms, budget
+        name, version, bundle, runtime, batcher, summary, settings.default_deadline_ms, budget, limits
     )
 
 

@@ -88,6 +88,19 @@ class ServerSettings(BaseSettings):
     drain_timeout_s: float = Field(
         30.0, ge=0, description="on SIGTERM, longest wait for queued and in-flight requests to finish"
     )
+    max_sessions: int = Field(
+        1024, ge=1, description="sessions open at once (all protocols); one more is refused with 503"
+    )
+    session_idle_s: float = Field(
+        300.0,
+        gt=0,
+        description="a REST or v2 session unused this long ends (a WebSocket one ends with its connection)",
+    )
+    record_dir: Path | None = Field(
+        None,
+        description="record every served step of each session here, one JSON Lines file per episode "
+        "(None: no recording)",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log verbosity")
     access_log: bool = Field(False, description="log every HTTP request (uvicorn access log)")
 

@@ -14,7 +14,9 @@ import numpy as np
 import orjson
 from fastapi import APIRouter, Path, Query, Request, Response
 
-from server.deps import metrics_of, repository_of
+from server.control import CONTROL_KEYS, Control
+from server.deps import control_of, metrics_of, repository_of, sessions_of
+from server.errors import InvalidInput
 from server.repository import ModelRepository
 from server.routes.raw import RawRoutes
 from server.schemas import (
@@ -28,6 +30,7 @@ from server.schemas import (
     parse_act_body,
 )
 from server.served_model import ActResult
+from server.sessions import Session
 
 router = APIRouter(prefix="/v1", tags=["native REST"])
 hot_routes = RawRoutes(prefix="/v1", tags=["native REST"])  # act: installed on the app, first
@@ -43,7 +46,7 @@ METADATA_ERRORS = error_responses(401, 404, 422, 503)
 VersionPath = Path(ge=1, lt=VERSION_LIMIT, description="a positive integer")
 
 
-def rest_answer(result: ActResult, single: bool) -> bytes:
+def rest_answer(result: ActResult, single: bool, extra: dict | None = None) -> bytes:
     """`action` [d] (or the chunk [H, d]) for one observation, `actions` [B, d] ([B, H, d]) for a batch."""
     # Python floats (doubles) hold each float32 value exactly, and the decimal orjson writes for
     # a double reads back to exactly the float32 served. One row: `tolist` (numpy's cast cost
@@ -63,6 +66,8 @@ def rest_answer(result: ActResult, single: bool) -> bytes:
         seed=result.seed,
         timing_ms=result.timing_ms,
     )
+    if extra:
+        answer.update(extra)
     return orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
@@ -82,9 +87,41 @@ async def act_on(name: str | None, request: Request) -> Response:
             deadline_ms=body.deadline_ms,
             received=received,
         )
-        result = await model.act(act, received)
+        control = rest_control(body)
+        if control is None and body.session_id is None and not model.limits.active:
+            result = await model.act(act, received)  # stateless: today's hot path
+            extra = None
+        else:
+            session = rest_session(request, body, control)
+            result, extra = await control_of(request).act(
+                model, act, control, session, seed_given=body.seed is not None, received=received
+            )
         metrics.record_result(result)
-        return Response(rest_answer(result, single), media_type="application/json")
+        return Response(rest_answer(result, single, extra), media_type="application/json")
+
+
+def rest_control(body: ActBody) -> Control | None:
+    values = {key: getattr(body, key) for key in CONTROL_KEYS}
+    if not any(value is not None for value in values.values()):
+        return None
+    return Control(**{key: value for key, value in values.items() if value is not None})
+
+
+def rest_session(request: Request, body: ActBody, control: Control | None) -> Session | None:
+    """The body's session (created on first use); `reset` or first use keeps the request's options."""
+    if body.session_id is None:
+        if body.reset:
+            raise InvalidInput("reset: needs a session_id (the session whose episode to restart)")
+        return None
+    store = sessions_of(request)
+    session, created = store.get_or_open(f"rest:{body.session_id}")
+    if created or body.reset:
+        options = control.options if control is not None else {}
+        if body.reset:
+            store.reset(session, options)
+        else:
+            session.options = session.options.updated(options)
+    return session
 
 
 @hot_routes.post(

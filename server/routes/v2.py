@@ -7,11 +7,21 @@ parameters or as INT32/INT64 inputs of one element. Triton's `timeout` parameter
 (action horizon H > 1) answers `action` [B, H, action_dim] and `candidates` [B, K, H, action_dim].
 The noise is drawn here from the seed, so it is no input. The response parameters carry
 `num_candidates`, `seed`, `action_horizon` and `timing_ms_{queue,inference,total}`.
+
+Sessions are Triton's sequences: request parameters `sequence_id` (non-zero integer or
+string), `sequence_start` (a new episode; its control parameters stay with the session) and
+`sequence_end` (the session ends after this answer). The control parameters
+(docs/control-loop.md: `handover_weight`, `delay_steps`, `execute_steps`, `pin_delay`,
+`action_low`, `action_high`, `max_action_delta`, `client_time`, `client_step`) and an FP32
+input `previous_chunk` [r, action_dim] work with or without a sequence; the answer's control
+values come back as response parameters (`sequence_id`, `episode`, `step`, `action_clamped`,
+`clamped_steps_rate`, `handover_candidate`, `clock_server_sent`, ...).
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import re
 import time
 from typing import Any
 
@@ -28,11 +38,13 @@ from server.binary_tensors import (
     requested_outputs,
     split_body,
 )
-from server.deps import metrics_of, repository_of, settings_of
+from server.control import Control, read_control
+from server.deps import control_of, metrics_of, repository_of, sessions_of, settings_of
 from server.errors import InvalidInput
 from server.routes.raw import RawRoutes
-from server.schemas import VERSION_LIMIT, error_responses
+from server.schemas import SESSION_ID_PATTERN, VERSION_LIMIT, error_responses
 from server.served_model import ModelVersion
+from server.sessions import Session
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
 hot_routes = RawRoutes(prefix="/v2", tags=["Open Inference Protocol v2"])  # infer: on the app, first
@@ -40,6 +52,7 @@ hot_routes = RawRoutes(prefix="/v2", tags=["Open Inference Protocol v2"])  # inf
 OUTPUTS = ("action", "q_value", "candidates")
 DEFAULT_OUTPUTS = ("action", "q_value")
 INTEGER_TYPES = ("INT32", "INT64", "UINT32", "UINT64")
+SESSION_ID = re.compile(SESSION_ID_PATTERN)
 
 
 def _version() -> str:
@@ -73,7 +86,7 @@ TENSOR = {
     "type": "object",
     "required": ["name", "shape", "datatype", "data"],
     "properties": {
-        "name": {"enum": ["observation", "num_candidates", "seed"]},
+        "name": {"enum": ["observation", "num_candidates", "seed", "previous_chunk"]},
         "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
         "datatype": {"enum": list(DATATYPES)},
         "data": {"type": "array"},
@@ -170,12 +183,20 @@ async def infer_on(request: Request, name: str, version: int | None) -> Response
         header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
         tensors = parse_inputs(header, binary)
         outputs = requested_outputs(header, OUTPUTS, DEFAULT_OUTPUTS)
-        act = model.check_request(
-            observation_input(tensors, model),
-            **options(parameters_of(header, "request"), tensors),
-            received=received,
-        )
-        result = await model.act(act, received)
+        parameters = parameters_of(header, "request")
+        chosen = options(parameters, tensors)
+        act = model.check_request(observation_input(tensors, model), **chosen, received=received)
+        control = v2_control(parameters, tensors)
+        sequence = sequence_of(parameters)
+        if control is None and sequence is None and not model.limits.active:
+            result, extra = await model.act(act, received), {}  # stateless: today's hot path
+        else:
+            session = v2_session(request, sequence, parameters, control)
+            result, extra = await control_of(request).act(
+                model, act, control, session, seed_given=chosen["seed"] is not None, received=received
+            )
+            if sequence is not None and parameters.get("sequence_end") is True:
+                sessions_of(request).close(session_key(sequence), "ended")
         metrics.record_result(result)
         values = {"action": result.actions, "q_value": result.q_values, "candidates": result.candidates}
         response_header: dict[str, Any] = {
@@ -186,6 +207,7 @@ async def infer_on(request: Request, name: str, version: int | None) -> Response
                 "seed": result.seed,
                 "action_horizon": result.action_horizon,
                 **{f"timing_ms_{key}": value for key, value in result.timing_ms.items()},
+                **flat_parameters(extra, sequence),
             },
         }
         if "id" in header:
@@ -198,8 +220,69 @@ async def infer_on(request: Request, name: str, version: int | None) -> Response
         )
 
 
+def sequence_of(parameters: dict) -> int | str | None:
+    """Triton's `sequence_id` (a non-zero integer or a string; 0 or absent: no sequence)."""
+    value = parameters.get("sequence_id")
+    for flag in ("sequence_start", "sequence_end"):
+        if parameters.get(flag) is not None and not isinstance(parameters[flag], bool):
+            raise InvalidInput(f"{flag}: expected true or false, got {parameters[flag]!r}")
+    if value is None or value == 0:
+        if parameters.get("sequence_start") or parameters.get("sequence_end"):
+            raise InvalidInput("sequence_start/sequence_end: need a non-zero sequence_id")
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise InvalidInput(f"sequence_id: expected a non-negative integer or a string, got {value!r}")
+    if isinstance(value, int) and not 0 < value < 2**64:
+        raise InvalidInput(f"sequence_id: must be in [1, 2**64), got {value}")
+    if isinstance(value, str) and not SESSION_ID.match(value):
+        raise InvalidInput(f"sequence_id: a string id must match {SESSION_ID.pattern}, got {value!r}")
+    return value
+
+
+def session_key(sequence: int | str) -> str:
+    return f"v2:{sequence}"
+
+
+def v2_session(request: Request, sequence, parameters: dict, control: Control | None) -> Session | None:
+    """The sequence's session: `sequence_start` (or first use) opens an episode with this request's options."""
+    if sequence is None:
+        return None
+    store = sessions_of(request)
+    session, created = store.get_or_open(session_key(sequence))
+    start = parameters.get("sequence_start") is True
+    if created or start:
+        options = control.options if control is not None else {}
+        if start and not created:
+            store.reset(session, options)
+        else:
+            session.options = session.options.updated(options)
+    return session
+
+
+def v2_control(parameters: dict, tensors: dict[str, Tensor]) -> Control | None:
+    values = dict(parameters)
+    if "previous_chunk" in tensors:
+        tensor = tensors["previous_chunk"]
+        if tensor.datatype != "FP32":
+            raise InvalidInput(f"previous_chunk: expected FP32, got {tensor.datatype}")
+        values["previous_chunk"] = tensor.array
+    values.pop("reset", None)  # v2 starts an episode with sequence_start
+    return read_control(values)
+
+
+def flat_parameters(extra: dict, sequence) -> dict[str, Any]:
+    """The control answer as v2 response parameters (scalars only): `clock` -> `clock_server_sent`, ..."""
+    flat: dict[str, Any] = {} if sequence is None else {"sequence_id": sequence}
+    for key, value in extra.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}_{k}": v for k, v in value.items() if v is not None})
+        elif value is not None:
+            flat[key] = value
+    return flat
+
+
 def observation_input(tensors: dict[str, Tensor], model: ModelVersion):
-    unknown = sorted(set(tensors) - {"observation", "num_candidates", "seed"})
+    unknown = sorted(set(tensors) - {"observation", "num_candidates", "seed", "previous_chunk"})
     if unknown:
         raise InvalidInput(
             f"inputs: unknown {unknown}; expected 'observation' (and optional num_candidates, seed)"

@@ -13,6 +13,13 @@ reply's other values are scalars); a batch gets (B, H, action_dim). An error is 
 one connection are answered in order; the newest version serves each message, so a
 long-lived connection follows hot reloads.
 
+A connection is a session (server/sessions.py): requests without a seed draw from its seed
+stream, and it remembers the last chunk for hand-overs and action limits. `{"reset": true}`
+(alone, or beside an observation) starts a new episode, and the options it carries
+(docs/control-loop.md) stay with the session; a reset alone is answered `{"reset": true,
+"session_id", "episode", "step", "seed"}`. Control keys beside an observation apply to that
+message. openpi's client sends none of them and is served exactly as before.
+
 The msgpack-numpy codec is the clients package's (`clients.codec`: msgpack and numpy only),
 so the wire format exists once, as openpi's server imports its client package's codec.
 """
@@ -22,6 +29,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -29,11 +38,13 @@ from fastapi.responses import JSONResponse
 
 from clients import codec
 from server.auth import refuse_websocket
-from server.deps import metrics_of, repository_of
+from server.control import ControlLoop, read_control
+from server.deps import control_of, metrics_of, repository_of, sessions_of
 from server.errors import InvalidInput, MalformedRequest, ServingError
 from server.metrics import ServerMetrics
 from server.repository import ModelRepository
 from server.served_model import ActResult
+from server.sessions import Session, SessionStore
 
 logger = logging.getLogger("mfql.websocket")
 router = APIRouter(tags=["WebSocket (openpi protocol)"])
@@ -58,31 +69,57 @@ async def serve_socket(
         response = JSONResponse({"error": refusal.message}, refusal.status, refusal.headers)
         await refuse_websocket(websocket, response, refusal.message)
         return
-    name = model.name
-    await websocket.accept()
+    sessions = sessions_of(websocket)
     try:
+        session = sessions.open(f"ws:{uuid.uuid4().hex}", pinned=True)  # the connection is the session
+    except ServingError as refusal:
+        response = JSONResponse({"error": refusal.message}, refusal.status, refusal.headers)
+        await refuse_websocket(websocket, response, refusal.message)
+        return
+    name = model.name
+    try:
+        await websocket.accept()
         await websocket.send_bytes(codec.packb({**model.describe(), "versions": _versions(repository, name)}))
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 return
-            reply = await answer(message, name, repository, metrics)
+            reply = await answer(
+                message, name, repository, metrics, Connection(sessions, session, control_of(websocket))
+            )
             if isinstance(reply, str):
                 await websocket.send_text(reply)
             else:
                 await websocket.send_bytes(reply)
     except (WebSocketDisconnect, OSError, RuntimeError):  # the client left mid-answer: nothing to tell it
         return
+    finally:
+        sessions.close(session.key, "disconnected")
+
+
+@dataclass(frozen=True)
+class Connection:
+    """What one WebSocket connection answers with: its session and the app's control loop."""
+
+    sessions: SessionStore
+    session: Session
+    control: ControlLoop
 
 
 async def answer(
-    message: dict, name: str, repository: ModelRepository, metrics: ServerMetrics
+    message: dict, name: str, repository: ModelRepository, metrics: ServerMetrics, connection: Connection
 ) -> bytes | str:
     """The reply to one message: msgpack bytes, or an error text frame."""
     received = time.perf_counter()
     try:
         with metrics.track("ws") as tracked:
             request = _decode(message)
+            control = read_control(request)
+            session = connection.session
+            if control is not None and control.reset:
+                connection.sessions.reset(session, control.options)
+                if "observation" not in request:
+                    return codec.packb({"reset": True, **session.describe()})
             model = repository.resolve(name, request.get("version"))
             tracked.model = model.name
             act = model.check_request(
@@ -92,9 +129,13 @@ async def answer(
                 deadline_ms=request.get("deadline_ms"),
                 received=received,
             )
-            result = await model.act(act, received)
+            if act.observations.shape[0] != 1 and control is None:
+                session = None  # a batch is many robots' observations, not this session's step
+            result, extra = await connection.control.act(
+                model, act, control, session, seed_given=request.get("seed") is not None, received=received
+            )
             metrics.record_result(result)
-            return codec.packb(ws_reply(result, act.single))
+            return codec.packb({**ws_reply(result, act.single), **extra})
     except ServingError as error:
         return json.dumps({"status": error.status, "error": error.message})
 
@@ -107,8 +148,10 @@ def _decode(message: dict) -> dict[str, Any]:
         request = codec.unpackb(data)
     except codec.CodecError as exc:
         raise MalformedRequest(str(exc)) from exc
-    if not isinstance(request, dict) or "observation" not in request:
-        raise InvalidInput("observation: the message must be a map with an 'observation' array")
+    if not isinstance(request, dict) or ("observation" not in request and request.get("reset") is not True):
+        raise InvalidInput(
+            "observation: the message must be a map with an 'observation' array (or 'reset': true)"
+        )
     return request
 
 
