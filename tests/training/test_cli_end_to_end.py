@@ -135,41 +135,6 @@ def test_missing_dataset_is_reported_with_the_generate_command(tmp_path):
     )
 
 
-def test_method_comparison_runs_both_agents_on_the_same_data(data_dir, tmp_path):
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "compare_methods.py"
-    result = subprocess.run(
-        [
-            sys.executable, str(script), "--env", TASK, "--dataset-dir", str(data_dir), "--steps", "10",
-            "--seeds", "0", "--eval-episodes", "1", "--threads", "1", "--out", str(tmp_path / "compare"),
-            "--jobs", "2", "--eval-every", "5", "--curve-episodes", "1",
-            "--", "--batch-size", "16", "--mlp-hidden", "32,32", "--critic-hidden", "32,32",
-        ],
-        capture_output=True, text=True, env=ENV, timeout=600,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout)
-    assert [run["method"] for run in report["runs"]] == ["mfql", "fql"]
-    assert set(report["summary"]) == {"mfql", "fql"}
-    for row in report["summary"].values():
-        assert 0.0 <= row["success_rate_mean"] <= 1.0 and row["train_steps_per_second"] > 0
-    table = (tmp_path / "compare" / "comparison.md").read_text()
-    assert "| MFQL |" in table and "| FQL |" in table and "comparison.png" in table
-    assert (tmp_path / "compare" / "comparison.png").stat().st_size > 1000
-    # The alpha diagnostic reads both kinds of checkpoint and reports finite gradient norms.
-    balance = Path(__file__).resolve().parents[2] / "benchmarks" / "gradient_balance.py"
-    for method in ("mfql", "fql"):
-        run_dir = tmp_path / "compare" / f"{method}-seed0"
-        result = subprocess.run(
-            [sys.executable, str(balance), str(run_dir), "--batches", "2"],
-            capture_output=True, text=True, env=ENV, timeout=300, cwd=balance.parents[1],
-        )  # fmt: skip
-        assert result.returncode == 0, result.stderr[-3000:]
-        report = json.loads(result.stdout)
-        assert report["agent"] == method and report["step"] == 10
-        assert report["bc_grad_norm_per_batch"] > 0 and report["q_grad_norm_per_batch"] > 0
-        assert -1.0 <= report["cosine_bc_q"] <= 1.0
-
-
 def test_training_speed_benchmark_counts_flops_against_the_matmul_ceiling():
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "train_speed.py"
     result = subprocess.run(

@@ -38,25 +38,12 @@ def test_the_embedded_puzzle_models_flags_are_the_family_defaults(tmp_path):
 
 
 def test_the_studys_arms_mean_the_same_on_puzzle_as_on_cube(tmp_path):
-    """ablate.py's arms named for the paper's schedule spell it out, and lr-constant is puzzle's default."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    benchmarks = Path(__file__).resolve().parents[2] / "benchmarks"
-    sys.path.insert(0, str(benchmarks))
-    try:
-        spec = importlib.util.spec_from_file_location("ablate_arms", benchmarks / "ablate.py")
-        ablate = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(ablate)
-    finally:
-        sys.path.remove(str(benchmarks))
+    """The study preset's arms named for the paper's schedule spell it out, and lr-constant is puzzle's default."""
+    from training.sweep.arms import ARMS, BASE
 
     def agent(env: str, arm: str) -> AgentConfig:
         flags = ["--env", env, "--dataset-dir", str(tmp_path), "--out", str(tmp_path / "run")]
-        return config_from_args(
-            build_parser().parse_args([*flags, *ablate.BASE, *ablate.ARMS[arm][1]])
-        ).agent_config
+        return config_from_args(build_parser().parse_args([*flags, *BASE, *ARMS[arm][1]])).agent_config
 
     cube = "cube-single-play-singletask-task2-v0"
     for arm in ("paper", "horizon-1M", "paper-draws-4", "lr-constant", "alpha-1000"):

@@ -15,7 +15,7 @@ parameters:
 - the cosine between the step Adam would actually take (from the optimiser's moments in the
   checkpoint) and the Q term's descent direction: how much of the Q signal survives Adam.
 
-    python benchmarks/gradient_balance.py runs/default-cube-single [--batches 8]
+    python -m training.studies.gradient_balance runs/default-cube-single [--batches 8]
 
 Prints JSON. Reads the dataset named in the checkpoint's config (like mfql-train does).
 """

@@ -13,7 +13,7 @@ and reports, in the action space [-1, 1]^d:
 - FQL only, `bc_flow_*`: the same numbers for its 10-step BC flow (a multi-step generator
   trained by flow matching on the same data), as a yardstick of what cloning alone reaches.
 
-    python benchmarks/generator_quality.py runs/study/lr-constant-seed0 [--states 2048 --k 16]
+    python -m training.studies.generator_quality runs/study/lr-constant-seed0 [--states 2048 --k 16]
 
 Prints JSON. Reads the dataset named in the checkpoint's config, as mfql-train does.
 """

@@ -1,0 +1,129 @@
+"""What a sweep writes: the study and task tables, the curves, and `--collect` over old run folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pytest
+
+from tests.sweep.conftest import TASK
+from training.sweep.cli import main
+from training.sweep.curves import curve_of_run, plot_learning_curves
+from training.sweep.tables import Heading, study_markdown, summarize, task_markdown, task_table
+
+
+def old_run(folder: Path, method: str, seed: int, rate: float, **extra) -> dict:
+    """A run folder as benchmarks/ablate.py left it: final_evaluation.json, metrics.csv, evaluations.csv."""
+    run_dir = folder / f"{method}-seed{seed}"
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.csv").write_text(
+        "step,critic/loss,mfi/loss,actor/q\n5,1.0,0.5,-2.0\n10,0.8,0.4,-1.0\n"
+    )
+    (run_dir / "evaluations.csv").write_text(
+        "step,success_rate,success_rate_stderr\n5,0.25,0.1\n10,0.5,0.1\n"
+    )
+    row = {
+        "method": method, "seed": seed, "success_rate": rate, "success_rate_stderr": 0.07,
+        "mean_return": -100.0, "wall_seconds": 1.0, "steps_trained": 10, "train_steps_per_second": 20.0,
+        "policy_latency_ms_p50": 1.0, "num_candidates": 5, "run_dir": str(run_dir), **extra,
+    }  # fmt: skip
+    (run_dir / "final_evaluation.json").write_text(json.dumps(row))
+    return row
+
+
+def test_collect_tables_old_run_folders_and_rows_of_retired_arms(tmp_path, capsys):
+    out = tmp_path / "study"
+    rows = [old_run(out, "paper", 0, 0.2), old_run(out, "paper", 1, 0.4), old_run(out, "fql", 0, 0.6)]
+    retired = {**rows[0], "method": "retired-arm"}
+    (out / "study.json").write_text(json.dumps({"env": TASK, "steps": 10, "runs": [retired]}))
+    (out / "fql-seed1").mkdir()  # a run still training: no final_evaluation.json
+    assert main(["--collect", "--steps", "10", "--out", str(out)]) == 0
+    rebuilt = json.loads((out / "study.json").read_text())
+    assert [r["method"] for r in rebuilt["runs"]] == ["retired-arm", "fql", "paper", "paper"]
+    assert rebuilt["summary"]["paper"]["success_rate_mean"] == pytest.approx(0.3)
+    table = (out / "study.md").read_text()
+    assert "| retired-arm | (an arm this version of mfql-sweep does not define) |" in table
+    assert "| paper | the paper's setting" in table and "+/- 0.14 (std over 2 seeds: 0.20, 0.40)" in table
+    assert "| 0.25 / 0.50; 0.25 / 0.50 |" in table  # the curves, from evaluations.csv
+    for picture in ("study.png", "study-losses.png"):
+        assert (out / picture).stat().st_size > 1000
+    with pytest.raises(SystemExit):
+        main(["--collect", "--out", str(tmp_path / "nothing")])
+    assert "no finished run" in capsys.readouterr().err
+
+
+def test_collect_reads_a_task_grid_and_writes_the_task_table(tmp_path):
+    out = tmp_path / "grid"
+    for task, rates in (("task1", (0.2, 0.4)), ("task2", (0.6, 1.0))):
+        for seed, rate in enumerate(rates):
+            old_run(out / task, "fql", seed, rate)
+    args = ["--collect", "--env", "cube-single-play-singletask-v0", "--tasks", "1,2", "--out", str(out)]
+    assert main(args) == 0
+    grid = json.loads((out / "tasks.json").read_text())
+    assert grid["envs"] == {f"task{n}": f"cube-single-play-singletask-task{n}-v0" for n in (1, 2)}
+    assert grid["arms"]["fql"]["task_mean"] == pytest.approx(0.55)
+    assert "| fql | 0.30 | 0.80 | 0.55 +/- 0.21 (std over seeds) |" in (out / "tasks.md").read_text()
+
+
+def test_the_study_table_says_how_many_steps_a_time_budget_left_each_seed():
+    rows = [
+        {
+            "method": "lr-constant", "seed": seed, "success_rate": 0.5, "success_rate_stderr": 0.07,
+            "train_steps_per_second": 20.0, "steps_trained": steps, "policy_latency_ms_p50": 1.0,
+        }
+        for seed, steps in ((0, 150_000), (1, 140_500))
+    ]  # fmt: skip
+    heading = Heading(TASK, 200_000, "0,1", 50, ["--time-budget-minutes", "120"])
+    curves = {("lr-constant", 0): [{"step": 100_000, "success_rate": 0.25}]}
+    table = study_markdown(heading, rows, curves, lambda name: "what it tests")
+    # (150000 + 140500) / 20 / 2 s = 121 min on average; rows without a mean return show "-"
+    assert "| 0.25 | - | 20.0 | 121 (150k, 140k steps) |" in table
+    rows[0]["mean_return"], rows[1]["mean_return"] = -1500.0, -1000.0
+    assert "| -1250.0 | 20.0 | 121 (150k, 140k steps) |" in study_markdown(heading, rows, curves, str)
+    rows[1].pop("mean_return")  # a mean over some of the seeds would mislead: none
+    assert summarize(rows)["lr-constant"]["mean_return_mean"] is None
+
+
+def test_the_task_table_means_over_tasks_only_for_arms_that_finished_every_task():
+    def row(method, seed, rate):
+        return {"method": method, "seed": seed, "success_rate": rate}
+
+    rows_by_task = {
+        "task1": [row("fql", 0, 0.2), row("fql", 1, 0.4), row("mfql", 0, 0.6)],
+        "task2": [row("fql", 0, 0.6), row("fql", 1, 1.0)],
+    }
+    table = task_table(rows_by_task)
+    assert table["fql"]["success_rate_by_task"] == pytest.approx({"task1": 0.3, "task2": 0.8})
+    assert table["fql"]["task_mean"] == pytest.approx(0.55)
+    assert table["fql"]["task_mean_stdev_over_seeds"] == pytest.approx(0.2121, abs=1e-4)
+    assert table["mfql"]["task_mean"] is None and table["mfql"]["success_rate_by_task"] == {"task1": 0.6}
+    heading = Heading("", 30000, "0,1", 50, [])
+    text = task_markdown(heading, {"task1": "a-task1-v0", "task2": "a-task2-v0"}, table)
+    assert "| mfql | 0.60 | - | - (not every task finished) |" in text
+
+
+def test_the_learning_curves_plot_success_and_the_mean_return(monkeypatch, tmp_path):
+    """study.png has a second panel, the mean return per episode (puzzle's dense reward moves
+    before any episode succeeds); an evaluations.csv without the column still plots."""
+    rows, curves = [], {}
+    for method, header, values in (
+        ("fql", "step,success_rate,success_rate_stderr,mean_return", "10000,0.0,0.0,-2247.2\n20000,0.0,0.0,-2100.5\n"),
+        ("old", "step,success_rate,success_rate_stderr", "10000,0.5,0.1\n"),
+    ):  # fmt: skip
+        run_dir = tmp_path / method
+        run_dir.mkdir()
+        (run_dir / "evaluations.csv").write_text(f"{header}\n{values}")
+        rows.append({"method": method, "seed": 0, "run_dir": str(run_dir)})
+        curves[(method, 0)] = curve_of_run(run_dir)
+    figures = []
+    savefig = plt.Figure.savefig
+    monkeypatch.setattr(
+        plt.Figure, "savefig", lambda fig, *a, **k: figures.append(fig) or savefig(fig, *a, **k)
+    )
+    out = plot_learning_curves(rows, curves, "puzzle", 25, tmp_path / "study.png")
+    assert out.is_file() and out.stat().st_size > 0
+    success_ax, return_ax = figures[0].axes
+    assert [list(line.get_ydata()) for line in return_ax.get_lines()] == [[-2247.2, -2100.5]]
+    assert len(success_ax.containers) == 2  # both runs' success curves, with error bars
