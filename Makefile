@@ -18,7 +18,7 @@ $(VENV)/.serve-installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.dev-installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
-	$(BIN)/pip install -q -c $(CONSTRAINTS) -e ".[all,test]"
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -e ".[all,test,sweep]"
 	touch $@ $(VENV)/.serve-installed
 
 serve: $(VENV)/.serve-installed

@@ -39,6 +39,7 @@ def parsers() -> dict:
     from server.cli import build_parser as serve
     from training.data.cli import build_parser as data
     from training.evaluate import build_parser as evaluate
+    from training.sweep.cli import build_parser as sweep
     from training.train import build_parser as train
 
     return {
@@ -50,6 +51,7 @@ def parsers() -> dict:
         "mfql-serve": serve,
         "mfql-rollout": rollout,
         "mfql-bench": bench,
+        "mfql-sweep": sweep,
     }
 
 
@@ -92,7 +94,7 @@ def test_every_cli_line_in_the_docs_parses(page):
 
 
 def benchmark_source(script: Path) -> str:
-    """A benchmark's source with that of the sibling benchmarks it imports options from (ablate: compare_methods)."""
+    """A benchmark's source with that of the sibling benchmarks it imports options from."""
     source = script.read_text()
     siblings = [
         script.parent / f"{name}.py" for name in re.findall(r"^from (\w+) import", source, re.MULTILINE)
@@ -123,11 +125,14 @@ def test_every_benchmark_command_uses_flags_its_script_has(page):
                 pytest.fail(f"{page.name}: mfql-train does not take {' '.join(forwarded)}")
 
 
+CONFIGURATION = (ROOT / "docs" / "configuration.md").read_text()
+
+
 def test_every_server_option_is_in_the_configuration_table():
-    table = README.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    table = CONFIGURATION.split("## Configuration", 1)[1].split("\n## ", 1)[0]
     for name in ServerSettings.model_fields:
         assert f"`MFQL_{name.upper()}`" in table, (
-            f"MFQL_{name.upper()} missing from README's configuration table"
+            f"MFQL_{name.upper()} missing from docs/configuration.md's configuration table"
         )
         assert f"`--{name.replace('_', '-')}`" in table
 
@@ -136,9 +141,13 @@ def test_every_metric_is_listed():
     source = (ROOT / "server" / "metrics.py").read_text()
     names = set(re.findall(r'"(mfql_[a-z_]+)"', source))
     assert names
-    section = README.split("## Metrics", 1)[1].split("\n## ", 1)[0]
+    section = CONFIGURATION.split("## Metrics", 1)[1].split("\n## ", 1)[0]
     for name in names:
-        assert name in section, f"metric {name} is not in README's metrics list"
+        assert name in section, f"metric {name} is not in docs/configuration.md's metrics list"
+
+
+def test_the_readme_links_the_full_configuration():
+    assert "docs/configuration.md" in README
 
 
 def test_no_placeholders_are_left():
