@@ -205,3 +205,16 @@ def test_the_minari_demonstration_of_docs_datasets_runs_end_to_end(tmp_path, mon
         == 2
     )
     assert "no success signal" in capsys.readouterr().err
+    # The same data as a plain file names no env; --eval-env gives gymnasium's own.
+    assert data_main(["convert", "--dataset", source, "--to", str(tmp_path / "pendulum.npz")]) == 0
+    plain = tmp_path / "plain"
+    gym_flags = [
+        "--dataset",
+        str(tmp_path / "pendulum.npz"),
+        "--eval-env",
+        "InvertedPendulum-v5",
+        "--out",
+        str(plain),
+    ]
+    assert train_main([*gym_flags, *flags]) == 0
+    assert float((plain / "evaluations.csv").read_text().splitlines()[1].split(",")[3]) > 0  # a mean return
