@@ -42,6 +42,10 @@ class RemotePolicy:
     connection is one anyway); ``reset()`` starts its next episode.
     ``handover_weight``, ``delay_steps``, ``pin_delay``: the server's smooth hand-over
     (docs/control-loop.md); each request then carries the chunk's unexecuted rest.
+    ``simulate_delay``: with ``delay_steps`` d, play the inference delay out in a synchronous
+    loop (a simulator, a replay): the d actions after a request still come from the previous
+    chunk's rest, as they would on a robot while the server computes, and the new chunk takes
+    over at its step d (its steps before d were planned for time that has passed).
     ``boundary_changes`` / ``mean_boundary_change``: the mean absolute action change where a new
     chunk takes over; ``step_changes`` / ``mean_step_change`` at every step.
     """
@@ -58,6 +62,7 @@ class RemotePolicy:
         handover_weight: float | None = None,
         delay_steps: int | None = None,
         pin_delay: bool = False,
+        simulate_delay: bool = False,
     ):
         self.client = client
         self.metadata: ModelMetadata = client.metadata()
@@ -82,6 +87,10 @@ class RemotePolicy:
             "delay_steps": delay_steps,
             "pin_delay": pin_delay or None,
         }
+        if simulate_delay and not delay_steps:
+            raise ValueError("simulate_delay needs delay_steps >= 1 (the steps the answer takes)")
+        self._simulated_delay = int(delay_steps or 0) if simulate_delay else 0
+        self._takeover = 0  # actions of the current plan that come from the previous chunk
         self.boundary_changes: list[float] = []  # mean |a_t - a_(t-1)| where a new chunk takes over
         self.step_changes: list[float] = []  # the same at every step
         self._episode_steps = 0
@@ -122,7 +131,7 @@ class RemotePolicy:
                     self._last_action = self._plan.popleft()
                 return self._last_action
             self._new_episode = False
-            self._plan = deque(self._chunk_of(answer))
+            self._plan = self._next_plan(self._chunk_of(answer))
             self._executed = 0
             self.last_answer = answer
         previous = self._last_action if self._episode_steps else None
@@ -132,9 +141,26 @@ class RemotePolicy:
         if previous is not None:
             change = float(np.abs(self._last_action - previous).mean())
             self.step_changes.append(change)
-            if self._executed == 1:  # a new chunk's first action
+            if self._executed == self._takeover + 1:  # the new chunk's first executed action
                 self.boundary_changes.append(change)
         return self._last_action
+
+    def _next_plan(self, chunk: list[np.ndarray]) -> deque:
+        """The actions to execute next: the new chunk, or with a simulated delay d the old rest's
+        first d actions (held at its last action if shorter) and then the new chunk from step d."""
+        delay = min(self._simulated_delay, len(chunk) - 1)
+        if delay == 0 or not self._episode_steps:  # an episode's first chunk has nothing before it
+            self._takeover = 0
+            return deque(chunk)
+        rest = list(self._plan)[:delay]
+        rest += [rest[-1] if rest else self._last_action] * (delay - len(rest))
+        self._takeover = delay
+        return deque([*rest, *chunk[delay:]])
+
+    @property
+    def simulated_delay_steps(self) -> int:
+        """d played out by ``simulate_delay`` (0: the new chunk runs from its first step)."""
+        return self._simulated_delay
 
     @property
     def mean_boundary_change(self) -> float | None:
@@ -170,7 +196,7 @@ class RemotePolicy:
         """Start a new episode: the rest of the chunk is dropped, so the next call asks the server,
         and a miss before the first answer returns the hold action again."""
         self._plan.clear()
-        self._executed = 0
+        self._executed = self._takeover = 0
         self._last_action = self.hold_action
         self._new_episode = self._in_session
         self._episode_steps = 0

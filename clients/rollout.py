@@ -73,6 +73,7 @@ def run_episodes(policy: RemotePolicy, env, episodes: int, seed: int) -> dict:
         "mean_episode_length": float(np.mean(lengths)),
         "action_horizon": policy.action_horizon,
         "replan_every": policy.replan_every,
+        "simulated_delay_steps": policy.simulated_delay_steps,
         "control_latency_ms": latency_summary_ms(latencies[True] + latencies[False]),
         "steps": policy.steps,
         "misses": policy.misses,
@@ -115,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--pin-delay", action="store_true", help="pin the first d actions to the chunk's rest"
     )
     parser.add_argument(
+        "--simulate-delay",
+        action="store_true",
+        help="play --delay-steps out: the d steps after each request still execute the previous chunk's "
+        "rest, and the new chunk takes over at its step d (a robot's timing, in this synchronous loop)",
+    )
+    parser.add_argument(
         "--control-period-ms",
         type=float,
         help="guard this control period: a late answer repeats the last action and counts a miss",
@@ -142,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                 handover_weight=args.handover_weight,
                 delay_steps=args.delay_steps,
                 pin_delay=args.pin_delay,
+                simulate_delay=args.simulate_delay,
             )
             env = make_env(args.env)
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from clients import PolicyClient, WebSocketPolicyClient
 from clients.remote_policy import RemotePolicy
@@ -54,3 +55,18 @@ def test_the_hand_over_sends_the_chunks_rest_and_the_policy_reports_boundary_cha
     # the tiny stand-in's candidates differ by 0.1 x noise: the size of the effect is measured
     # on trained models (docs/control-loop.md), here only that it is reported
     assert all(isinstance(change, float) for change in changes.values())
+
+
+def test_a_simulated_delay_runs_the_old_rest_for_d_steps_then_the_new_chunk_from_step_d(chunked_server_url):
+    with PolicyClient(chunked_server_url, model=CHUNKED) as client:
+        policy = RemotePolicy(client, replan_every=2, delay_steps=1, simulate_delay=True)
+        executed = [policy(OBS[t], seed=t) for t in range(4)]
+        assert policy.simulated_delay_steps == 1 and len(policy.boundary_changes) == 1
+        chunk_a = client.infer(OBS[0], seed=0).chunks[0]
+        chunk_b = client.infer(OBS[2], seed=2).chunks[0]
+        with pytest.raises(ValueError, match="delay_steps >= 1"):
+            RemotePolicy(client, simulate_delay=True)
+    # Steps 0-1 come from chunk A (an episode's first chunk has no delay); chunk B is asked for
+    # at step 2, which still executes A[2] while it is computed; B takes over at its own step 1.
+    np.testing.assert_allclose(np.stack(executed[:3]), chunk_a[:3], rtol=1e-6)
+    np.testing.assert_allclose(executed[3], chunk_b[1], rtol=1e-6)
