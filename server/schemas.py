@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -43,6 +44,20 @@ PositivePerDimension = (
 )
 
 
+def _whole_number(value: Any) -> Any:
+    """JSON integers, also written as 3.0 (JSON Schema's integers include them); never true/false or "3"."""
+    if isinstance(value, (bool, str)):
+        raise ValueError("expected an integer")
+    return value
+
+
+# Integers as JSON Schema means them (948433.0 is one; booleans and strings are not), with their
+# bounds inside the type so that the OpenAPI schema states them as minimum / exclusiveMaximum.
+DelaySteps = Annotated[int, Field(ge=0, lt=STEP_LIMIT), BeforeValidator(_whole_number)]
+ExecuteSteps = Annotated[int, Field(ge=1, lt=STEP_LIMIT), BeforeValidator(_whole_number)]
+Counter = Annotated[int, Field(ge=0, lt=COUNTER_LIMIT), BeforeValidator(_whole_number)]
+
+
 class SessionOptionsBody(BaseModel):
     """Per-session options (docs/control-loop.md); in an act request they apply to that request only,
     unless it starts the session or an episode (first use, `reset`), which then keeps them."""
@@ -56,18 +71,12 @@ class SessionOptionsBody(BaseModel):
         le=FLOAT32_MAX,
         description="lambda: candidates score Q - lambda x distance to the previous chunk's rest (0: off)",
     )
-    delay_steps: int | None = Field(
+    delay_steps: DelaySteps | None = Field(
         None,
-        strict=True,
-        ge=0,
-        lt=STEP_LIMIT,
         description="d: control steps the answer takes (default: estimated from measured latency)",
     )
-    execute_steps: int | None = Field(
+    execute_steps: ExecuteSteps | None = Field(
         None,
-        strict=True,
-        ge=1,
-        lt=STEP_LIMIT,
         description="s: steps of the previous chunk executed before this request",
     )
     pin_delay: StrictBool | None = Field(
@@ -128,11 +137,8 @@ class ActBody(SessionOptionsBody):
         le=FLOAT32_MAX,
         description="the client's clock (seconds), echoed in `clock`",
     )
-    client_step: int | None = Field(
+    client_step: Counter | None = Field(
         None,
-        strict=True,
-        ge=0,
-        lt=COUNTER_LIMIT,
         description="the client's control step index, echoed in `clock`",
     )
 
@@ -213,9 +219,7 @@ class SessionBody(SessionOptionsBody):
     session_id: SessionId | None = Field(
         None, strict=True, description="the id to use (default: a new random one)"
     )
-    seed: int | None = Field(
-        None, strict=True, ge=0, lt=COUNTER_LIMIT, description="base of the seed stream (default: fresh)"
-    )
+    seed: Counter | None = Field(None, description="base of the seed stream (default: fresh)")
     record: StrictBool | None = Field(
         None, description="with --record-dir: false keeps this session out of it"
     )

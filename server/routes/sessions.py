@@ -20,7 +20,9 @@ OptionalBody = Body(None)
 SessionIdPath = Path(pattern=SESSION_ID_PATTERN, description="the session's id")
 
 
-@router.post("", response_model=SessionState, status_code=201, responses=error_responses(401, 422, 503))
+@router.post(
+    "", response_model=SessionState, status_code=201, responses=error_responses(400, 401, 413, 422, 503)
+)
 async def open_session(request: Request, body: SessionBody | None = OptionalBody) -> dict:
     """Open a session (replacing an open one of the same id): episode 0, step 0, its options and seed stream.
 
@@ -35,7 +37,9 @@ async def open_session(request: Request, body: SessionBody | None = OptionalBody
     return session.describe()
 
 
-@router.post("/{session_id}/reset", response_model=SessionState, responses=error_responses(401, 404, 422))
+@router.post(
+    "/{session_id}/reset", response_model=SessionState, responses=error_responses(400, 401, 404, 413, 422)
+)
 async def reset_session(
     request: Request, session_id: str = SessionIdPath, body: SessionOptionsBody | None = OptionalBody
 ) -> dict:
