@@ -127,3 +127,13 @@ def test_the_learning_curves_plot_success_and_the_mean_return(monkeypatch, tmp_p
     success_ax, return_ax = figures[0].axes
     assert [list(line.get_ydata()) for line in return_ax.get_lines()] == [[-2247.2, -2100.5]]
     assert len(success_ax.containers) == 2  # both runs' success curves, with error bars
+
+
+def test_a_sweep_stopped_before_any_run_finished_writes_no_tables_and_says_so(tmp_path, capsys):
+    from argparse import Namespace
+
+    from training.sweep.cli import write_tables
+
+    args = Namespace(out=tmp_path, preset="chunked", steps=100, eval_episodes=5, tasks="2")
+    write_tables(args, {"task2": "puzzle-3x3-play-singletask-task2-v0"}, {}, {}, [])
+    assert "no finished run" in capsys.readouterr().out and not list(tmp_path.iterdir())

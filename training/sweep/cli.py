@@ -153,6 +153,9 @@ def write_study(folder: Path, heading: Heading, rows: list[dict], curves: dict, 
 
 
 def write_tables(args, envs, rows_by_task, curves_by_run, extra_flags) -> None:
+    if not any(rows_by_task.values()):  # e.g. a sweep stopped before any run finished
+        print(f"mfql-sweep: no finished run in {args.out} yet; --resume continues the stopped ones")
+        return
     preset = PRESETS[args.preset]
     seeds = ",".join(str(s) for s in sorted({r["seed"] for rows in rows_by_task.values() for r in rows}))
     headings = {}
