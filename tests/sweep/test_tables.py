@@ -137,3 +137,13 @@ def test_a_sweep_stopped_before_any_run_finished_writes_no_tables_and_says_so(tm
     args = Namespace(out=tmp_path, preset="chunked", steps=100, eval_episodes=5, tasks="2")
     write_tables(args, {"task2": "puzzle-3x3-play-singletask-task2-v0"}, {}, {}, [])
     assert "no finished run" in capsys.readouterr().out and not list(tmp_path.iterdir())
+
+
+def test_rounds_are_absolute_so_tune_can_restore_a_sweep_given_a_relative_out(tmp_path, monkeypatch):
+    from training.sweep.runner import rounds
+
+    (tmp_path / "study/tune/round1").mkdir(parents=True)
+    (tmp_path / "study/tune/round12").mkdir()
+    monkeypatch.chdir(tmp_path)
+    found = rounds(Path("study/tune"))
+    assert [p.name for p in found] == ["round1", "round12"] and all(p.is_absolute() for p in found)

@@ -74,6 +74,9 @@ def trial_name(trial) -> str:
 
 
 def rounds(storage: Path) -> list[Path]:
+    """The rounds under `storage`, oldest first, as absolute paths (Tune reads a relative one as a
+    URI without a scheme and refuses to restore it)."""
+    storage = Path(storage).resolve()
     found = [p for p in storage.glob(f"{ROUND_PREFIX}*") if p.name[len(ROUND_PREFIX) :].isdigit()]
     return sorted(found, key=lambda p: int(p.name[len(ROUND_PREFIX) :]))
 
