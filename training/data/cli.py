@@ -79,17 +79,9 @@ def _keys(text: str | None) -> tuple[str, ...] | None:
 
 def _source_info(args: argparse.Namespace) -> dict:
     """What `--dataset` loads to: provenance, sizes and reward statistics."""
-    from training.data.rewards import RewardConfig
-    from training.data.sources import DataConfig, load_training_data, source_format
+    from training.data.sources import read_source
 
-    kind = source_format(args.dataset)
-    data = DataConfig(
-        source=None if kind == "ogbench" else args.dataset,
-        observation_keys=_keys(args.observation_keys),
-        val_fraction=0.0,
-        reward=RewardConfig(),
-    )
-    loaded = load_training_data(args.dataset, args.dataset_dir, data)
+    loaded = read_source(args.dataset, args.dataset_dir, _keys(args.observation_keys))
     train = loaded.train
     success = train.success_flags
     return {

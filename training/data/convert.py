@@ -13,8 +13,7 @@ from pathlib import Path
 from training.data.dataset import content_sha256
 from training.data.errors import DatasetError
 from training.data.minari_files import PREFIX as MINARI_PREFIX
-from training.data.rewards import RewardConfig
-from training.data.sources import DataConfig, load_training_data, source_format
+from training.data.sources import read_source, source_format
 from training.data.transitions_files import SUFFIXES, write_transitions
 
 
@@ -34,13 +33,7 @@ def convert(
         raise DatasetError(
             "--split val applies to OGBench files (their -val.npz); other sources are converted whole"
         )
-    data = DataConfig(
-        source=None if kind == "ogbench" else source,
-        observation_keys=observation_keys,
-        val_fraction=0.0,
-        reward=RewardConfig(),
-    )
-    loaded = load_training_data(source, dataset_dir, data)
+    loaded = read_source(source, dataset_dir, observation_keys)
     dataset = loaded.val if split == "val" else loaded.train
     if destination.startswith(MINARI_PREFIX):
         dataset_id = destination[len(MINARI_PREFIX) :]

@@ -128,9 +128,7 @@ def _column(table, name: str, path: Path, width: int | None) -> np.ndarray:
     """A column as a numpy array: [rows] for scalars, [rows, width] for list columns."""
     import pyarrow as pa
 
-    column = table.column(name)
-    if hasattr(column, "combine_chunks"):  # a table's chunked column; a record batch's is one array
-        column = column.combine_chunks()
+    column = table.column(name)  # a record batch's column: one array
     if (
         pa.types.is_list(column.type)
         or pa.types.is_fixed_size_list(column.type)

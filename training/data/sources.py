@@ -174,6 +174,18 @@ def _scaled_actions(train, val, scaling: str, provenance: dict):
     return clip_actions(train), None if val is None else clip_actions(val)
 
 
+def read_source(
+    source: str, dataset_dir: Path | str, observation_keys: tuple[str, ...] | None = None
+) -> LoadedData:
+    """The source's transitions as stored, for `mfql-data info` and `convert`: no held-out split,
+    the source's rewards and its actions unscaled (a conversion must not change the data)."""
+    kind = source_format(source)
+    data = DataConfig(
+        source=None if kind == "ogbench" else source, observation_keys=observation_keys, val_fraction=0.0
+    )
+    return LoadedData(*_read(kind, source, Path(dataset_dir), data))
+
+
 def load_training_data(env_name: str, dataset_dir: Path | str, data: DataConfig) -> LoadedData:
     """The run's data: (train, val) in mfql's form, its provenance, and the env it names (if any)."""
     source = data.source or env_name
