@@ -6,7 +6,11 @@ Times, on `--device` (default cuda):
   compiled with CUDA graphs (`mode="reduce-overhead"`), plus `--seeds` seeds in one vmapped
   step (`mfql-train --seeds`) against one seed;
 - serving: the embedded default model's `policy.onnx` under onnxruntime with the CUDA
-  execution provider (the `[gpu]` extra) at B = 1 and 256, against the CPU provider.
+  execution provider (the `[gpu]` extra) at B = 1 and 256, against the CPU provider;
+- `mfql-train --device` end to end (`--train-agents`, default bon and fql, H = 5): a synthetic
+  transitions file of puzzle-3x3's dims, a third of the steps on the device, the next third
+  resumed on the CPU, the rest resumed on the device (checkpoints continue on either); the
+  loop's steps/s (CPU sampling and logging included) from its metrics.csv.
 
     python benchmarks/gpu_speed.py [--device cuda] [--steps 50] [--width 256] [--seeds 4]
 
@@ -18,6 +22,7 @@ is known to work before a device is lent. Ratios within one run are what to quot
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -141,6 +146,58 @@ def serving_rows(args: argparse.Namespace, device: torch.device) -> list[dict]:
     return rows
 
 
+def synthetic_transitions(path: Path, obs_dim: int = 55, action_dim: int = 5, episodes: int = 20) -> Path:
+    """A transitions .npz of puzzle-3x3's dims (random, 200-step episodes, sparse -1/0 rewards)."""
+    rng = np.random.default_rng(0)
+    rows = episodes * 200
+    np.savez(
+        path,
+        observations=rng.standard_normal((rows, obs_dim)).astype(np.float32),
+        actions=rng.uniform(-1, 1, (rows, action_dim)).astype(np.float32),
+        rewards=-(rng.random(rows) > 0.05).astype(np.float32),
+        terminals=(np.arange(rows) % 200 == 199).astype(np.float32),
+    )
+    return path
+
+
+def train_run_rows(args: argparse.Namespace, device: torch.device, folder: Path) -> list[dict]:
+    """`mfql-train --device` end to end, with a resume on the device and one on the CPU."""
+    import csv
+
+    from training.train import main as train_main
+
+    data = synthetic_transitions(folder / "transitions.npz")
+    rows = []
+    for agent in args.train_agents.split(","):
+        out = folder / agent
+        common = [
+            "--dataset", str(data), "--agent", agent, "--action-horizon", "5", "--out", str(out),
+            "--mlp-hidden", f"{args.width},{args.width},{args.width},{args.width}",
+            "--critic-hidden", f"{args.width},{args.width},{args.width},{args.width}",
+            "--steps", str(args.train_steps), "--log-every", str(max(1, args.train_steps // 20)),
+            "--checkpoint-every", str(max(1, args.train_steps // 2)),
+            "--val-fraction", "0.1", "--compile", "off", "--eval-every", str(args.train_steps // 2),
+        ]  # fmt: skip
+        row: dict = {"agent": agent}
+        started = time.perf_counter()
+        with contextlib.redirect_stdout(sys.stderr):  # stdout holds the report alone
+            third = max(1, args.train_steps // 3)
+            codes = [
+                train_main([*common, "--device", str(device), "--stop-after", str(third)]),
+                train_main([*common, "--device", "cpu", "--resume", "--stop-after", str(2 * third)]),
+                train_main([*common, "--device", str(device), "--resume"]),
+            ]
+        row["exit_codes"] = codes
+        row["seconds"] = round(time.perf_counter() - started, 1)
+        with open(out / "metrics.csv") as handle:
+            logged = list(csv.DictReader(handle))
+        rates = [float(r["time/steps_per_s"]) for r in logged if r.get("time/steps_per_s")]
+        row["loop_steps_per_s_last"] = round(rates[-2], 1) if len(rates) > 1 else None
+        row["critic_loss_last"] = float(logged[-1]["critic/loss"])
+        rows.append(row)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
@@ -151,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--serving-repeats", type=int, default=200)
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--train-agents", default="bon,fql", help="agents of the mfql-train end-to-end run ('' skips it)"
+    )
+    parser.add_argument("--train-steps", type=int, default=1000)
     parser.add_argument(
         "--eager-only", action="store_true", help="skip the compiled steps (a quick check of the script)"
     )
@@ -164,6 +225,11 @@ def main(argv: list[str] | None = None) -> int:
         "training": training_rows(args, device),
         "serving": serving_rows(args, device),
     }
+    if args.train_agents:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            report["train_runs"] = train_run_rows(args, device, Path(folder))
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

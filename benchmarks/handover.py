@@ -6,7 +6,8 @@ the inference delay of `--delay-steps` d steps is played out (`simulate_delay`: 
 after a request still execute the previous chunk's rest, the new chunk takes over at its step
 d), with the hand-over off (lambda 0, today's best-of-K by Q) and at each `--weights` lambda,
 then with `--pin-delay`. It prints, per setting, the mean absolute action change where a new
-chunk takes over and at every step, and the success rate.
+chunk takes over, at the other steps (within chunks: the floor a hand-over can reach) and at
+every step, and the success rate; `--out DIR` also writes handover.json and handover.png.
 
     python benchmarks/handover.py --repository models --model puzzle-fql-chunk-5 --env puzzle-3x3-play-singletask-task2-v0 --episodes 10 --replan-every 3 --delay-steps 1 --weights 1,10,100
 """
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", default="1,10,100", help="hand-over lambdas to compare with 0")
     parser.add_argument("--num-candidates", type=int, help="K (default: the model's)")
     parser.add_argument("--port", type=int, default=8191)
+    parser.add_argument("--out", type=Path, help="folder for handover.json and handover.png")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from clients import PolicyClient
@@ -87,20 +89,66 @@ def main(argv: list[str] | None = None) -> int:
                 finally:
                     env.close()
             rows.append({"setting": name, **{k: result[k] for k in (
-                "success_rate", "success_rate_stderr", "mean_boundary_change", "mean_step_change", "mean_return"
+                "success_rate", "success_rate_stderr", "mean_boundary_change", "mean_within_chunk_change",
+                "mean_step_change", "mean_return",
             )}})  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
-    base = rows[0]["mean_boundary_change"]
-    print("\n| setting | boundary change | vs off | step change | success |\n|---|---|---|---|---|")
-    for row in rows:
-        print(
-            f"| {row['setting']} | {row['mean_boundary_change']:.4f} | {row['mean_boundary_change'] / base:.2f}x | "
-            f"{row['mean_step_change']:.4f} | {row['success_rate']:.2f} +/- {row['success_rate_stderr']:.2f} |"
+    print(markdown_table(rows))
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        run = {k: v for k, v in vars(args).items() if k not in ("repository", "out")}
+        (args.out / "handover.json").write_text(json.dumps({"run": run, "rows": rows}, indent=2))
+        title = (
+            f"{args.model} on {args.env}: replanned every s = {args.replan_every} steps, delay d = "
+            f"{args.delay_steps}, K = {args.num_candidates or 'as the model'}, {args.episodes} episodes"
         )
+        plot(rows, title, args.out / "handover.png")
     return 0
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Per setting: the change at hand-overs, against off, its excess over the within-chunk change."""
+    base = rows[0]["mean_boundary_change"]
+    lines = [
+        "| setting | change at hand-overs | vs off | within chunks | excess at hand-overs | success |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        boundary, within = row["mean_boundary_change"], row["mean_within_chunk_change"]
+        lines.append(
+            f"| {row['setting']} | {boundary:.4f} | {boundary / base:.2f}x | {within:.4f} | "
+            f"{boundary - within:+.4f} | {row['success_rate']:.2f} +/- {row['success_rate_stderr']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], title: str, path: Path) -> None:
+    """Grouped bars of the change at hand-overs and within chunks, and the success rate, per setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = [row["setting"] for row in rows]
+    x = np.arange(len(rows))
+    fig, (changes, success) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2, 1]})
+    changes.bar(x - 0.2, [r["mean_boundary_change"] for r in rows], 0.4, label="where a new chunk takes over")
+    changes.bar(x + 0.2, [r["mean_within_chunk_change"] for r in rows], 0.4, label="within chunks")
+    changes.set_ylabel("mean |a_t - a_(t-1)|")
+    success.bar(x, [r["success_rate"] for r in rows], 0.6, yerr=[r["success_rate_stderr"] for r in rows])
+    success.set_ylabel("success rate")
+    success.set_ylim(0, 1.05)
+    for axis in (changes, success):
+        axis.set_xticks(x, names, rotation=30, ha="right")
+    changes.legend()
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

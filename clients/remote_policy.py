@@ -47,7 +47,8 @@ class RemotePolicy:
     chunk's rest, as they would on a robot while the server computes, and the new chunk takes
     over at its step d (its steps before d were planned for time that has passed).
     ``boundary_changes`` / ``mean_boundary_change``: the mean absolute action change where a new
-    chunk takes over; ``step_changes`` / ``mean_step_change`` at every step.
+    chunk takes over; ``step_changes`` / ``mean_step_change`` at every step;
+    ``within_chunk_changes`` / ``mean_within_chunk_change`` at every step that is not a hand-over.
     """
 
     def __init__(
@@ -93,6 +94,7 @@ class RemotePolicy:
         self._takeover = 0  # actions of the current plan that come from the previous chunk
         self.boundary_changes: list[float] = []  # mean |a_t - a_(t-1)| where a new chunk takes over
         self.step_changes: list[float] = []  # the same at every step
+        self.within_chunk_changes: list[float] = []  # the same at the steps that are not hand-overs
         self._episode_steps = 0
         if control_period is not None:
             if control_period <= 0:
@@ -143,6 +145,8 @@ class RemotePolicy:
             self.step_changes.append(change)
             if self._executed == self._takeover + 1:  # the new chunk's first executed action
                 self.boundary_changes.append(change)
+            else:
+                self.within_chunk_changes.append(change)
         return self._last_action
 
     def _next_plan(self, chunk: list[np.ndarray]) -> deque:
@@ -170,6 +174,12 @@ class RemotePolicy:
     @property
     def mean_step_change(self) -> float | None:
         return float(np.mean(self.step_changes)) if self.step_changes else None
+
+    @property
+    def mean_within_chunk_change(self) -> float | None:
+        """Mean absolute action change at the steps that are not hand-overs: the floor a
+        hand-over can reach, since the new chunk is matched to what the old one planned."""
+        return float(np.mean(self.within_chunk_changes)) if self.within_chunk_changes else None
 
     def _control_option(self) -> dict[str, Any]:
         """The request's session and hand-over values (docs/control-loop.md), as ``control=``."""

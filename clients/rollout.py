@@ -83,6 +83,7 @@ def run_episodes(policy: RemotePolicy, env, episodes: int, seed: int) -> dict:
         "step_latency_ms": latency_summary_ms(latencies[False]),
         "mean_boundary_change": policy.mean_boundary_change,  # mean |a_t - a_(t-1)| where a chunk takes over
         "mean_step_change": policy.mean_step_change,
+        "mean_within_chunk_change": policy.mean_within_chunk_change,  # at the steps that are not hand-overs
     }
 
 

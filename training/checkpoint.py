@@ -161,8 +161,9 @@ def save_checkpoint(
         flat, meta = _flatten_optimizer(name, optimizer)
         tensors.update(flat)
         optimizer_meta[name] = meta
-    save_file({k: v.detach().contiguous() for k, v in model.items()}, str(tmp / MODEL_FILE))
-    save_file(tensors, str(tmp / TRAINER_TENSORS))
+    # CPU copies: a run trained on a GPU resumes, evaluates and exports anywhere
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.items()}, str(tmp / MODEL_FILE))
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / TRAINER_TENSORS))
     (tmp / TRAINER_JSON).write_text(json.dumps({"optimizers": optimizer_meta, **trainer_state}))
     description = {
         "format_version": FORMAT_VERSION,

@@ -273,6 +273,9 @@ class TrainConfig:
     keep_checkpoints: int = 3  # newest step directories kept
     threads: int | None = None  # torch intra-op threads (None: torch default)
     precision: Literal["fp32", "bf16"] = "fp32"  # number format of matmuls (resolved from 'auto')
+    # Where the networks and the update run: "cpu", "cuda" or "cuda:N" (resolved from 'auto');
+    # not the maths: a run may resume on another device.
+    device: str = "cpu"
     compile: bool = False  # torch.compile the step's forward passes (speed only; same maths)
     agent_config: AgentConfig = field(default_factory=AgentConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)

@@ -83,6 +83,7 @@ class StackedSeeds:
             agent.update_noise(batch.actions.shape[0])
             for agent, batch in zip(self.agents, batches, strict=True)
         ]
+        device = self.agents[0].device
         lrs = [agent.learning_rates(step) for agent in self.agents]
         for plan, agent_lrs in zip(self.plans, lrs, strict=True):
             plan.set_learning_rates(agent_lrs)
@@ -91,11 +92,11 @@ class StackedSeeds:
             self.params,
             self.fixed,
             self.adam,
-            [torch.tensor(column, dtype=torch.float32) for column in zip(*lrs, strict=True)],
+            [torch.tensor(column, dtype=torch.float32, device=device) for column in zip(*lrs, strict=True)],
             tuple(torch.stack(field) for field in zip(*(b.tensors() for b in batches), strict=True)),
             tuple(torch.stack(noise) for noise in zip(*(noises for noises, _ in draws), strict=True)),
             torch.stack([t for _, t in draws]),
-            {key: torch.stack([s[key] for s in alpha_states]) for key in alpha_states[0]},
+            {key: torch.stack([s[key] for s in alpha_states]).to(device) for key in alpha_states[0]},
         )
         keys = list(info)
         table = torch.stack([info[key].detach().double() for key in keys], dim=1).tolist()

@@ -57,6 +57,29 @@ def resolve_precision(requested: str, device: torch.device | None = None) -> Pre
     return "bf16" if device_has_native_bf16(device or torch.device("cpu")) else "fp32"
 
 
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def resolve_device(requested: str) -> str:
+    """'cpu' or 'cuda' (or 'cuda:N') for a requested device; 'auto' is CUDA where torch sees a GPU.
+
+    A device names where the networks and the update run: batches are sampled on the CPU and
+    moved, the random draws come from the CPU generators (so a seed draws the same numbers on
+    every device), and evaluation and checkpoints use CPU copies.
+    """
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    kind = requested.split(":", 1)[0]
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {requested!r}; expected one of {list(DEVICES)} (or cuda:N)")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"--device {requested}: this torch ({torch.__version__}) sees no CUDA GPU; "
+            "use --device cpu, or install a CUDA build of torch on a GPU machine"
+        )
+    return requested
+
+
 def matmul_autocast(precision: Precision, device_type: str = "cpu") -> contextlib.AbstractContextManager:
     """The context a training step's forward passes run in: bf16 autocast, or nothing for fp32."""
     if precision == "bf16":

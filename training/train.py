@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import shutil
 import sys
@@ -30,7 +31,7 @@ from training.evaluate import evaluate_policy
 from training.inference import ServingPolicy, action_bounds_of
 from training.multi_seed import StackedSeeds
 from training.networks import ObservationNormalizer
-from training.precision import resolve_precision
+from training.precision import resolve_device, resolve_precision
 from training.replay_buffer import ReplayBuffer
 from training.run_log import RunLog
 from training.training_state import restore_training_state, save_training_state
@@ -110,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["fp32", "bf16", "auto"],
         default="auto",
         help="matmul number format; auto = bf16 where the CPU (AMX/AVX512-BF16) or GPU has it natively",
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="where the networks and the update run: cpu, cuda, cuda:N or auto (cuda where torch sees a GPU); "
+        "evaluation and checkpoints use CPU copies, so a run may resume on another device",
     )
     p.add_argument(
         "--compile",
@@ -325,7 +332,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         checkpoint_every=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints,
         threads=args.threads,
-        precision=resolve_precision(args.precision),
+        device=(device := resolve_device(args.device)),
+        precision=resolve_precision(args.precision, torch.device(device)),
         compile=resolve_compile(args.compile, args.steps + args.online_steps, network, args.agent),
         agent_config=agent,
         network=network,
@@ -401,6 +409,7 @@ class Trainer:
             config.precision,
             config.compile,
         )
+        self.agent.to_device(config.device)  # before a resume: its weights load onto the device
         agent_config = config.agent_config
         self.buffer = ReplayBuffer(
             train_set,
@@ -428,9 +437,10 @@ class Trainer:
         self.log = RunLog(self.run_dir, resume_step=self.step if resume_from else None)
 
     def serving_view(self) -> ServingPolicy:
-        """The live networks behind the serving computation (no copy)."""
+        """The live networks behind the serving computation (no copy); a CPU copy of them when
+        they train on another device, since evaluation and interaction feed it CPU tensors."""
         normalizer = ObservationNormalizer(self.buffer.mean, self.buffer.std)
-        return ServingPolicy(
+        view = ServingPolicy(
             normalizer,
             self.agent.acting_policy,
             self.agent.target_critic,
@@ -438,6 +448,7 @@ class Trainer:
             self.agent.action_horizon,
             action_bounds_of(self.dataset_provenance),
         )
+        return view if self.agent.device.type == "cpu" else copy.deepcopy(view).cpu()
 
     VALIDATION_BATCHES = 4
 
@@ -452,7 +463,10 @@ class Trainer:
         except ValueError as error:  # e.g. no held-out episode is as long as a chunk
             tqdm.write(f"mfql-train: no validation losses: the held-out episodes cannot be sampled ({error})")
             return []
-        return [buffer.sample(self.config.batch_size) for _ in range(self.VALIDATION_BATCHES)]
+        return [
+            buffer.sample(self.config.batch_size).to(self.agent.device)
+            for _ in range(self.VALIDATION_BATCHES)
+        ]
 
     @property
     def offline_only(self) -> bool:
@@ -473,7 +487,7 @@ class Trainer:
                 noises, t = agent.update_noise(self.config.batch_size)
                 *_, info = agent.step_losses(agent.nets(), batch, noises, t)
                 for key, value in info.items():
-                    totals[key] = totals.get(key, 0.0) + float(value) / len(self.validation_batches)
+                    totals[key] = totals.get(key, 0.0) + float(value.detach()) / len(self.validation_batches)
         finally:
             agent.generator = training_generator
         shown = {
@@ -618,7 +632,7 @@ def train_together(trainers: list[Trainer], update, stop_after: int | None = Non
             if trainer.step > cfg.offline_steps:
                 envs[i] = trainer._interact(*envs[i])
         started = time.perf_counter()
-        infos = update([t.buffer.sample(cfg.batch_size) for t in trainers], lead.step)
+        infos = update([t.buffer.sample(cfg.batch_size).to(t.agent.device) for t in trainers], lead.step)
         now = time.perf_counter()
         update_seconds += now - started
         updates += 1
@@ -682,12 +696,13 @@ def resolve_run(config: TrainConfig, args: argparse.Namespace) -> tuple[TrainCon
     stored = load_policy_checkpoint(resume_from).config
     # The stored run defines the maths (precision included); only the online phase may be
     # extended, and the thread count, compilation (speed and float rounding, not the
-    # maths) and the time budget may be set anew.
+    # maths), the device and the time budget may be set anew.
     config = replace(
         stored,
         online_steps=max(stored.online_steps, args.online_steps),
         out_dir=str(run_dir),
         threads=args.threads or stored.threads,
+        device=resolve_device(args.device),
         compile=stored.compile if args.compile == "auto" else args.compile == "on",
         time_budget_minutes=args.time_budget_minutes or stored.time_budget_minutes,
     )

@@ -62,6 +62,12 @@ def test_a_simulated_delay_runs_the_old_rest_for_d_steps_then_the_new_chunk_from
         policy = RemotePolicy(client, replan_every=2, delay_steps=1, simulate_delay=True)
         executed = [policy(OBS[t], seed=t) for t in range(4)]
         assert policy.simulated_delay_steps == 1 and len(policy.boundary_changes) == 1
+        # 3 changes in 4 steps: the one where B takes over (step 3), the rest within chunks
+        assert len(policy.within_chunk_changes) == 2 and len(policy.step_changes) == 3
+        assert policy.boundary_changes[0] == pytest.approx(np.abs(executed[3] - executed[2]).mean())
+        assert policy.mean_within_chunk_change == pytest.approx(
+            np.mean([np.abs(executed[t] - executed[t - 1]).mean() for t in (1, 2)])
+        )
         chunk_a = client.infer(OBS[0], seed=0).chunks[0]
         chunk_b = client.infer(OBS[2], seed=2).chunks[0]
         with pytest.raises(ValueError, match="delay_steps >= 1"):

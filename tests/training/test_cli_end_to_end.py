@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -200,6 +201,7 @@ def test_the_device_speed_script_runs_here_on_the_cpu():
         [
             sys.executable, str(script), "--device", "cpu", "--eager-only", "--width", "16", "--steps", "2",
             "--seeds", "2", "--methods", "fql,mfql-mlp", "--serving-repeats", "3",
+            "--train-agents", "bon", "--train-steps", "12",
         ],
         capture_output=True, text=True, env=ENV, timeout=300, cwd=script.parents[1],
     )  # fmt: skip
@@ -213,3 +215,6 @@ def test_the_device_speed_script_runs_here_on_the_cpu():
         ("CPUExecutionProvider", 1),
         ("CPUExecutionProvider", 256),
     }
+    # mfql-train --device: stopped, resumed on the CPU, resumed on the device, to the end
+    (run,) = report["train_runs"]
+    assert run["agent"] == "bon" and run["exit_codes"] == [0, 0, 0] and math.isfinite(run["critic_loss_last"])

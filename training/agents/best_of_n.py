@@ -100,6 +100,7 @@ class BestOfNAgent(MFQLAgent):
         m = cfg.mfi_draws
         next_noise = self._noise(cfg.num_candidates, batch_size, d)
         t = sample_flow_times(m * batch_size, cfg.time_steps, self.generator, cfg.flow_time_sampling)
+        t = t.to(self.device)
         return (next_noise, self._noise(m * batch_size, d)), t
 
     def step_losses(
@@ -107,7 +108,7 @@ class BestOfNAgent(MFQLAgent):
     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """L_critic and L_MFI of one step and their info, for the networks in `nets`."""
         next_noise, mfi_noise = noises
-        with matmul_autocast(self.precision):
+        with matmul_autocast(self.precision, self.device.type):
             c_loss, c_info = expected_max_critic_loss(
                 nets["critic"],
                 nets["target_critic"],

@@ -30,6 +30,10 @@ class Batch:
         """The fields in order, so `Batch(*batch.tensors())` rebuilds it (e.g. after stacking or moving)."""
         return (self.observations, self.actions, self.rewards, self.masks, self.next_observations)
 
+    def to(self, device: torch.device | str) -> Batch:
+        """The batch on `device` (itself where it is there already)."""
+        return Batch(*(tensor.to(device) for tensor in self.tensors()))
+
 
 class BoundModule:
     """A module called with the given parameters (`torch.func.functional_call`).

@@ -112,10 +112,18 @@ class FQLAgent:
         parameters = [*self.bc_flow.parameters(), *self.policy.parameters(), *self.critic.parameters()]
         self.optimizer = adam(parameters, lr=config.actor_lr)
         self.generator = torch.Generator().manual_seed(seed + 1)
+        self.device = torch.device("cpu")  # where the networks and the update run (`to_device`)
         self._fused: FusedUpdate | None = None  # built at the first update (after any resume)
 
     def _noise(self, *shape: int) -> Tensor:
-        return torch.randn(*shape, generator=self.generator)
+        # drawn on the CPU generator on every device, so a seed draws the same numbers anywhere
+        return torch.randn(*shape, generator=self.generator).to(self.device)
+
+    def to_device(self, device: torch.device | str) -> None:
+        """Put every network on `device`; the optimisers keep them (parameters move in place)."""
+        self.device = torch.device(device)
+        for module in self.modules().values():
+            module.to(self.device)
 
     def nets(self) -> dict[str, nn.Module]:
         """The networks a step's losses read."""
@@ -130,7 +138,7 @@ class FQLAgent:
         """The step's random draws, in the one order every update path uses: noises and flow times."""
         cfg, d = self.config, self.chunk_dim
         next_noise = self._noise(cfg.num_candidates, batch_size, d)
-        t = torch.rand(batch_size, 1, generator=self.generator)
+        t = torch.rand(batch_size, 1, generator=self.generator).to(self.device)
         return (next_noise, self._noise(batch_size, d), self._noise(batch_size, d)), t
 
     def step_losses(
@@ -139,7 +147,7 @@ class FQLAgent:
         """L_critic and FQL's actor loss of one step and their info, for the networks in `nets`."""
         next_noise, flow_noise, policy_noise = noises
         cfg = self.config
-        with matmul_autocast(self.precision):
+        with matmul_autocast(self.precision, self.device.type):
             c_loss, c_info = critic_loss(
                 nets["critic"], nets["target_critic"], nets["policy"], batch, next_noise, backup_discount(cfg)
             )

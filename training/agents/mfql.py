@@ -198,10 +198,18 @@ class MFQLAgent:
         self.critic_optimizer = adam(self.critic.parameters(), lr=config.critic_lr)
         self.alpha_controller = AlphaController(config, self.offline_steps)
         self.generator = torch.Generator().manual_seed(seed + 1)
+        self.device = torch.device("cpu")  # where the networks and the update run (`to_device`)
         self._fused: FusedUpdate | None = None  # built at the first update (after any resume)
 
     def _noise(self, *shape: int) -> Tensor:
-        return torch.randn(*shape, generator=self.generator)
+        # drawn on the CPU generator on every device, so a seed draws the same numbers anywhere
+        return torch.randn(*shape, generator=self.generator).to(self.device)
+
+    def to_device(self, device: torch.device | str) -> None:
+        """Put every network on `device`; the optimisers keep them (parameters move in place)."""
+        self.device = torch.device(device)
+        for module in self.modules().values():
+            module.to(self.device)
 
     def nets(self) -> dict[str, nn.Module]:
         """The networks a step's losses read."""
@@ -213,6 +221,7 @@ class MFQLAgent:
         m = cfg.mfi_draws
         next_noise = self._noise(cfg.num_candidates, batch_size, d)
         t = sample_flow_times(m * batch_size, cfg.time_steps, self.generator, cfg.flow_time_sampling)
+        t = t.to(self.device)
         return (next_noise, self._noise(m * batch_size, d), self._noise(batch_size, d)), t
 
     def step_losses(
@@ -221,7 +230,7 @@ class MFQLAgent:
         """L_critic, L_MFI, L_actor of one step and their info, for the networks in `nets`."""
         next_noise, mfi_noise, actor_noise = noises
         cfg = self.config
-        with matmul_autocast(self.precision):
+        with matmul_autocast(self.precision, self.device.type):
             c_loss, c_info = critic_loss(
                 nets["critic"], nets["target_critic"], nets["policy"], batch, next_noise, backup_discount(cfg)
             )

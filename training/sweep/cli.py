@@ -97,6 +97,8 @@ def shared_settings(args: argparse.Namespace, envs: dict[str, str], arms: list[s
         *(evaluations if args.eval_every else ["--eval-episodes", "0"]),
         *("--checkpoint-every", str(args.checkpoint_every or args.eval_every or args.steps)),
         *("--threads", str(threads)),
+        # a trial Ray gives a GPU trains on it (auto: the driver, which checks the flags, may have none)
+        *(["--device", "auto"] if args.gpus_per_trial > 0 else []),
     ]
     return {
         "envs": envs,
