@@ -114,9 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--device",
-        default="cpu",
-        help="where the networks and the update run: cpu, cuda, cuda:N or auto (cuda where torch sees a GPU); "
-        "evaluation and checkpoints use CPU copies, so a run may resume on another device",
+        help="where the networks and the update run: cpu (default), cuda, cuda:N or auto (cuda where torch "
+        "sees a GPU); evaluation and checkpoints use CPU copies, so --resume may name another device "
+        "(default there: the run's own)",
     )
     p.add_argument(
         "--compile",
@@ -332,7 +332,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         checkpoint_every=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints,
         threads=args.threads,
-        device=(device := resolve_device(args.device)),
+        device=(device := resolve_device(args.device or "cpu")),
         precision=resolve_precision(args.precision, torch.device(device)),
         compile=resolve_compile(args.compile, args.steps + args.online_steps, network, args.agent),
         agent_config=agent,
@@ -435,11 +435,14 @@ class Trainer:
             self.train_seconds = float(self.metrics.pop("train_seconds", 0.0))
             self.metrics.pop("stopped_by_time_budget", None)  # a resume may carry on with a new budget
         self.log = RunLog(self.run_dir, resume_step=self.step if resume_from else None)
+        self._cpu_view: tuple[int, ServingPolicy] | None = None  # (step, CPU copy) off a CPU device
 
     def serving_view(self) -> ServingPolicy:
         """The live networks behind the serving computation (no copy); a CPU copy of them when
         they train on another device, since evaluation and interaction feed it CPU tensors."""
         normalizer = ObservationNormalizer(self.buffer.mean, self.buffer.std)
+        if self.agent.device.type != "cpu" and self._cpu_view is not None and self._cpu_view[0] == self.step:
+            return self._cpu_view[1]
         view = ServingPolicy(
             normalizer,
             self.agent.acting_policy,
@@ -448,7 +451,10 @@ class Trainer:
             self.agent.action_horizon,
             action_bounds_of(self.dataset_provenance),
         )
-        return view if self.agent.device.type == "cpu" else copy.deepcopy(view).cpu()
+        if self.agent.device.type == "cpu":
+            return view
+        self._cpu_view = (self.step, copy.deepcopy(view).cpu())  # one copy per step, however often asked
+        return self._cpu_view[1]
 
     VALIDATION_BATCHES = 4
 
@@ -702,7 +708,7 @@ def resolve_run(config: TrainConfig, args: argparse.Namespace) -> tuple[TrainCon
         online_steps=max(stored.online_steps, args.online_steps),
         out_dir=str(run_dir),
         threads=args.threads or stored.threads,
-        device=resolve_device(args.device),
+        device=resolve_device(args.device or stored.device),
         compile=stored.compile if args.compile == "auto" else args.compile == "on",
         time_budget_minutes=args.time_budget_minutes or stored.time_budget_minutes,
     )
