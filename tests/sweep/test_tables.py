@@ -147,3 +147,21 @@ def test_rounds_are_absolute_so_tune_can_restore_a_sweep_given_a_relative_out(tm
     monkeypatch.chdir(tmp_path)
     found = rounds(Path("study/tune"))
     assert [p.name for p in found] == ["round1", "round12"] and all(p.is_absolute() for p in found)
+
+
+def test_a_run_continued_in_a_new_round_keeps_its_earlier_evaluations_in_the_curve(tmp_path):
+    """Tune holds only what a trial reported in its own round; the run folder holds the rest."""
+    from training.sweep.cli import with_earlier_rounds
+
+    run = tmp_path / "task2" / "bon-seed0"
+    run.mkdir(parents=True)
+    (run / "evaluations.csv").write_text(
+        "step,success_rate,success_rate_stderr,mean_return\n20000,0.0,0.0,-1818\n40000,0.1,0.06,-1500\n"
+    )
+    this_round = [
+        {"step": 40000, "success_rate": 0.12, "success_rate_stderr": 0.06, "mean_return": -1490.0},
+        {"step": 60000, "success_rate": 0.2, "success_rate_stderr": 0.08, "mean_return": -1200.0},
+    ]
+    merged = with_earlier_rounds(tmp_path, ("task2", "bon", 0), this_round)
+    assert [(p["step"], p["success_rate"]) for p in merged] == [(20000, 0.0), (40000, 0.12), (60000, 0.2)]
+    assert with_earlier_rounds(tmp_path, ("task2", "fql", 0), this_round) == this_round  # no folder

@@ -30,6 +30,7 @@ from training.sweep.tables import (
     Heading,
     merge_rows,
     recorded_rows,
+    run_directory,
     study_markdown,
     summarize,
     task_markdown,
@@ -141,7 +142,16 @@ def train(args: argparse.Namespace, envs: dict[str, str], arms: list[str], seeds
         raise SystemExit(
             f"mfql-sweep: cannot join the Ray cluster at {args.address}: {exc}. {auth_hint()}"
         ) from exc
-    return collect_results(results)
+    rows, curves = collect_results(results)
+    return rows, {key: with_earlier_rounds(args.out, key, curve) for key, curve in curves.items()}
+
+
+def with_earlier_rounds(out: Path, key: tuple[str, str, int], curve: list[dict]) -> list[dict]:
+    """A trial's curve with the evaluations its run folder holds from earlier rounds: a run
+    continued in a new round reports to Tune only what it evaluates there (Tune's points win)."""
+    points = {point["step"]: point for point in curve_of_run(run_directory(out, *key))}
+    points.update({point["step"]: point for point in curve})
+    return [points[step] for step in sorted(points)]
 
 
 def write_study(folder: Path, heading: Heading, rows: list[dict], curves: dict, describe) -> None:
