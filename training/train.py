@@ -639,6 +639,8 @@ def train_together(trainers: list[Trainer], update, stop_after: int | None = Non
                 envs[i] = trainer._interact(*envs[i])
         started = time.perf_counter()
         infos = update([t.buffer.sample(cfg.batch_size).to(t.agent.device) for t in trainers], lead.step)
+        for trainer in trainers:
+            trainer._cpu_view = None  # the weights changed: evaluation copies them anew
         now = time.perf_counter()
         update_seconds += now - started
         updates += 1
