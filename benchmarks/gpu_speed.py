@@ -37,7 +37,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from train_speed import make_agent, random_batch  # noqa: E402
 
-from training.agents.common import Batch  # noqa: E402
 from training.agents.fused_step import FusedUpdate  # noqa: E402
 from training.multi_seed import StackedSeeds  # noqa: E402
 
@@ -60,20 +59,15 @@ def rate(step_fn, steps: int, device: torch.device, warmup: int = 3) -> float:
     return steps / (time.perf_counter() - start)
 
 
-def to_device(batch: Batch, device: torch.device) -> Batch:
-    return Batch(*(tensor.to(device) for tensor in batch.tensors()))
-
-
 def agent_on(method: str, width: int, device: torch.device):
     agent = make_agent(method, 28, 5, width)
-    for module in agent.modules().values():
-        module.to(device)
+    agent.to_device(device)
     return agent
 
 
 def training_rows(args: argparse.Namespace, device: torch.device) -> list[dict]:
     generator = torch.Generator().manual_seed(0)
-    batches = [to_device(random_batch(256, 28, 5, generator), device) for _ in range(8)]
+    batches = [random_batch(256, 28, 5, generator).to(device) for _ in range(8)]
     rows = []
     for method in args.methods.split(","):
         row: dict = {"method": method, "width": args.width}

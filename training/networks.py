@@ -79,9 +79,6 @@ class TimeEmbedding(nn.Module):
         return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
 
 
-AUTOCAST_DEVICES = ("cpu", "cuda")
-
-
 def full_precision(layer: nn.Module, x: Tensor) -> Tensor:
     """`layer(x)` in float32 even inside a bf16 autocast region.
 
@@ -89,8 +86,9 @@ def full_precision(layer: nn.Module, x: Tensor) -> Tensor:
     losses see: a bf16 Q value near -30 is only exact to 0.125, and the MFI target subtracts
     nearly equal terms. Outside autocast (fp32 training, export) this is just `layer(x)`.
     """
-    if x.device.type not in AUTOCAST_DEVICES or not torch.is_autocast_enabled(x.device.type):
-        return layer(x)  # (devices without autocast, e.g. `meta` in tests, never run under it)
+    kind = x.device.type
+    if not torch.amp.is_autocast_available(kind) or not torch.is_autocast_enabled(kind):
+        return layer(x)
     with torch.autocast(x.device.type, enabled=False):
         return layer(x.float())
 

@@ -435,14 +435,14 @@ class Trainer:
             self.train_seconds = float(self.metrics.pop("train_seconds", 0.0))
             self.metrics.pop("stopped_by_time_budget", None)  # a resume may carry on with a new budget
         self.log = RunLog(self.run_dir, resume_step=self.step if resume_from else None)
-        self._cpu_view: tuple[int, ServingPolicy] | None = None  # (step, CPU copy) off a CPU device
+        self._cpu_view: ServingPolicy | None = None  # off a CPU device: the copy since the last update
 
     def serving_view(self) -> ServingPolicy:
         """The live networks behind the serving computation (no copy); a CPU copy of them when
         they train on another device, since evaluation and interaction feed it CPU tensors."""
         normalizer = ObservationNormalizer(self.buffer.mean, self.buffer.std)
-        if self.agent.device.type != "cpu" and self._cpu_view is not None and self._cpu_view[0] == self.step:
-            return self._cpu_view[1]
+        if self._cpu_view is not None:
+            return self._cpu_view
         view = ServingPolicy(
             normalizer,
             self.agent.acting_policy,
@@ -453,8 +453,8 @@ class Trainer:
         )
         if self.agent.device.type == "cpu":
             return view
-        self._cpu_view = (self.step, copy.deepcopy(view).cpu())  # one copy per step, however often asked
-        return self._cpu_view[1]
+        self._cpu_view = copy.deepcopy(view).cpu()  # one copy per update, however often asked
+        return self._cpu_view
 
     VALIDATION_BATCHES = 4
 

@@ -35,6 +35,25 @@ class Batch:
         return Batch(*(tensor.to(device) for tensor in self.tensors()))
 
 
+class DeviceDraws:
+    """Where an agent's networks and update run, and its random draws there.
+
+    Draws come from the agent's CPU `generator` on every device and are then moved, so a seed
+    draws the same numbers anywhere; `to_device` moves every network of `modules()` in place,
+    so the optimisers keep their parameters.
+    """
+
+    device = torch.device("cpu")
+
+    def _noise(self, *shape: int) -> Tensor:
+        return torch.randn(*shape, generator=self.generator).to(self.device)
+
+    def to_device(self, device: torch.device | str) -> None:
+        self.device = torch.device(device)
+        for module in self.modules().values():
+            module.to(self.device)
+
+
 class BoundModule:
     """A module called with the given parameters (`torch.func.functional_call`).
 

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from training.agents.common import (
     Batch,
+    DeviceDraws,
     acting_copy,
     adam,
     backup_discount,
@@ -80,7 +81,7 @@ def fql_actor_loss(
     return loss, info
 
 
-class FQLAgent:
+class FQLAgent(DeviceDraws):
     """BC flow, one-step policy, critic ensemble and its EMA target, one optimiser."""
 
     def __init__(
@@ -112,18 +113,7 @@ class FQLAgent:
         parameters = [*self.bc_flow.parameters(), *self.policy.parameters(), *self.critic.parameters()]
         self.optimizer = adam(parameters, lr=config.actor_lr)
         self.generator = torch.Generator().manual_seed(seed + 1)
-        self.device = torch.device("cpu")  # where the networks and the update run (`to_device`)
         self._fused: FusedUpdate | None = None  # built at the first update (after any resume)
-
-    def _noise(self, *shape: int) -> Tensor:
-        # drawn on the CPU generator on every device, so a seed draws the same numbers anywhere
-        return torch.randn(*shape, generator=self.generator).to(self.device)
-
-    def to_device(self, device: torch.device | str) -> None:
-        """Put every network on `device`; the optimisers keep them (parameters move in place)."""
-        self.device = torch.device(device)
-        for module in self.modules().values():
-            module.to(self.device)
 
     def nets(self) -> dict[str, nn.Module]:
         """The networks a step's losses read."""

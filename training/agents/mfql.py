@@ -17,6 +17,7 @@ from torch.func import jvp
 
 from training.agents.common import (
     Batch,
+    DeviceDraws,
     acting_copy,
     adam,
     backup_discount,
@@ -164,7 +165,7 @@ def actor_loss(
     return loss, info
 
 
-class MFQLAgent:
+class MFQLAgent(DeviceDraws):
     """Policy, critic ensemble, EMA target critic, optimisers and the alpha controller."""
 
     def __init__(
@@ -198,18 +199,7 @@ class MFQLAgent:
         self.critic_optimizer = adam(self.critic.parameters(), lr=config.critic_lr)
         self.alpha_controller = AlphaController(config, self.offline_steps)
         self.generator = torch.Generator().manual_seed(seed + 1)
-        self.device = torch.device("cpu")  # where the networks and the update run (`to_device`)
         self._fused: FusedUpdate | None = None  # built at the first update (after any resume)
-
-    def _noise(self, *shape: int) -> Tensor:
-        # drawn on the CPU generator on every device, so a seed draws the same numbers anywhere
-        return torch.randn(*shape, generator=self.generator).to(self.device)
-
-    def to_device(self, device: torch.device | str) -> None:
-        """Put every network on `device`; the optimisers keep them (parameters move in place)."""
-        self.device = torch.device(device)
-        for module in self.modules().values():
-            module.to(self.device)
 
     def nets(self) -> dict[str, nn.Module]:
         """The networks a step's losses read."""
