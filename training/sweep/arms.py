@@ -143,6 +143,12 @@ PRESETS: dict[str, Preset] = {
                 ["--agent", "bon"],
             ),
             "fql-chunk-5": ("FQL with chunks of 5 (QC-FQL)", ["--agent", "fql"]),
+            # QC-FQL's alpha: Q-chunking's README runs it with `--agent.alpha=100` (its code's
+            # default, "tuned per environment"); FQL's puzzle alpha, the family default, is 1000.
+            "fql-chunk-5-alpha-100": (
+                "FQL with chunks of 5 and alpha 100 (QC-FQL's published command)",
+                ["--agent", "fql", "--alpha", "100"],
+            ),
             "mfql-chunk-5": ("MFQL with chunks of 5, the family's alpha and K", ["--agent", "mfql"]),
         },
     ),

@@ -128,7 +128,16 @@ def train(args: argparse.Namespace, envs: dict[str, str], arms: list[str], seeds
     """Run the grid on Ray; this round's rows and curves by task."""
     from ray.exceptions import AuthenticationError
 
-    from training.sweep.runner import Grid, Placement, auth_hint, collect_results, ray_session, run_grid
+    from training.sweep.runner import (
+        Grid,
+        Placement,
+        SweepBusy,
+        auth_hint,
+        collect_results,
+        ray_session,
+        run_grid,
+        sweep_lock,
+    )
     from training.sweep.trainable import train_trial
 
     shared = shared_settings(args, envs, arms)
@@ -136,8 +145,10 @@ def train(args: argparse.Namespace, envs: dict[str, str], arms: list[str], seeds
     grid = Grid(list(envs), arms, seeds, shared)
     placement = Placement(args.cpus_per_trial, args.gpus_per_trial, args.jobs, args.max_failures)
     try:
-        with ray_session(args.address):
+        with sweep_lock(args.out / "tune"), ray_session(args.address):
             results = run_grid(train_trial, grid, placement, args.out / "tune", args.resume)
+    except SweepBusy as exc:
+        raise SystemExit(f"mfql-sweep: {exc}") from None
     except (ConnectionError, AuthenticationError) as exc:
         raise SystemExit(
             f"mfql-sweep: cannot join the Ray cluster at {args.address}: {exc}. {auth_hint()}"

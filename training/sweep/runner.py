@@ -14,18 +14,22 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import ray
+from filelock import FileLock, Timeout
 from ray import tune
 
 from training.sweep.tables import Curve
 
 ROUND_PREFIX = "round"
 GRID_FILE = "grid.json"
+LOCK_FILE = ".sweep.lock"
+OWNER_FILE = ".sweep.owner"  # who holds the lock, for the message a second sweep prints
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,36 @@ class Placement:
     gpus_per_trial: float = 0.0
     jobs: int | None = None
     max_failures: int = 2
+
+
+class SweepBusy(RuntimeError):
+    """Another `mfql-sweep` is training into the same storage."""
+
+
+@contextmanager
+def sweep_lock(storage: Path) -> Iterator[None]:
+    """Hold `storage` for one training sweep. Two sweeps into one `--out` would number their
+    rounds alike and write the same run folders; the second is refused before Ray starts. The
+    lock (filelock, which Ray already depends on) goes with the process, also when it is killed."""
+    storage.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(storage / LOCK_FILE)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        owner = storage / OWNER_FILE
+        held_by = owner.read_text().strip() if owner.is_file() else "an unknown process"
+        raise SweepBusy(
+            f"another mfql-sweep is training into {storage.parent} ({held_by}); wait for it to end, "
+            "stop it (Ctrl+C keeps its checkpoints; `--resume` continues), or give this sweep another --out"
+        ) from None
+    try:
+        (storage / OWNER_FILE).write_text(
+            f"pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(sys.argv)}\n"
+        )
+        yield
+    finally:
+        (storage / OWNER_FILE).unlink(missing_ok=True)
+        lock.release()
 
 
 @contextmanager
