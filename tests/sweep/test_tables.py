@@ -122,9 +122,10 @@ def test_the_learning_curves_plot_success_and_the_mean_return(monkeypatch, tmp_p
     monkeypatch.setattr(
         plt.Figure, "savefig", lambda fig, *a, **k: figures.append(fig) or savefig(fig, *a, **k)
     )
-    out = plot_learning_curves(rows, curves, "puzzle", 25, tmp_path / "study.png")
+    out = plot_learning_curves(rows, curves, "puzzle", tmp_path / "study.png")
     assert out.is_file() and out.stat().st_size > 0
     success_ax, return_ax = figures[0].axes
+    assert success_ax.get_ylabel() == "success rate"  # the old run's file does not say its episodes
     assert [list(line.get_ydata()) for line in return_ax.get_lines()] == [[-2247.2, -2100.5]]
     assert len(success_ax.containers) == 2  # both runs' success curves, with error bars
 
@@ -165,3 +166,19 @@ def test_a_run_continued_in_a_new_round_keeps_its_earlier_evaluations_in_the_cur
     merged = with_earlier_rounds(tmp_path, ("task2", "bon", 0), this_round)
     assert [(p["step"], p["success_rate"]) for p in merged] == [(20000, 0.0), (40000, 0.12), (60000, 0.2)]
     assert with_earlier_rounds(tmp_path, ("task2", "fql", 0), this_round) == this_round  # no folder
+
+
+def test_the_curve_says_how_many_episodes_its_evaluations_ran_not_the_final_ones(tmp_path):
+    """`--curve-episodes 25 --eval-episodes 50`: the plotted points are the 25-episode ones."""
+    from training.sweep.curves import episodes_label
+
+    run_dir = tmp_path / "bon-seed0"
+    run_dir.mkdir()
+    (run_dir / "evaluations.csv").write_text(
+        "step,success_rate,success_rate_stderr,mean_return,mean_episode_length,episodes,num_candidates\n"
+        "20000,0.0,0.0,-516.32,500.0,25,32\n40000,0.04,0.04,-581.24,494.04,25,32\n"
+    )
+    curve = curve_of_run(run_dir)
+    assert [p["episodes"] for p in curve] == [25, 25]
+    assert episodes_label([curve]) == "success rate (25 episodes each)"
+    assert episodes_label([curve, [{"step": 5, "success_rate": 0.1, "episodes": 10}]]) == "success rate"

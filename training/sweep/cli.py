@@ -168,7 +168,7 @@ def with_earlier_rounds(out: Path, key: tuple[str, str, int], curve: list[dict])
 def write_study(folder: Path, heading: Heading, rows: list[dict], curves: dict, describe) -> None:
     """study.json, study.md, study.png and study-losses.png of one task folder."""
     if any(curves.values()):
-        plot_learning_curves(rows, curves, heading.env, heading.eval_episodes, folder / "study.png")
+        plot_learning_curves(rows, curves, heading.env, folder / "study.png")
     plot_losses(rows, folder / "study-losses.png")
     result = {"env": heading.env, "steps": heading.steps, "runs": rows, "summary": summarize(rows)}
     (folder / "study.json").write_text(json.dumps(result, indent=2))

@@ -24,7 +24,25 @@ def curve_of_run(run_dir: Path) -> Curve:
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
     keys = ("success_rate", "success_rate_stderr", "mean_return")
-    return [{"step": int(row["step"]), **{k: float(row[k]) for k in keys if row.get(k)}} for row in rows]
+    return [
+        {
+            "step": int(row["step"]),
+            **{k: float(row[k]) for k in keys if row.get(k)},
+            **({"episodes": int(row["episodes"])} if row.get("episodes") else {}),
+        }
+        for row in rows
+    ]
+
+
+def episodes_label(curves: list[Curve]) -> str:
+    """'success rate (N episodes each)' where every plotted evaluation ran N episodes (the
+    curve's, `--curve-episodes`, not the final evaluation's); without the count otherwise."""
+    counts = {point.get("episodes") for points in curves for point in points}
+    return (
+        f"success rate ({counts.pop()} episodes each)"
+        if len(counts) == 1 and None not in counts
+        else "success rate"
+    )
 
 
 def arm_colours(count: int) -> tuple:
@@ -44,7 +62,7 @@ def _pyplot():
     return plt
 
 
-def plot_learning_curves(rows: list[dict], curves: dict, title: str, episodes: int, path: Path) -> Path:
+def plot_learning_curves(rows: list[dict], curves: dict, title: str, path: Path) -> Path:
     """Success rate (top) and mean return per episode (bottom) during training, one colour per
     arm (seeds share it, with their own markers), the legend beside the axes."""
     plt = _pyplot()
@@ -70,7 +88,7 @@ def plot_learning_curves(rows: list[dict], curves: dict, title: str, episodes: i
         if points and all("mean_return" in p for p in points):
             return_ax.plot(steps, [p["mean_return"] for p in points], **style)
     return_ax.set_xlabel("gradient step")
-    success_ax.set_ylabel(f"success rate ({episodes} episodes)")
+    success_ax.set_ylabel(episodes_label([curves.get((r["method"], r["seed"]), []) for r in rows]))
     return_ax.set_ylabel("mean return per episode")
     success_ax.set_ylim(-0.05, 1.05)
     success_ax.set_title(title, fontsize=9)

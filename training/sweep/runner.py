@@ -180,13 +180,17 @@ def tune_curve(result: tune.Result) -> Curve:
     points = {}
     for record in frame.to_dict("records"):
         if record.get("eval/success_rate") == record.get("eval/success_rate"):  # not NaN
-            points[int(record["step"])] = {
+            point = {
                 "step": int(record["step"]),
                 **{
                     k: float(record[f"eval/{k}"])
                     for k in ("success_rate", "success_rate_stderr", "mean_return")
                 },
             }
+            episodes = record.get("eval/episodes")  # absent (or NaN) in an older sweep's rounds
+            if episodes is not None and episodes == episodes:
+                point["episodes"] = int(episodes)
+            points[point["step"]] = point
     return [points[step] for step in sorted(points)]
 
 

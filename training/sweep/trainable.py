@@ -49,7 +49,7 @@ class ReportingTrainer(Trainer):
         metrics = {"step": self.step, **self.last_info}
         evaluation = self.last_evaluation
         if evaluation is not None and self.metrics.get("eval_step") == self.step:
-            for key in ("success_rate", "success_rate_stderr", "mean_return"):
+            for key in ("success_rate", "success_rate_stderr", "mean_return", "episodes"):
                 metrics[f"eval/{key}"] = evaluation[key]
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(path)))
         return path
