@@ -36,7 +36,7 @@ def holder(tmp_path):
     process.wait()
 
 
-def test_a_second_sweep_into_the_same_out_is_refused_before_ray_starts(holder, tmp_path, capsys):
+def test_a_second_sweep_into_the_same_out_is_refused_before_ray_starts(holder, tmp_path):
     import ray
 
     out = tmp_path / "study"
