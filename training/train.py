@@ -456,6 +456,10 @@ class Trainer:
         self._cpu_view = copy.deepcopy(view).cpu()  # one copy per update, however often asked
         return self._cpu_view
 
+    def weights_changed(self) -> None:
+        """After an update: the next evaluation off a CPU device copies the networks anew."""
+        self._cpu_view = None
+
     VALIDATION_BATCHES = 4
 
     def _validation_batches(self, val_set) -> list:
@@ -640,7 +644,7 @@ def train_together(trainers: list[Trainer], update, stop_after: int | None = Non
         started = time.perf_counter()
         infos = update([t.buffer.sample(cfg.batch_size).to(t.agent.device) for t in trainers], lead.step)
         for trainer in trainers:
-            trainer._cpu_view = None  # the weights changed: evaluation copies them anew
+            trainer.weights_changed()
         now = time.perf_counter()
         update_seconds += now - started
         updates += 1
