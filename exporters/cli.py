@@ -36,6 +36,13 @@ def build_export_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--max-candidates", type=int, default=32, help="largest K a server should accept")
     parser.add_argument(
+        "--renoise-time",
+        type=float,
+        help="MeanFlow policies: bake re-noised candidates into the graph (each one-step candidate "
+        "re-noised to this time in (0, 1) and refined once more; 0: one step; default: the run's own, "
+        "usually off)",
+    )
+    parser.add_argument(
         "--opset", type=int, default=DEFAULT_OPSET, help=f"ai.onnx opset (default {DEFAULT_OPSET}; >= 17)"
     )
     parser.add_argument(
@@ -117,6 +124,7 @@ def run_export(args: argparse.Namespace) -> int:
         action_low=args.action_low,
         action_high=args.action_high,
         max_action_delta=args.max_action_delta,
+        renoise_time=args.renoise_time,
     )
     try:
         result = export_bundle(args.checkpoint, options)

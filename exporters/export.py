@@ -62,6 +62,9 @@ class ExportOptions:
     action_low: tuple[float, ...] | None = None
     action_high: tuple[float, ...] | None = None
     max_action_delta: tuple[float, ...] | None = None
+    # MeanFlow policies: the graph's candidates re-noised to this time and refined once more
+    # (training.agents.common.renoised_actions); None: the run's own setting.
+    renoise_time: float | None = None
 
 
 @dataclass(frozen=True)
@@ -115,11 +118,11 @@ def action_limits(options: ExportOptions, low: list[float], high: list[float]) -
     return {**limits, "max_action_delta": delta} if delta is not None else limits
 
 
-def load_module(path: Path) -> tuple[ServingPolicy, PolicyCheckpoint]:
+def load_module(path: Path, renoise_time: float | None = None) -> tuple[ServingPolicy, PolicyCheckpoint]:
     checkpoint = load_policy_checkpoint(path)
     try:
-        return serving_policy_from_checkpoint(checkpoint), checkpoint
-    except ValueError as exc:  # e.g. a policy type this code does not know
+        return serving_policy_from_checkpoint(checkpoint, renoise_time), checkpoint
+    except ValueError as exc:  # e.g. a policy type this code does not know, or re-noising an FQL policy
         raise CheckpointError(f"{checkpoint.path}: {exc}") from exc
 
 
@@ -175,8 +178,9 @@ def _write_bundle_files(
     return contents, parity
 
 
-def read_evaluation(path: Path, checkpoint: PolicyCheckpoint) -> dict:
-    """An `mfql-eval` report, refused unless it evaluated this checkpoint's step and env."""
+def read_evaluation(path: Path, checkpoint: PolicyCheckpoint, renoise_time: float | None = None) -> dict:
+    """An `mfql-eval` report, refused unless it evaluated this checkpoint's step and env, acting as
+    the bundle does (`renoise_time`: the graph's)."""
     try:
         report = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
@@ -199,6 +203,11 @@ def read_evaluation(path: Path, checkpoint: PolicyCheckpoint) -> dict:
             f"--evaluation {path} evaluated step {report.get('step')} on {report.get('env')!r}; "
             f"the checkpoint is step {checkpoint.step} on {trained_env!r}"
         )
+    if report.get("renoise_time") != renoise_time:
+        raise ExportError(
+            f"--evaluation {path} acted with renoise_time {report.get('renoise_time')}; the bundle acts with "
+            f"{renoise_time} (evaluate with mfql-eval --renoise-time as exported)"
+        )
     return report
 
 
@@ -206,8 +215,10 @@ def export_bundle(checkpoint_path: Path, options: ExportOptions) -> ExportResult
     """Write the bundle described by `options` from the checkpoint (step or run directory)."""
     check_options(options)
     refuse_existing(options.out, options.overwrite)
-    module, checkpoint = load_module(checkpoint_path)
-    evaluation = read_evaluation(options.evaluation, checkpoint) if options.evaluation else None
+    module, checkpoint = load_module(checkpoint_path, options.renoise_time)
+    evaluation = (
+        read_evaluation(options.evaluation, checkpoint, module.renoise_time) if options.evaluation else None
+    )
     name = options.name or default_name(checkpoint, module)
     default_k = checkpoint.config.acting_num_candidates
     if options.max_candidates < default_k:

@@ -34,6 +34,7 @@ class Float16ServingPolicy(nn.Module):
             copy.deepcopy(module.critic).half(),
             module.action_dim,
             module.action_horizon,
+            renoise_time=module.renoise_time,
         )
 
     def forward(self, observation: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -180,6 +180,8 @@ def build_metadata(
         "default_num_candidates": config.acting_num_candidates,
         "max_num_candidates": contents.max_num_candidates,
         "action_horizon": module.action_horizon,
+        # MeanFlow candidates re-noised to this time in the graph (two network evaluations each); null: one step
+        "renoise_time": module.renoise_time,
         "control_period_s": control_period_s,
         "policy_type": policy_type(module),
         "agent": config.agent,

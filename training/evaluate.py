@@ -78,6 +78,7 @@ def evaluate_policy(
         "mean_return": float(np.mean(returns)),
         "mean_episode_length": float(np.mean(lengths)),
         "action_horizon": horizon,
+        **({"renoise_time": module.renoise_time} if module.renoise_time is not None else {}),
         "replan_every": replan,
         "requests": len(latencies),
         "policy_latency_ms": {
@@ -117,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="chunked policies: actions executed from each chunk before asking again (default: as trained)",
     )
     parser.add_argument(
+        "--renoise-time",
+        type=float,
+        help="MeanFlow policies: re-noise each one-step candidate to this time in (0, 1) and rank the "
+        "network's output there; 0: one step (default: the run's own, usually off)",
+    )
+    parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1 is fastest for one observation)"
     )
     return parser
@@ -127,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # see mfql-train: denormal weights slow CPU matmuls
     try:
-        module, checkpoint = load_serving_policy(args.checkpoint)
-    except CheckpointError as exc:
+        module, checkpoint = load_serving_policy(args.checkpoint, args.renoise_time)
+    except (CheckpointError, ValueError) as exc:
         print(f"mfql-eval: {exc}", file=sys.stderr)
         return 2
     k = args.num_candidates or checkpoint.config.acting_num_candidates

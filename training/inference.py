@@ -34,8 +34,12 @@ class ServingPolicy(nn.Module):
         action_dim: int,
         action_horizon: int = 1,
         action_bounds: tuple[list[float], list[float]] | None = None,
+        renoise_time: float | None = None,
     ) -> None:
         super().__init__()
+        # MeanFlow policies only: candidates re-noised to this time and refined once more
+        # (`training.agents.common.renoised_actions`); None: the paper's one step.
+        self.renoise_time = renoise_time
         self.normalizer = normalizer
         self.policy = policy
         self.critic = critic
@@ -71,7 +75,7 @@ class ServingPolicy(nn.Module):
         if self.action_horizon > 1:
             noise = noise.flatten(2)  # [B, K, H, d] -> [B, K, H * d]: a chunk is one vector
         actions, q, candidates = best_of_k(
-            self.policy, self.critic, self.normalizer(observation), noise.transpose(0, 1)
+            self.policy, self.critic, self.normalizer(observation), noise.transpose(0, 1), self.renoise_time
         )
         candidates = candidates.transpose(0, 1)
         if self.action_horizon > 1:
@@ -80,8 +84,26 @@ class ServingPolicy(nn.Module):
         return self.to_data_units(actions), q, self.to_data_units(candidates)
 
 
-def serving_policy_from_checkpoint(checkpoint: PolicyCheckpoint) -> ServingPolicy:
-    """Build the serving module from a loaded checkpoint (eval mode, no gradients)."""
+def check_renoise_time(agent: str, renoise_time: float | None) -> None:
+    """Re-noising needs a MeanFlow network g(s, z, t); FQL's one-step policy takes no time."""
+    if renoise_time is None:
+        return
+    if agent == "fql":
+        raise ValueError(
+            "renoise_time applies to MeanFlow policies (mfql, bon); FQL's one-step policy takes no t"
+        )
+    if not 0.0 < renoise_time < 1.0:
+        raise ValueError(f"renoise_time must be in (0, 1); got {renoise_time}")
+
+
+def serving_policy_from_checkpoint(
+    checkpoint: PolicyCheckpoint, renoise_time: float | None = None
+) -> ServingPolicy:
+    """Build the serving module from a loaded checkpoint (eval mode, no gradients).
+
+    `renoise_time` overrides the run's own (AgentConfig.renoise_time) when given; 0 turns it off
+    (the paper's one step) for a run trained with it.
+    """
     network = checkpoint.config.network
     horizon = checkpoint.config.agent_config.action_horizon
     chunk_dim = checkpoint.action_dim * horizon  # what the networks see: one chunk as one vector
@@ -97,8 +119,16 @@ def serving_policy_from_checkpoint(checkpoint: PolicyCheckpoint) -> ServingPolic
             f"{checkpoint.path}: weights do not match the described networks ({exc})"
         ) from exc
     normalizer = ObservationNormalizer(checkpoint.obs_mean, checkpoint.obs_std)
+    renoise = checkpoint.config.agent_config.renoise_time if renoise_time is None else renoise_time or None
+    check_renoise_time(checkpoint.config.agent, renoise)
     module = ServingPolicy(
-        normalizer, policy, critic, checkpoint.action_dim, horizon, action_bounds_of(checkpoint.dataset)
+        normalizer,
+        policy,
+        critic,
+        checkpoint.action_dim,
+        horizon,
+        action_bounds_of(checkpoint.dataset),
+        renoise_time=renoise,
     )
     return module.eval().requires_grad_(False)
 
@@ -110,9 +140,11 @@ def action_bounds_of(provenance: dict) -> tuple[list[float], list[float]] | None
     return list(provenance["action_low"]), list(provenance["action_high"])
 
 
-def load_serving_policy(path: Path | str) -> tuple[ServingPolicy, PolicyCheckpoint]:
+def load_serving_policy(
+    path: Path | str, renoise_time: float | None = None
+) -> tuple[ServingPolicy, PolicyCheckpoint]:
     checkpoint = load_policy_checkpoint(path)
-    return serving_policy_from_checkpoint(checkpoint), checkpoint
+    return serving_policy_from_checkpoint(checkpoint, renoise_time), checkpoint
 
 
 @torch.no_grad()

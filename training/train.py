@@ -151,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="chunked policies: actions executed from each chunk before the next is asked for (default H)",
     )
+    p.add_argument(
+        "--renoise-time",
+        type=float,
+        help="MeanFlow agents (mfql, bon), acting only: re-noise each one-step candidate to this time "
+        "in (0, 1) and let the critic rank the network's output there (two network evaluations per "
+        "candidate; a study option beyond the paper, docs/method.md). Default: off (one step)",
+    )
     p.add_argument("--time-steps", type=int, help="N of the t grid; > 1000 = continuous")
     p.add_argument("--actor-lr", type=float)
     p.add_argument("--critic-lr", type=float)
@@ -266,11 +273,11 @@ def data_config_from_args(args: argparse.Namespace) -> tuple[str | None, DataCon
 
 
 # Flags that only MFQL's maths reads: refused with --agent fql rather than silently ignored.
-MFQL_ONLY_FLAGS = ("mfi_draws", "flow_time_sampling", "anchor_weight", "anchor_steps")
+MFQL_ONLY_FLAGS = ("mfi_draws", "flow_time_sampling", "anchor_weight", "anchor_steps", "renoise_time")
 # Flags of MFQL's Q term and alpha, which best-of-N (--agent bon) does not have: refused with it.
 BON_UNREAD_FLAGS = ("alpha", "alpha_schedule", "normalize_q_loss", "anchor_weight", "anchor_steps")
 UNREAD_FLAGS = {
-    "fql": (MFQL_ONLY_FLAGS, "MFQL options; FQL (--agent fql) has no MeanFlow loss to apply them to"),
+    "fql": (MFQL_ONLY_FLAGS, "MFQL options; FQL (--agent fql) has no MeanFlow network to apply them to"),
     "bon": (
         BON_UNREAD_FLAGS,
         "options of MFQL's Q term and alpha; best-of-N (--agent bon) trains its policy by the MFI loss alone",
@@ -305,6 +312,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         anchor_weight=args.anchor_weight,
         anchor_steps=args.anchor_steps,
         action_horizon=args.action_horizon,
+        renoise_time=args.renoise_time,
     )
     network = NetworkConfig(
         policy=args.policy,
@@ -450,6 +458,7 @@ class Trainer:
             self.agent.action_dim,
             self.agent.action_horizon,
             action_bounds_of(self.dataset_provenance),
+            renoise_time=self.config.agent_config.renoise_time,
         )
         if self.agent.device.type == "cpu":
             return view

@@ -89,18 +89,45 @@ def one_step_actions(policy: nn.Module, observations: Tensor, noise: Tensor) -> 
     return policy(observations, noise, noise.new_ones(1, 1))
 
 
+def renoised_actions(policy: nn.Module, observations: Tensor, noise: Tensor, renoise_time: float) -> Tensor:
+    """Candidates re-noised to `renoise_time` and passed through the network once more, clipped.
+
+    A study option beyond the paper (AgentConfig.renoise_time; docs/results/best-of-n.md,
+    round 4): a = clip(g(s, e, 1)) is re-noised to t_r along the interpolant,
+    z = (1 - t_r) a + t_r e', with e' the candidate's own noise in reversed order (a fixed
+    permutation of its entries, so an exported graph keeps one noise input per candidate), and
+    the candidate becomes clip(g(s, z, t_r)): two network evaluations per candidate. g at
+    t_r < 1 is not an estimate of the data end (that is (1 - t_r) z + t_r g): it extrapolates
+    from z through the network's estimate, so the candidates are wider and larger than the
+    data's actions. They are for the critic to rank; alone (K = 1) they did not succeed.
+    """
+    actions = one_step_actions(policy, observations, noise).clamp(-1, 1)
+    z = (1 - renoise_time) * actions + renoise_time * noise.flip(-1)
+    return policy(observations, z, noise.new_full((1, 1), renoise_time)).clamp(-1, 1)
+
+
 def best_of_k(
-    policy: nn.Module, critic: nn.Module, observations: Tensor, noise: Tensor
+    policy: nn.Module,
+    critic: nn.Module,
+    observations: Tensor,
+    noise: Tensor,
+    renoise_time: float | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Best of K one-step candidates by the critic's ensemble mean.
 
     observations [B, obs_dim], noise [K, B, action_dim] -> (actions [B, d], q [B], candidates [K, B, d]).
     Ties resolve to the lowest candidate index (first maximum). Written with shape-derived
     sizes and gathers only, so the same code traces to ONNX/TorchScript with dynamic B and K.
+    `renoise_time` (acting only, None: the paper's one step): candidates by `renoised_actions`.
     """
     k, b, d = noise.shape
     repeated = observations.unsqueeze(0).expand(k, -1, -1).reshape(k * b, observations.shape[-1])
-    candidates = one_step_actions(policy, repeated, noise.reshape(k * b, d)).clamp(-1, 1).reshape(k, b, d)
+    flat_noise = noise.reshape(k * b, d)
+    if renoise_time is None:
+        candidates = one_step_actions(policy, repeated, flat_noise).clamp(-1, 1)
+    else:
+        candidates = renoised_actions(policy, repeated, flat_noise, renoise_time)
+    candidates = candidates.reshape(k, b, d)
     scores = critic(repeated, candidates.reshape(k * b, d)).mean(dim=0).reshape(k, b)
     best = scores.argmax(dim=0, keepdim=True)
     q = scores.gather(0, best).squeeze(0)

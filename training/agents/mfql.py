@@ -317,7 +317,9 @@ class MFQLAgent(DeviceDraws):
         """
         if noise is None:
             noise = self._noise(num_candidates, observations.shape[0], self.chunk_dim)
-        actions, q, _ = best_of_k(self.acting_policy, self.target_critic, observations, noise)
+        actions, q, _ = best_of_k(
+            self.acting_policy, self.target_critic, observations, noise, self.config.renoise_time
+        )
         return actions, q
 
     def modules(self) -> dict[str, nn.Module]:
