@@ -69,6 +69,8 @@ def evaluate_policy(
     env.close()
     success = np.asarray(successes) if len(successes) == episodes else None
     latency_ms = np.asarray(latencies) * 1e3
+    # recorded only when candidates were re-noised (a ServingPolicy's setting; other policies have none)
+    renoise = getattr(module, "renoise_time", None)
     return {
         "env": env_name,
         "episodes": episodes,
@@ -78,7 +80,7 @@ def evaluate_policy(
         "mean_return": float(np.mean(returns)),
         "mean_episode_length": float(np.mean(lengths)),
         "action_horizon": horizon,
-        **({"renoise_time": module.renoise_time} if module.renoise_time is not None else {}),
+        **({"renoise_time": renoise} if renoise is not None else {}),
         "replan_every": replan,
         "requests": len(latencies),
         "policy_latency_ms": {

@@ -277,7 +277,7 @@ MFQL_ONLY_FLAGS = ("mfi_draws", "flow_time_sampling", "anchor_weight", "anchor_s
 # Flags of MFQL's Q term and alpha, which best-of-N (--agent bon) does not have: refused with it.
 BON_UNREAD_FLAGS = ("alpha", "alpha_schedule", "normalize_q_loss", "anchor_weight", "anchor_steps")
 UNREAD_FLAGS = {
-    "fql": (MFQL_ONLY_FLAGS, "MFQL options; FQL (--agent fql) has no MeanFlow network to apply them to"),
+    "fql": (MFQL_ONLY_FLAGS, "MFQL options; FQL (--agent fql) has no MeanFlow loss to apply them to"),
     "bon": (
         BON_UNREAD_FLAGS,
         "options of MFQL's Q term and alpha; best-of-N (--agent bon) trains its policy by the MFI loss alone",
