@@ -247,13 +247,18 @@ class AgentConfig:
             raise ValueError(
                 f"action_horizon must be >= 1 (1: one action per step); got {self.action_horizon}"
             )
-        if self.renoise_time is not None and not 0.0 < self.renoise_time < 1.0:
-            raise ValueError(f"renoise_time must be in (0, 1) (or unset: one step); got {self.renoise_time}")
+        check_renoise_range(self.renoise_time)
         if self.anchor_steps < 2:
             raise ValueError(
                 f"anchor_steps must be >= 2 (the one-step output anchored to a sample of more steps); "
                 f"got {self.anchor_steps}"
             )
+
+
+def check_renoise_range(renoise_time: float | None) -> None:
+    """AgentConfig.renoise_time, and any override of it: a time in (0, 1), or None (one step)."""
+    if renoise_time is not None and not 0.0 < renoise_time < 1.0:
+        raise ValueError(f"renoise_time must be in (0, 1) (or unset: one step); got {renoise_time}")
 
 
 @dataclass(frozen=True)

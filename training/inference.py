@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from training.agents.common import best_of_k
 from training.checkpoint import CheckpointError, PolicyCheckpoint, load_policy_checkpoint
+from training.config import check_renoise_range
 from training.networks import CriticEnsemble, ObservationNormalizer, build_policy
 
 
@@ -92,8 +93,7 @@ def check_renoise_time(agent: str, renoise_time: float | None) -> None:
         raise ValueError(
             "renoise_time applies to MeanFlow policies (mfql, bon); FQL's one-step policy takes no t"
         )
-    if not 0.0 < renoise_time < 1.0:
-        raise ValueError(f"renoise_time must be in (0, 1); got {renoise_time}")
+    check_renoise_range(renoise_time)
 
 
 def serving_policy_from_checkpoint(
