@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.sweep.conftest import TASK, TINY
 from training.sweep.arms import ARMS, BASE
@@ -59,3 +60,100 @@ def test_generator_quality_scores_the_acting_generator(runs, arm, agent):
     assert report["action_horizon"] == (5 if arm.startswith("chunk") else 1)
     assert report["spread"] >= 0 and report["q_best_of_5"] >= report["q_candidates"] - 1e-4
     assert ("bc_flow_nearest_sq_dist" in report) == (agent == "fql")
+
+
+def candidate_rows(run: Path, *args: str) -> tuple[int, list[dict], str]:
+    """Run training.studies.candidate_sources; its JSON lines (one per source) and stderr."""
+    result = subprocess.run(
+        [sys.executable, "-m", "training.studies.candidate_sources", str(run), *args],
+        capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    return result.returncode, rows, result.stderr
+
+
+def test_candidate_sources_reproduce_mfql_eval_for_the_runs_own_candidates(runs):
+    """`onestep` and `renoise:T` are what mfql-eval rolls out: same seeds, same episodes."""
+    run, common = runs / "chunk-5-seed0", ["--episodes", "2", "--seed", "7", "--num-candidates", "3"]
+    code, rows, err = candidate_rows(run, "--source", "onestep", "--source", "renoise:0.3", *common)
+    assert code == 0, err[-3000:]
+    assert [(r["source"], r["evaluations_per_candidate"]) for r in rows] == [
+        ("onestep", 1),
+        ("renoise:0.3", 2),
+    ]
+    for row, extra in zip(rows, ([], ["--renoise-time", "0.3"]), strict=True):
+        evaluated = subprocess.run(
+            [sys.executable, "-m", "training.evaluate", str(run), *common, *extra],
+            capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT,
+        )  # fmt: skip
+        assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+        expected = json.loads(evaluated.stdout)
+        for key in ("success_rate", "mean_return", "mean_episode_length", "requests", "action_horizon"):
+            assert row[key] == expected[key], key
+        assert row["step"] == expected["step"] == 10 and row["num_candidates"] == 3
+
+
+def test_candidate_sources_take_another_runs_generators(runs):
+    """The MFQL run's critic ranks the FQL run's BC flow (10 Euler steps) and one-step policy."""
+    fql = runs / "fql-seed0"
+    sources = [
+        f"flow:{fql}",
+        f"onestep:{fql}",
+        "twostep",
+        "renoise-fresh:0.5",
+        "scale:1.5",
+        "noise:0.3",
+        "push:0.5",
+    ]
+    code, rows, err = candidate_rows(
+        runs / "paper-seed0", *[f"--source={s}" for s in sources], "--episodes", "1", "--seed", "0"
+    )
+    assert code == 0, err[-3000:]
+    assert [r["source"] for r in rows] == sources
+    assert [r["evaluations_per_candidate"] for r in rows] == [10, 1, 2, 2, 1, 1, 1]
+    assert all(r["episodes"] == 1 and r["mean_episode_length"] > 0 for r in rows)
+
+
+def test_candidate_sources_compute_each_variant_from_the_one_step_candidate(runs):
+    """Each source's maths against its formula, on the chunked run's own network."""
+    from training.agents.common import one_step_actions
+    from training.checkpoint import load_policy_checkpoint
+    from training.inference import serving_policy_from_checkpoint
+    from training.studies.candidate_sources import build_source
+
+    base = load_policy_checkpoint(runs / "chunk-5-seed0")
+    g = serving_policy_from_checkpoint(base).policy
+    torch.manual_seed(0)
+    s, e = torch.randn(4, base.obs_dim), torch.randn(4, base.action_dim * 5)
+    one = one_step_actions(g, s, e).clamp(-1, 1)
+    fresh = torch.randn(e.shape, generator=torch.Generator().manual_seed(3))
+    t = torch.ones(1, 1)
+    with torch.no_grad():
+        assert torch.equal(build_source("onestep", base, 3)(s, e, t), one)
+        assert torch.allclose(build_source("scale:1.5", base, 3)(s, e, t), 1.5 * one)
+        assert torch.allclose(build_source("push:0.5", base, 3)(s, e, t), one + 0.5 * (one - e))
+        assert torch.allclose(build_source("noise:0.3", base, 3)(s, e, t), one + 0.3 * fresh)
+        renoised = g(s, 0.7 * one + 0.3 * fresh, torch.full((1, 1), 0.3))
+        assert torch.allclose(build_source("renoise-fresh:0.3", base, 3)(s, e, t), renoised)
+        own = g(s, 0.7 * one + 0.3 * e.flip(-1), torch.full((1, 1), 0.3)).clamp(-1, 1)
+        assert torch.allclose(build_source("renoise:0.3", base, 3)(s, e, t), own)
+
+
+@pytest.mark.parametrize(
+    "run, source, message",
+    [
+        ("fql-seed0", "renoise:0.3", "needs a MeanFlow network"),
+        ("paper-seed0", "flow", "a BC flow is an FQL run's"),
+        ("paper-seed0", "flow:{runs}/chunk-5-seed0", "action_horizon"),
+        ("paper-seed0", "renoise:1.5", "renoise_time"),
+        ("paper-seed0", "scale:big", "takes a number"),
+        ("paper-seed0", "twostep:2", "takes no argument"),
+        ("paper-seed0", "best", "expected one of onestep, renoise"),
+    ],
+)
+def test_candidate_sources_refuse_what_they_cannot_build(runs, capsys, run, source, message):
+    from training.studies.candidate_sources import main
+
+    assert main([str(runs / run), "--source", source.format(runs=runs), "--episodes", "1"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and message in captured.err, captured.err

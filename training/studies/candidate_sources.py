@@ -1,0 +1,214 @@
+"""Keep a checkpoint's critic, change where its best-of-K candidates come from, and roll out.
+
+Separates the two halves of a best-of-K policy: is a run that rarely succeeds held back by its
+critic (it ranks badly) or by its candidates (nothing good to rank)? The critic (the run's
+target critic, as served) and the observation normaliser stay fixed; each `--source` replaces
+only the generator of the K candidates, and every source is rolled out on the same episode
+seeds with `evaluate_policy`, exactly as `mfql-eval` does. docs/results/best-of-n.md, round 4,
+is this study on puzzle-3x3 task2.
+
+Sources (T a time in (0, 1), C and SIGMA numbers, RUN another run or step directory trained on
+the same data with the same action horizon):
+
+- `onestep`: the run's own acting generator (MeanFlow: clip(g(s, e, 1)); FQL: its one-step
+  policy); `onestep:RUN` the same for another run;
+- `renoise:T`: `--renoise-time T` (the candidate's own noise reversed, as a bundle computes it);
+  `renoise-fresh:T`: the same with fresh noise e' per candidate (a second noise a bundle has no
+  input for); MeanFlow runs only;
+- `twostep`: a two-step DDIM-style MeanFlow sample (`self_distillation_target`);
+- `flow` / `flow:RUN`: an FQL run's BC flow, integrated with its own number of Euler steps (QC's
+  best-of-N sampler);
+- `scale:C`: clip(C a); `noise:SIGMA`: clip(a + SIGMA n); `push:C`: clip(a + C (a - e)), with
+  a the one-step candidate and n fresh Gaussian noise.
+
+    python -m training.studies.candidate_sources runs/best-of-n/task2/bon-seed0 \
+        --source onestep --source renoise:0.3 --source flow:runs/qc-alpha/task2/fql-chunk-5-alpha-100-seed0 \
+        --episodes 50 --seed 1000
+
+Prints one JSON object per source (one per line, as they finish): the source, the network
+evaluations per candidate, and `evaluate_policy`'s result. Fresh-noise sources draw from a
+generator seeded with `--seed` (one per source), so a run repeats exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from training.agents.common import one_step_actions, renoised_actions
+from training.agents.fql import euler_flow_actions
+from training.agents.mfql import self_distillation_target
+from training.checkpoint import CheckpointError, PolicyCheckpoint, load_policy_checkpoint
+from training.config import check_renoise_range
+from training.evaluate import evaluate_policy
+from training.inference import ServingPolicy, action_bounds_of, serving_policy_from_checkpoint
+from training.networks import MLPPolicy
+
+SOURCES = ("onestep", "renoise", "renoise-fresh", "twostep", "flow", "scale", "noise", "push")
+
+
+class CandidateSource(nn.Module):
+    """A generator in the policy's signature forward(observations, noise, t) -> candidates.
+
+    ServingPolicy calls its policy at t = 1 and clips what comes back, so `make` maps
+    (observations, noise) to the candidates and the t it is given is ignored.
+    """
+
+    def __init__(
+        self, networks: dict[str, nn.Module], make: Callable[[Tensor, Tensor], Tensor], evaluations: int
+    ) -> None:
+        super().__init__()
+        self.networks = nn.ModuleDict(networks)
+        self.make = make
+        self.evaluations = evaluations  # network evaluations per candidate
+
+    def forward(self, observations: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        return self.make(observations, noise)
+
+
+def compatible(base: PolicyCheckpoint, other: PolicyCheckpoint) -> None:
+    """A source from another run must see the same normalised observations and chunk shape."""
+    shape = lambda c: (c.obs_dim, c.action_dim, c.config.agent_config.action_horizon)  # noqa: E731
+    if shape(base) != shape(other):
+        raise ValueError(
+            f"{other.path} has (obs_dim, action_dim, action_horizon) {shape(other)}; the critic's run "
+            f"{base.path} has {shape(base)}: a source must be trained on the same data with the same horizon"
+        )
+    if not (torch.equal(base.obs_mean, other.obs_mean) and torch.equal(base.obs_std, other.obs_std)):
+        raise ValueError(
+            f"{other.path} normalises observations differently from {base.path}: train both on the same dataset"
+        )
+
+
+def build_source(spec: str, base: PolicyCheckpoint, seed: int) -> CandidateSource:
+    """One `--source` spec -> its candidate generator (see the module docstring for the specs).
+
+    Fresh noise comes from the source's own generator seeded with `seed`, so a source's result
+    does not depend on which others run beside it.
+    """
+    kind, _, argument = spec.partition(":")
+    if kind not in SOURCES:
+        raise ValueError(
+            f"unknown source {spec!r}; expected one of {', '.join(SOURCES)} (with :ARG where needed)"
+        )
+    takes_run = kind in ("onestep", "flow")
+    needs_number = kind in ("renoise", "renoise-fresh", "scale", "noise", "push")
+    if needs_number:
+        try:
+            value = float(argument)
+        except ValueError:
+            raise ValueError(f"source {spec!r}: {kind} takes a number, e.g. {kind}:0.3") from None
+    elif argument and not takes_run:
+        raise ValueError(f"source {spec!r}: {kind} takes no argument")
+    checkpoint = load_policy_checkpoint(Path(argument)) if takes_run and argument else base
+    if checkpoint is not base:
+        compatible(base, checkpoint)
+    acting = serving_policy_from_checkpoint(checkpoint, renoise_time=0).policy
+    generator = torch.Generator().manual_seed(seed)
+
+    def fresh(like: Tensor) -> Tensor:
+        return torch.randn(like.shape, generator=generator)
+
+    def one_step(observations: Tensor, noise: Tensor) -> Tensor:
+        return one_step_actions(acting, observations, noise).clamp(-1, 1)
+
+    if kind == "flow":
+        if checkpoint.config.agent != "fql":
+            raise ValueError(
+                f"source {spec!r}: {checkpoint.path} is an {checkpoint.config.agent} run; a BC flow is an FQL run's"
+            )
+        chunk_dim = checkpoint.action_dim * checkpoint.config.agent_config.action_horizon
+        velocity = MLPPolicy(checkpoint.obs_dim, chunk_dim, checkpoint.config.network, zero_head=False)
+        velocity.load_state_dict(checkpoint.module_state("bc_flow"))
+        velocity.eval().requires_grad_(False)
+        steps = checkpoint.config.agent_config.flow_steps
+        return CandidateSource(
+            {"velocity": velocity}, lambda s, e: euler_flow_actions(velocity, s, e, steps), steps
+        )
+    if kind in ("renoise", "renoise-fresh", "twostep") and checkpoint.config.agent == "fql":
+        raise ValueError(
+            f"source {spec!r} needs a MeanFlow network g(s, z, t); {checkpoint.path} is an FQL run"
+        )
+    if kind in ("renoise", "renoise-fresh"):
+        check_renoise_range(value)
+    makers: dict[str, tuple[Callable[[Tensor, Tensor], Tensor], int]] = {
+        "onestep": (one_step, 1),
+        "renoise": (lambda s, e: renoised_actions(acting, s, e, value), 2),
+        "renoise-fresh": (
+            lambda s, e: acting(
+                s, (1 - value) * one_step(s, e) + value * fresh(e), e.new_full((1, 1), value)
+            ),
+            2,
+        ),
+        "twostep": (lambda s, e: self_distillation_target(acting, s, e, one_step(s, e), 2), 2),
+        "scale": (lambda s, e: value * one_step(s, e), 1),
+        "noise": (lambda s, e: one_step(s, e) + value * fresh(e), 1),
+        "push": (lambda s, e: one_step(s, e) + value * (one_step(s, e) - e), 1),
+    }
+    make, evaluations = makers[kind]
+    return CandidateSource({"policy": acting}, make, evaluations)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path, help="the run (or step directory) whose critic ranks")
+    parser.add_argument(
+        "--source",
+        action="append",
+        required=True,
+        help="a candidate source (repeat for several): " + ", ".join(SOURCES),
+    )
+    parser.add_argument("--episodes", type=int, default=50)
+    parser.add_argument(
+        "--seed", type=int, default=1_000_000, help="first episode seed (mfql-eval's default)"
+    )
+    parser.add_argument("--num-candidates", type=int, help="K (default: the K the run acts with)")
+    parser.add_argument("--env", help="env to roll out in (default: the one the run evaluated in)")
+    return parser
+
+
+@torch.no_grad()
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        base = load_policy_checkpoint(args.checkpoint)
+        served = serving_policy_from_checkpoint(base, renoise_time=0)
+        sources = {spec: build_source(spec, base, args.seed) for spec in args.source}
+    except (CheckpointError, ValueError) as exc:
+        print(f"candidate_sources: {exc}", file=sys.stderr)
+        return 2
+    env = args.env or base.config.evaluation_env
+    if env is None:
+        print(f"candidate_sources: {base.path} names no env to roll out in; pass --env", file=sys.stderr)
+        return 2
+    k = args.num_candidates or base.config.acting_num_candidates
+    torch.set_num_threads(1)  # one observation per request: one thread is fastest (as mfql-eval)
+    torch.set_flush_denormal(True)
+    for spec, source in sources.items():
+        module = ServingPolicy(
+            served.normalizer, source, served.critic, base.action_dim, served.action_horizon,
+            action_bounds_of(base.dataset),
+        ).eval()  # fmt: skip
+        result = evaluate_policy(
+            module, env, args.episodes, k, args.seed, progress=False,
+            replan_every=base.config.replan_every, observation_keys=base.config.data.observation_keys,
+        )  # fmt: skip
+        result.pop("policy_latency_ms")
+        row = {
+            "critic": str(base.path),
+            "step": base.step,
+            "source": spec,
+            "evaluations_per_candidate": source.evaluations,
+        }
+        print(json.dumps({**row, **result}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
