@@ -57,6 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replan-every", type=int, default=3)
     parser.add_argument("--delay-steps", type=int, default=1)
     parser.add_argument("--weights", default="1,10,100", help="hand-over lambdas to compare with 0")
+    parser.add_argument(
+        "--handover-scale",
+        choices=["q", "spread"],
+        default="q",
+        help="units of the lambdas: q, or spread (x the candidates' Q range: docs/control-loop.md)",
+    )
     parser.add_argument("--num-candidates", type=int, help="K (default: the model's)")
     parser.add_argument("--port", type=int, default=8191)
     parser.add_argument("--out", type=Path, help="folder for handover.json and handover.png")
@@ -67,8 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     from clients.rollout import make_env, run_episodes
 
     settings = [("off (lambda 0)", None, False)]
-    settings += [(f"lambda {w}", float(w), False) for w in args.weights.split(",") if w.strip()]
-    settings += [(f"lambda {settings[-1][1]:g} + pin", settings[-1][1], True)] if len(settings) > 1 else []
+    units = " x Q spread" if args.handover_scale == "spread" else ""
+    settings += [(f"lambda {w}{units}", float(w), False) for w in args.weights.split(",") if w.strip()]
+    last = settings[-1][1]
+    settings += [(f"lambda {last:g}{units} + pin", last, True)] if len(settings) > 1 else []
     server = start_server(args.repository, args.port)
     rows = []
     try:
@@ -79,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                     num_candidates=args.num_candidates,
                     replan_every=args.replan_every,
                     handover_weight=weight,
+                    handover_scale=args.handover_scale if weight else None,
                     delay_steps=args.delay_steps,
                     pin_delay=pin,
                     simulate_delay=True,
@@ -90,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                     env.close()
             rows.append({"setting": name, **{k: result[k] for k in (
                 "success_rate", "success_rate_stderr", "mean_boundary_change", "mean_within_chunk_change",
-                "mean_step_change", "mean_return",
+                "mean_step_change", "mean_return", "mean_handover_q_spread",
             )}})  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
     finally:
@@ -113,14 +122,15 @@ def markdown_table(rows: list[dict]) -> str:
     """Per setting: the change at hand-overs, against off, its excess over the within-chunk change."""
     base = rows[0]["mean_boundary_change"]
     lines = [
-        "| setting | change at hand-overs | vs off | within chunks | excess at hand-overs | success |",
-        "|---|---|---|---|---|---|",
+        "| setting | change at hand-overs | vs off | within chunks | excess at hand-overs | Q spread there | success |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         boundary, within = row["mean_boundary_change"], row["mean_within_chunk_change"]
+        spread = "-" if row.get("mean_handover_q_spread") is None else f"{row['mean_handover_q_spread']:.3g}"
         lines.append(
             f"| {row['setting']} | {boundary:.4f} | {boundary / base:.2f}x | {within:.4f} | "
-            f"{boundary - within:+.4f} | {row['success_rate']:.2f} +/- {row['success_rate_stderr']:.2f} |"
+            f"{boundary - within:+.4f} | {spread} | {row['success_rate']:.2f} +/- {row['success_rate_stderr']:.2f} |"
         )
     return "\n".join(lines)
 

@@ -40,8 +40,8 @@ class RemotePolicy:
     request, 1..H (default H, read from the model's metadata).
     ``session``: run as one server session (REST ``session_id``, v2 ``sequence_id``; a WebSocket
     connection is one anyway); ``reset()`` starts its next episode.
-    ``handover_weight``, ``delay_steps``, ``pin_delay``: the server's smooth hand-over
-    (docs/control-loop.md); each request then carries the chunk's unexecuted rest.
+    ``handover_weight``, ``handover_scale``, ``delay_steps``, ``pin_delay``: the server's smooth
+    hand-over (docs/control-loop.md); each request then carries the chunk's unexecuted rest.
     ``simulate_delay``: with ``delay_steps`` d, play the inference delay out in a synchronous
     loop (a simulator, a replay): the d actions after a request still come from the previous
     chunk's rest, as they would on a robot while the server computes, and the new chunk takes
@@ -49,6 +49,9 @@ class RemotePolicy:
     ``boundary_changes`` / ``mean_boundary_change``: the mean absolute action change where a new
     chunk takes over; ``step_changes`` / ``mean_step_change`` at every step;
     ``within_chunk_changes`` / ``mean_within_chunk_change`` at every step that is not a hand-over.
+    ``handover_q_spreads`` / ``mean_handover_q_spread``: the max - min of the candidates' Q the
+    server reported at each hand-over (the scale of Q that a ``handover_weight`` in units of Q
+    trades against the distance).
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class RemotePolicy:
         replan_every: int | None = None,
         session: bool = True,
         handover_weight: float | None = None,
+        handover_scale: str | None = None,
         delay_steps: int | None = None,
         pin_delay: bool = False,
         simulate_delay: bool = False,
@@ -85,6 +89,7 @@ class RemotePolicy:
         self._new_episode = session  # the next request starts the session's episode
         self._handover = {
             "handover_weight": handover_weight,
+            "handover_scale": handover_scale,
             "delay_steps": delay_steps,
             "pin_delay": pin_delay or None,
         }
@@ -95,6 +100,7 @@ class RemotePolicy:
         self.boundary_changes: list[float] = []  # mean |a_t - a_(t-1)| where a new chunk takes over
         self.step_changes: list[float] = []  # the same at every step
         self.within_chunk_changes: list[float] = []  # the same at the steps that are not hand-overs
+        self.handover_q_spreads: list[float] = []  # the answers' handover.q_spread
         self._episode_steps = 0
         if control_period is not None:
             if control_period <= 0:
@@ -136,6 +142,8 @@ class RemotePolicy:
             self._plan = self._next_plan(self._chunk_of(answer))
             self._executed = 0
             self.last_answer = answer
+            if "q_spread" in answer.control.get("handover", {}):
+                self.handover_q_spreads.append(float(answer.control["handover"]["q_spread"]))
         previous = self._last_action if self._episode_steps else None
         self._episode_steps += 1
         self._executed += 1
@@ -180,6 +188,11 @@ class RemotePolicy:
         """Mean absolute action change at the steps that are not hand-overs: the floor a
         hand-over can reach, since the new chunk is matched to what the old one planned."""
         return float(np.mean(self.within_chunk_changes)) if self.within_chunk_changes else None
+
+    @property
+    def mean_handover_q_spread(self) -> float | None:
+        """Mean max - min of the candidates' Q at the hand-overs the server scored (None: none)."""
+        return float(np.mean(self.handover_q_spreads)) if self.handover_q_spreads else None
 
     def _control_option(self) -> dict[str, Any]:
         """The request's session and hand-over values (docs/control-loop.md), as ``control=``."""

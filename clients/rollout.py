@@ -12,8 +12,8 @@ The control latency is reported three ways: every control step (``control_latenc
 the steps that asked the server (``request_latency_ms``, one per chunk) and the steps
 served from the buffered chunk (``step_latency_ms``, no network).
 
-Every rollout is one server session (``reset`` starts each episode); ``--handover-weight``,
-``--delay-steps`` and ``--pin-delay`` turn on the server's smooth hand-over, each request then
+Every rollout is one server session (``reset`` starts each episode); ``--handover-weight``
+(with ``--handover-scale``), ``--delay-steps`` and ``--pin-delay`` turn on the server's smooth hand-over, each request then
 carrying the chunk's unexecuted rest, and the report gives the mean absolute action change at
 chunk boundaries and at every step (docs/control-loop.md).
 """
@@ -84,6 +84,7 @@ def run_episodes(policy: RemotePolicy, env, episodes: int, seed: int) -> dict:
         "mean_boundary_change": policy.mean_boundary_change,  # mean |a_t - a_(t-1)| where a chunk takes over
         "mean_step_change": policy.mean_step_change,
         "mean_within_chunk_change": policy.mean_within_chunk_change,  # at the steps that are not hand-overs
+        "mean_handover_q_spread": policy.mean_handover_q_spread,  # max - min of the candidates' Q there
     }
 
 
@@ -109,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--handover-weight",
         type=float,
         help="chunked models: the server scores candidates by Q - this x distance to the chunk's rest",
+    )
+    parser.add_argument(
+        "--handover-scale",
+        choices=["q", "spread"],
+        help="units of --handover-weight: q (the server's default) or spread (x the candidates' Q range)",
     )
     parser.add_argument(
         "--delay-steps", type=int, help="the hand-over's d (default: the server estimates it)"
@@ -148,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                 control_period=period,
                 replan_every=args.replan_every,
                 handover_weight=args.handover_weight,
+                handover_scale=args.handover_scale,
                 delay_steps=args.delay_steps,
                 pin_delay=args.pin_delay,
                 simulate_delay=args.simulate_delay,

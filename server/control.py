@@ -8,7 +8,7 @@ never comes here (the routes call `ModelVersion.act` directly: today's hot path)
 
 `extra` of each answer (only the keys that apply): `session_id`, `episode`, `step` (the
 session's answers before this one in its episode), `action_clamped` and `clamped_steps`,
-`handover` {`delay_steps`, `execute_steps`, `candidate`, `distance`}, `clock`
+`handover` {`delay_steps`, `execute_steps`, `candidate`, `distance`, `q_spread`}, `clock`
 {`client_time`, `client_step`, `server_received`, `server_sent`} (seconds since the epoch).
 """
 
@@ -27,12 +27,14 @@ import numpy as np
 from server.action_limits import session_limits
 from server.errors import InvalidInput
 from server.handover import (
+    HANDOVER_SCALES,
     Handover,
     choose,
     estimate_delay,
     estimate_executed,
     handover_distance,
     pinned,
+    q_spread,
 )
 from server.recording import EpisodeRecorder, episode_path
 from server.served_model import ActRequest, ActResult, ModelVersion
@@ -40,6 +42,7 @@ from server.sessions import Session
 
 OPTION_KEYS = (
     "handover_weight",
+    "handover_scale",
     "delay_steps",
     "execute_steps",
     "pin_delay",
@@ -57,6 +60,7 @@ class Control:
     reset: bool = False
     previous_chunk: Any = None  # the previous chunk's unexecuted rest [r, action_dim]
     handover_weight: float | None = None
+    handover_scale: str | None = None  # "q" (lambda in units of Q) or "spread" (of the candidates' Q)
     delay_steps: int | None = None
     execute_steps: int | None = None
     pin_delay: bool | None = None
@@ -81,6 +85,7 @@ def read_control(values: Mapping[str, Any]) -> Control | None:
         "reset": _boolean,
         "pin_delay": _boolean,
         "handover_weight": lambda v, n: _number(v, n, minimum=0.0),
+        "handover_scale": lambda v, n: _choice(v, n, HANDOVER_SCALES),
         "client_time": _number,
         "delay_steps": lambda v, n: _integer(v, n, minimum=0),
         "execute_steps": lambda v, n: _integer(v, n, minimum=1),
@@ -146,7 +151,7 @@ class ControlLoop:
         if chose_by_distance:
             candidates = _as_chunks(result.candidates[0], model)
             distance = handover_distance(candidates, rest, delay)
-            chosen = choose(result.candidate_q_values[0], distance, handover.weight)
+            chosen = choose(result.candidate_q_values[0], distance, handover.weight, handover.scale)
             chunks = candidates[chosen][None]
             q_values = result.candidate_q_values[:, chosen]
             extra["handover"] = {
@@ -154,6 +159,7 @@ class ControlLoop:
                 "execute_steps": executed,
                 "candidate": chosen,
                 "distance": float(distance[chosen]),
+                "q_spread": q_spread(result.candidate_q_values[0]),
             }
         if rest is not None and handover.pin:
             chunks = pinned(chunks[0], rest, delay)[None]
@@ -214,6 +220,7 @@ class ControlLoop:
 def _handover(control: Control, options) -> Handover:
     return Handover(
         weight=_first(control.handover_weight, options and options.handover_weight) or 0.0,
+        scale=_first(control.handover_scale, options and options.handover_scale) or "q",
         delay_steps=_first(control.delay_steps, options and options.delay_steps),
         execute_steps=_first(control.execute_steps, options and options.execute_steps),
         pin=bool(_first(control.pin_delay, options and options.pin_delay)),
@@ -325,6 +332,12 @@ def _number(value: Any, name: str, minimum: float | None = None) -> float:
         bound = f" >= {minimum:g}" if minimum is not None else ""
         raise InvalidInput(f"{name}: expected a finite number{bound}, got {value!r}")
     return number
+
+
+def _choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise InvalidInput(f"{name}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
 
 
 def _integer(value: Any, name: str, minimum: int) -> int:

@@ -24,6 +24,7 @@ class Handover:
     """The hand-over in force for one request (request values over the session's)."""
 
     weight: float  # lambda; 0 with pin off: today's best of K by Q alone
+    scale: str  # "q": lambda in units of Q; "spread": in units of the K candidates' Q spread
     delay_steps: int | None  # d; None: estimated from measured latency and the control period
     execute_steps: int | None  # s; None: from the client's step index, else the time since the last answer
     pin: bool
@@ -44,8 +45,29 @@ def handover_distance(candidates: np.ndarray, rest: np.ndarray, delay: int) -> n
     return np.abs(diff).mean(axis=(1, 2))
 
 
-def choose(q_values: np.ndarray, distance: np.ndarray, weight: float) -> int:
-    """Index of the best candidate by Q - weight x distance (lowest index on ties, as the graph's argmax)."""
+HANDOVER_SCALES = ("q", "spread")
+
+
+def q_spread(q_values: np.ndarray) -> float:
+    """max - min of the K candidates' Q: how much the critic's choice is worth at this observation."""
+    return float(q_values.max() - q_values.min())
+
+
+def choose(q_values: np.ndarray, distance: np.ndarray, weight: float, scale: str = "q") -> int:
+    """Index of the best candidate by Q - lambda x distance (lowest index on ties, as the graph's argmax).
+
+    `scale` "q": lambda = `weight`, in units of Q per unit of mean absolute action difference,
+    so its good values follow the reward's scale (dense puzzle-3x3: 1000; docs/control-loop.md).
+    "spread": lambda = `weight` x `q_spread`, so the score ranks (Q - min Q) / spread - weight x
+    distance: a candidate `1 / weight` further from the rest loses the whole range of Q among
+    the candidates, whatever the reward's units. When every candidate has the same Q (spread 0)
+    the distance alone decides.
+    """
+    if scale == "spread":
+        spread = q_spread(q_values)
+        if spread <= 0.0:
+            return int(np.argmin(distance)) if weight > 0 else 0
+        return int(np.argmax((q_values - q_values.min()) / spread - weight * distance))
     return int(np.argmax(q_values - weight * distance))
 
 

@@ -6,7 +6,7 @@ the same code the v2 and WebSocket protocols go through.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -70,6 +70,11 @@ class SessionOptionsBody(BaseModel):
         ge=0,
         le=FLOAT32_MAX,
         description="lambda: candidates score Q - lambda x distance to the previous chunk's rest (0: off)",
+    )
+    handover_scale: Literal["q", "spread"] | None = Field(
+        None,
+        description="units of lambda: 'q' (default; lambda in units of Q) or 'spread' (lambda x the "
+        "max - min of the candidates' Q: one value works whatever the reward's scale)",
     )
     delay_steps: DelaySteps | None = Field(
         None,

@@ -32,6 +32,7 @@ class SessionOptions:
     """What a session remembers between requests; a request's own values override them once."""
 
     handover_weight: float = 0.0
+    handover_scale: str = "q"
     delay_steps: int | None = None
     execute_steps: int | None = None
     pin_delay: bool = False

@@ -11,7 +11,7 @@ The noise is drawn here from the seed, so it is no input. The response parameter
 Sessions are Triton's sequences: request parameters `sequence_id` (non-zero integer or
 string), `sequence_start` (a new episode; its control parameters stay with the session) and
 `sequence_end` (the session ends after this answer). The control parameters
-(docs/control-loop.md: `handover_weight`, `delay_steps`, `execute_steps`, `pin_delay`,
+(docs/control-loop.md: `handover_weight`, `handover_scale`, `delay_steps`, `execute_steps`, `pin_delay`,
 `action_low`, `action_high`, `max_action_delta`, `client_time`, `client_step`) and an FP32
 input `previous_chunk` [r, action_dim] work with or without a sequence; the answer's control
 values come back as response parameters (`sequence_id`, `episode`, `step`, `action_clamped`,

@@ -31,14 +31,19 @@ def test_the_hand_over_benchmark_reports_every_setting_and_writes_its_plot(tmp_p
         [
             sys.executable, str(ROOT / "benchmarks" / "handover.py"), "--repository", str(repository),
             "--model", CHUNKED, "--env", CUBE_ENV, "--episodes", "1", "--replan-every", "2",
-            "--delay-steps", "1", "--weights", "10", "--num-candidates", "4",
+            "--delay-steps", "1", "--weights", "10", "--handover-scale", "spread", "--num-candidates", "4",
             "--port", str(free_port()), "--out", str(out),
         ],
         capture_output=True, text=True, timeout=240, cwd=ROOT,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads((out / "handover.json").read_text())["rows"]
-    assert [row["setting"] for row in rows] == ["off (lambda 0)", "lambda 10", "lambda 10 + pin"]
+    assert [row["setting"] for row in rows] == [
+        "off (lambda 0)", "lambda 10 x Q spread", "lambda 10 x Q spread + pin"
+    ]  # fmt: skip
+    # the server reports the candidates' Q range at every hand-over it scores (none when off)
+    assert rows[0]["mean_handover_q_spread"] is None
+    assert all(row["mean_handover_q_spread"] >= 0 for row in rows[1:])
     for row in rows:
         boundary, within, every = (
             row["mean_boundary_change"], row["mean_within_chunk_change"], row["mean_step_change"]
@@ -46,4 +51,5 @@ def test_the_hand_over_benchmark_reports_every_setting_and_writes_its_plot(tmp_p
         # every step is a hand-over or not, so the overall mean lies between the two
         assert min(boundary, within) - 1e-9 <= every <= max(boundary, within) + 1e-9
     assert (out / "handover.png").stat().st_size > 10_000
-    assert "| excess at hand-overs |" in done.stdout and done.stdout.count("| lambda 10") == 2
+    assert "| excess at hand-overs | Q spread there |" in done.stdout
+    assert done.stdout.count("| lambda 10 x Q spread") == 2

@@ -165,6 +165,59 @@ def test_the_hand_over_picks_the_candidate_by_q_minus_lambda_times_distance(clie
     assert np.allclose(plain["action"], candidates[int(np.argmax(q))], atol=1e-6) and "handover" not in plain
 
 
+def test_a_spread_scaled_hand_over_weighs_distance_against_the_candidates_q_range(client, repository):
+    rest = np.full((3, D), 0.3, np.float32)
+    answer = act(
+        client, seed=11, num_candidates=8, previous_chunk=rest.tolist(), handover_weight=3.0,
+        handover_scale="spread", delay_steps=1,
+    )  # fmt: skip
+    candidates, q = candidates_and_q(repository, OBS[0], 11, 8)
+    distance = np.abs(candidates[:, 1:3] - rest[1:3]).mean(axis=(1, 2))
+    spread = q.max() - q.min()
+    expected = int(np.argmax(q - 3.0 * spread * distance))
+    assert answer["handover"]["candidate"] == expected
+    assert answer["handover"]["q_spread"] == pytest.approx(spread, rel=1e-5)
+    assert np.allclose(answer["action"], candidates[expected], atol=1e-6)
+    # a session keeps the scale it started with; a bad scale is a 422 naming the choices
+    first = act(
+        client,
+        session_id="spread",
+        handover_weight=3.0,
+        handover_scale="spread",
+        execute_steps=2,
+        delay_steps=1,
+    )
+    second = act(client, session_id="spread", observation=OBS[1].tolist(), num_candidates=8)
+    rest = np.asarray(first["action"])[2:]
+    candidates, q = candidates_and_q(repository, OBS[1], second["seed"], 8)
+    distance = np.abs(candidates[:, 1:3] - rest[1:3]).mean(axis=(1, 2))
+    assert second["handover"]["candidate"] == int(np.argmax(q - 3.0 * (q.max() - q.min()) * distance))
+    client.delete("/v1/sessions/spread")
+    error = act(client, status=422, handover_scale="Q")["error"]
+    assert "handover_scale" in error and "spread" in error
+
+
+def test_choose_is_scale_free_with_spread_units_only():
+    from server.handover import choose
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        q, distance = rng.normal(size=16), rng.uniform(0, 0.5, size=16)
+        weight = rng.uniform(0.1, 10)
+        spread_choice = choose(q, distance, weight, "spread")
+        assert spread_choice == int(np.argmax(q - weight * (q.max() - q.min()) * distance))
+        for factor, shift in ((100.0, -50.0), (0.01, 3.0)):  # another reward scale: the same choice
+            assert choose(factor * q + shift, distance, weight, "spread") == spread_choice
+    q, distance = np.array([0.0, 1.0, 0.5]), np.array([0.2, 0.4, 0.1])
+    # in units of Q the same lambda flips with the reward's scale: 1 - 0.4 w against 0.5 - 0.1 w
+    assert (choose(q, distance, 1.0), choose(100 * q, distance, 1.0)) == (1, 1)
+    assert (choose(q, distance, 3.0), choose(100 * q, distance, 3.0)) == (2, 1)
+    # equal Q everywhere: the distance alone decides, and weight 0 keeps the first (the graph's argmax)
+    assert (
+        choose(np.ones(3), distance, 1.0, "spread") == 2 and choose(np.ones(3), distance, 0.0, "spread") == 0
+    )
+
+
 def test_pinning_copies_the_first_d_steps_of_the_rest_into_the_answer(client):
     rest = np.linspace(-0.5, 0.5, 4 * D, dtype=np.float32).reshape(4, D)
     answer = act(client, previous_chunk=rest.tolist(), pin_delay=True, delay_steps=2)
@@ -259,7 +312,7 @@ def test_a_websocket_connection_is_a_session_with_a_reset_message(client):
         for _ in range(2):
             socket.send_bytes(codec.packb({"observation": OBS[0]}))
             steps.append(codec.unpackb(socket.receive_bytes())["step"])
-        socket.send_bytes(codec.packb({"reset": True, "handover_weight": 2.0}))
+        socket.send_bytes(codec.packb({"reset": True, "handover_weight": 2.0, "handover_scale": "spread"}))
         reset = codec.unpackb(socket.receive_bytes())
         socket.send_bytes(codec.packb({"observation": OBS[0], "client_time": 1.0}))
         after = codec.unpackb(socket.receive_bytes())
