@@ -230,8 +230,12 @@ class AgentConfig:
     # candidate. On puzzle-3x3 task2 (bon at 60k steps, the same critic, 50 episodes per seed
     # set) it lifted success from 0.16-0.20 to 0.66-0.80 (t_r 0.3; at 50k and 55k: 0.12 -> 0.54,
     # 0.32 -> 0.60). Evaluation, export and serving act with it; the critic's target keeps
-    # one-step candidates. None = off, the paper's one step.
+    # one-step candidates unless `renoise_target`. None = off, the paper's one step.
     renoise_time: float | None = None
+    # The critic's best-of-K target over re-noised candidates too (needs renoise_time), so the
+    # critic values the policy that acts; a study option beyond the paper (round 5 of
+    # docs/results/best-of-n.md). False: one-step candidates in the target, as the paper.
+    renoise_target: bool = False
     hyperparameters: HyperparameterSource = "paper"  # which critic lr/discount defaults were used
 
     def __post_init__(self) -> None:
@@ -248,6 +252,10 @@ class AgentConfig:
                 f"action_horizon must be >= 1 (1: one action per step); got {self.action_horizon}"
             )
         check_renoise_range(self.renoise_time)
+        if self.renoise_target and self.renoise_time is None:
+            raise ValueError(
+                "renoise_target re-noises the target's candidates to renoise_time: set renoise_time too"
+            )
         if self.anchor_steps < 2:
             raise ValueError(
                 f"anchor_steps must be >= 2 (the one-step output anchored to a sample of more steps); "

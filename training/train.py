@@ -158,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
         "in (0, 1) and let the critic rank the network's output there (two network evaluations per "
         "candidate; a study option beyond the paper, docs/method.md). Default: off (one step)",
     )
+    p.add_argument(
+        "--renoise-target",
+        action="store_true",
+        default=None,
+        help="with --renoise-time: the critic's best-of-K target ranks re-noised candidates too, so "
+        "the critic values the policy that acts (a study option beyond the paper). Default: one-step",
+    )
     p.add_argument("--time-steps", type=int, help="N of the t grid; > 1000 = continuous")
     p.add_argument("--actor-lr", type=float)
     p.add_argument("--critic-lr", type=float)
@@ -273,7 +280,14 @@ def data_config_from_args(args: argparse.Namespace) -> tuple[str | None, DataCon
 
 
 # Flags that only MFQL's maths reads: refused with --agent fql rather than silently ignored.
-MFQL_ONLY_FLAGS = ("mfi_draws", "flow_time_sampling", "anchor_weight", "anchor_steps", "renoise_time")
+MFQL_ONLY_FLAGS = (
+    "mfi_draws",
+    "flow_time_sampling",
+    "anchor_weight",
+    "anchor_steps",
+    "renoise_time",
+    "renoise_target",
+)
 # Flags of MFQL's Q term and alpha, which best-of-N (--agent bon) does not have: refused with it.
 BON_UNREAD_FLAGS = ("alpha", "alpha_schedule", "normalize_q_loss", "anchor_weight", "anchor_steps")
 UNREAD_FLAGS = {
@@ -313,6 +327,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         anchor_steps=args.anchor_steps,
         action_horizon=args.action_horizon,
         renoise_time=args.renoise_time,
+        renoise_target=args.renoise_target,
     )
     network = NetworkConfig(
         policy=args.policy,

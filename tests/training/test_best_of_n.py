@@ -194,7 +194,14 @@ def test_no_gradient_from_q_reaches_the_actor():
     assert all(g is None for g in torch.autograd.grad(c_loss, policy_parameters, allow_unused=True))
 
 
-@pytest.mark.parametrize("overrides", [{}, {"action_horizon": 2, "policy_ema_rate": 0.1, "mfi_draws": 2}])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"action_horizon": 2, "policy_ema_rate": 0.1, "mfi_draws": 2},
+        {"renoise_time": 0.3, "renoise_target": True},
+    ],
+)
 def test_fused_update_matches_the_eager_one(overrides):
     eager, fused = agent_pair("bon", num_candidates=4, **{"action_horizon": 1, **overrides})
     step_fn = FusedUpdate(fused, compile=False)
@@ -219,8 +226,9 @@ def test_compiled_update_matches_the_eager_one():
     assert_same_agents(eager, fused, rtol=1e-4, atol=1e-5)
 
 
-def test_each_seed_of_a_stacked_step_matches_its_single_seed_run():
-    overrides = {"num_candidates": 4, "action_horizon": 2}
+@pytest.mark.parametrize("renoise", [{}, {"renoise_time": 0.3, "renoise_target": True}])
+def test_each_seed_of_a_stacked_step_matches_its_single_seed_run(renoise):
+    overrides = {"num_candidates": 4, "action_horizon": 2, **renoise}
     singles = [build_seed_agent("bon", seed, **overrides) for seed in (0, 1)]
     stacked_agents = [build_seed_agent("bon", seed, **overrides) for seed in (0, 1)]
     stacked = StackedSeeds(stacked_agents)

@@ -52,6 +52,7 @@ def agent_pair(agent_name: str, policy: str = "mlp", **overrides):
         ("mfql", "mlp", {"action_horizon": 3, "policy_ema_rate": 0.1}),
         ("fql", "mlp", {"action_horizon": 2, "policy_ema_rate": 0.1}),
         ("mfql", "mlp", {"mfi_draws": 2, "anchor_weight": 10.0, "actor_lr_schedule": "constant"}),
+        ("mfql", "mlp", {"action_horizon": 2, "renoise_time": 0.3, "renoise_target": True}),
     ],
 )
 def test_fused_update_matches_the_eager_one(agent_name, policy, overrides):

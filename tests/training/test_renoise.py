@@ -1,4 +1,5 @@
-"""Re-noised MeanFlow candidates (`--renoise-time`): the maths by hand, where it applies, and export."""
+"""Re-noised MeanFlow candidates (`--renoise-time`, `--renoise-target`): the maths by hand, where it
+applies, the critic targets that rank them, and export."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ from torch import Tensor, nn
 from exporters.export import ExportOptions, export_bundle
 from exporters.runtimes import OnnxRuntimePolicy
 from tests.exporters.checkpoints import SMALL_MLP, CheckpointSpec, write_checkpoint, write_fql_checkpoint
-from training.agents.common import best_of_k, renoised_actions
+from tests.training.test_fused_step import agent_pair
+from tests.training.test_precision_and_study_options import make_batch
+from training.agents.best_of_n import expected_max_q
+from training.agents.common import Batch, best_of_k, critic_loss, renoised_actions, td_loss
 from training.config import AgentConfig
 from training.inference import check_renoise_time, load_serving_policy
 from training.train import build_parser, config_from_args
@@ -53,6 +57,76 @@ def test_best_of_k_ranks_the_renoised_candidates():
     # off: the one-step candidates, unchanged
     _, _, one_step = best_of_k(LinearFlow(), FirstCoordinate(), observations, noise)
     torch.testing.assert_close(one_step[:, 0], torch.tensor([[1.0, 0.8, 1.0], [0.5, 1.0, 0.7]]))
+
+
+class Coordinate(nn.Module):
+    """A two-member 'critic' scoring candidates [..., d] by coordinate `i` (both members agree)."""
+
+    def __init__(self, i: int) -> None:
+        super().__init__()
+        self.i = i
+
+    def forward(self, observations: Tensor, actions: Tensor) -> Tensor:
+        return actions[..., self.i].expand(2, *actions.shape[:-1])
+
+
+# the two candidates of test_best_of_k_ranks_the_renoised_candidates: one step
+# [1, 0.8, 1] and [0.5, 1, 0.7]; re-noised to t_r = 0.5: [1, 0.6, 0.8] and [0.475, 0.75, 0.425]
+NEXT_NOISE = torch.tensor([[[0.2, -0.4, 1.0]], [[-1.0, 0.0, -0.6]]])
+
+
+def test_renoise_target_values_the_renoised_next_candidates():
+    observations = torch.zeros(1, 2)
+    batch = Batch(
+        observations, torch.tensor([[0.3, 0.2, 0.1]]), torch.tensor([-1.0]), torch.ones(1), observations
+    )
+    critic = Coordinate(1)
+    # MFQL's target: the target critic's best, by the second coordinate: one step 1.0, re-noised 0.75
+    for renoise, best in ((None, 1.0), (0.5, 0.75)):
+        loss, _ = critic_loss(critic, critic, LinearFlow(), batch, NEXT_NOISE, 0.9, renoise)
+        torch.testing.assert_close(loss, td_loss(critic, batch, torch.tensor([-1.0 + 0.9 * best]))[0])
+    # QC's target in bon: picked by the online critic (second coordinate: candidate 2 either
+    # way), valued by the target critic (first coordinate): one step 0.5, re-noised 0.475
+    for renoise, value, online in ((None, 0.5, 1.0), (0.5, 0.475, 0.75)):
+        next_q, online_q = expected_max_q(
+            LinearFlow(), critic, Coordinate(0), observations, NEXT_NOISE, renoise
+        )
+        torch.testing.assert_close((next_q, online_q), (torch.tensor([value]), torch.tensor([online])))
+
+
+@pytest.mark.parametrize("agent", ["mfql", "bon"])
+def test_renoise_target_changes_the_critic_loss_only(agent):
+    on, off = (
+        agent_pair(agent, num_candidates=4, action_horizon=2, renoise_time=0.3, renoise_target=target)[0]
+        for target in (True, False)
+    )
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # off the initialisation, whose zero heads make every candidate's Q equal
+        for name, module in on.nets().items():
+            for mine, theirs in zip(module.parameters(), off.nets()[name].parameters(), strict=True):
+                mine.copy_(0.3 * torch.randn(mine.shape, generator=generator))
+                theirs.copy_(mine)
+    batch = make_batch(action_dim=6, seed=3)
+    noises, t = on.update_noise(batch.actions.shape[0])
+    losses_on = on.step_losses(on.nets(), batch, noises, t)
+    losses_off = off.step_losses(off.nets(), batch, noises, t)
+    assert losses_on[0].item() != pytest.approx(losses_off[0].item())  # the critic's TD loss
+    for got, want in zip(losses_on[1:-1], losses_off[1:-1], strict=True):  # MFI (and MFQL's actor) loss
+        torch.testing.assert_close(got, want)
+
+
+def test_renoise_target_needs_a_renoise_time():
+    with pytest.raises(ValueError, match="set renoise_time too"):
+        AgentConfig(renoise_target=True)
+    args = build_parser().parse_args(["--agent", "fql", "--renoise-target"])
+    with pytest.raises(ValueError, match="--renoise-target: MFQL options"):
+        config_from_args(args)
+    args = build_parser().parse_args(["--agent", "bon", "--renoise-time", "0.3", "--renoise-target"])
+    agent_config = config_from_args(args).agent_config
+    assert (agent_config.renoise_time, agent_config.renoise_target) == (0.3, True)
+    assert (
+        config_from_args(build_parser().parse_args(["--agent", "bon"])).agent_config.renoise_target is False
+    )
 
 
 def test_renoise_time_is_refused_where_it_cannot_apply():

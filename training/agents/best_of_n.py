@@ -21,7 +21,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from training.agents.common import Batch, backup_discount, ema_update, one_step_actions, td_loss
+from training.agents.common import (
+    Batch,
+    backup_discount,
+    ema_update,
+    one_step_actions,
+    renoised_actions,
+    target_renoise_time,
+    td_loss,
+)
 from training.agents.fused_step import FusedUpdate
 from training.agents.mfql import MFQLAgent, mean_flow_identity_loss, sample_flow_times
 from training.precision import matmul_autocast
@@ -34,28 +42,40 @@ CANDIDATE_BLOCK_ROWS = 512
 
 
 def candidate_scores(
-    policy: nn.Module, critic: nn.Module, observations: Tensor, noise: Tensor
+    policy: nn.Module,
+    critic: nn.Module,
+    observations: Tensor,
+    noise: Tensor,
+    renoise_time: float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """K one-step candidates per state, clipped, and the critic ensemble's mean Q of each.
 
     observations [B, obs_dim], noise [K, B, d] -> (candidates [K, B, d], scores [K, B]): the
     maths of `best_of_k`'s scoring. The networks take the K candidates of a state with its
     observation once (their [K, B, .] inputs), and the rows run in blocks of whole candidates.
+    `renoise_time`: the candidates are `renoised_actions` (AgentConfig.renoise_target).
     """
     per_block = max(1, CANDIDATE_BLOCK_ROWS // observations.shape[0])
     candidates, scores = [], []
     for block in noise.split(per_block):
-        actions = one_step_actions(policy, observations, block).clamp(-1, 1)
+        if renoise_time is None:
+            actions = one_step_actions(policy, observations, block).clamp(-1, 1)
+        else:
+            actions = renoised_actions(policy, observations, block, renoise_time)
         candidates.append(actions)
         scores.append(critic(observations, actions).mean(dim=0))
     return torch.cat(candidates), torch.cat(scores)
 
 
 def best_candidate(
-    policy: nn.Module, critic: nn.Module, observations: Tensor, noise: Tensor
+    policy: nn.Module,
+    critic: nn.Module,
+    observations: Tensor,
+    noise: Tensor,
+    renoise_time: float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The candidate with the highest ensemble-mean Q [B, d] and that Q [B]; ties go to the lowest index."""
-    candidates, scores = candidate_scores(policy, critic, observations, noise)
+    candidates, scores = candidate_scores(policy, critic, observations, noise, renoise_time)
     best = scores.argmax(dim=0, keepdim=True)
     actions = candidates.gather(0, best.unsqueeze(-1).expand(-1, -1, candidates.shape[-1])).squeeze(0)
     return actions, scores.gather(0, best).squeeze(0)
@@ -63,14 +83,20 @@ def best_candidate(
 
 @torch.no_grad()
 def expected_max_q(
-    policy: nn.Module, critic: nn.Module, target_critic: nn.Module, observations: Tensor, noise: Tensor
+    policy: nn.Module,
+    critic: nn.Module,
+    target_critic: nn.Module,
+    observations: Tensor,
+    noise: Tensor,
+    renoise_time: float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """QC's value of the best of K next chunks: (target critic's mean Q of a' [B], online critic's [B]).
 
-    a' = argmax_k mean_e Q_e(s', a_k) over the candidates a_k = clip(g(s', e_k, 1)), picked by the
-    online critic; its value is the target critic's ensemble mean mean_e Q'_e(s', a').
+    a' = argmax_k mean_e Q_e(s', a_k) over the candidates a_k = clip(g(s', e_k, 1)) (re-noised
+    with `renoise_time`), picked by the online critic; its value is the target critic's
+    ensemble mean mean_e Q'_e(s', a').
     """
-    actions, online_q = best_candidate(policy, critic, observations, noise)
+    actions, online_q = best_candidate(policy, critic, observations, noise, renoise_time)
     return target_critic(observations, actions).mean(dim=0), online_q
 
 
@@ -81,9 +107,12 @@ def expected_max_critic_loss(
     batch: Batch,
     next_noise: Tensor,
     discount: float,
+    renoise_time: float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """TD loss to y = r + discount * mask * Q'(s', a'), a' by `expected_max_q` (discount = gamma^H)."""
-    next_q, online_q = expected_max_q(policy, critic, target_critic, batch.next_observations, next_noise)
+    next_q, online_q = expected_max_q(
+        policy, critic, target_critic, batch.next_observations, next_noise, renoise_time
+    )
     target = batch.rewards + discount * batch.masks * next_q
     loss, info = td_loss(critic, batch, target)
     # how far the online critic's maximum sits above the target critic's value of the same chunk
@@ -116,6 +145,7 @@ class BestOfNAgent(MFQLAgent):
                 batch,
                 next_noise,
                 backup_discount(self.config),
+                target_renoise_time(self.config),
             )
             mfi_loss, mfi_info = mean_flow_identity_loss(nets["policy"], batch, mfi_noise, t, self.config)
         return c_loss, mfi_loss, {**c_info, **mfi_info}

@@ -106,6 +106,11 @@ def renoised_actions(policy: nn.Module, observations: Tensor, noise: Tensor, ren
     return policy(observations, z, noise.new_full((1, 1), renoise_time)).clamp(-1, 1)
 
 
+def target_renoise_time(config) -> float | None:
+    """The re-noise time of the critic target's candidates: renoise_time with renoise_target, else None."""
+    return config.renoise_time if config.renoise_target else None
+
+
 def best_of_k(
     policy: nn.Module,
     critic: nn.Module,
@@ -142,14 +147,16 @@ def critic_loss(
     batch: Batch,
     next_noise: Tensor,
     discount: float,
+    renoise_time: float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Ensemble TD loss with a best-of-K target action for s' (ALGORITHM.md (3)).
 
     The reference asks for K // 2 candidates but, through a typing quirk, always uses K;
-    we use K, which is what produced the paper's numbers.
+    we use K, which is what produced the paper's numbers. `renoise_time` (AgentConfig.renoise_target,
+    beyond the paper): the K candidates are `renoised_actions`, those the policy acts with.
     """
     with torch.no_grad():
-        _, next_q, _ = best_of_k(policy, target_critic, batch.next_observations, next_noise)
+        _, next_q, _ = best_of_k(policy, target_critic, batch.next_observations, next_noise, renoise_time)
         target = batch.rewards + discount * batch.masks * next_q
     return td_loss(critic, batch, target)
 

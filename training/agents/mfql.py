@@ -26,6 +26,7 @@ from training.agents.common import (
     ema_update,
     frozen_critic_q,
     one_step_actions,
+    target_renoise_time,
 )
 from training.agents.fused_step import FusedUpdate, OptimizerGroup, UpdatePlan, target_emas
 from training.config import FLOW_TIME_SAMPLINGS, AgentConfig, FlowTimeSampling, NetworkConfig
@@ -222,7 +223,13 @@ class MFQLAgent(DeviceDraws):
         cfg = self.config
         with matmul_autocast(self.precision, self.device.type):
             c_loss, c_info = critic_loss(
-                nets["critic"], nets["target_critic"], nets["policy"], batch, next_noise, backup_discount(cfg)
+                nets["critic"],
+                nets["target_critic"],
+                nets["policy"],
+                batch,
+                next_noise,
+                backup_discount(cfg),
+                target_renoise_time(cfg),
             )
             mfi_loss, mfi_info = mean_flow_identity_loss(nets["policy"], batch, mfi_noise, t, cfg)
             a_loss, a_info = actor_loss(nets["policy"], nets["critic"], batch, actor_noise, cfg)
