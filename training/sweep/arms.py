@@ -142,6 +142,14 @@ PRESETS: dict[str, Preset] = {
                 "one-step best-of-N: MeanFlow policy by the MFI loss alone, best of K = 32 by the critic",
                 ["--agent", "bon"],
             ),
+            # The same training as `bon` (re-noising is acting-only), evaluated as it acts best:
+            # on puzzle-3x3 task2 its checkpoints at 60-70k read 0.66-0.86 re-noised against
+            # 0.16-0.38 one-step (docs/results/best-of-n.md, rounds 4 and 5); its one-step success
+            # is `mfql-eval CKPT --renoise-time 0`.
+            "bon-renoise": (
+                "bon acting with --renoise-time 0.3: each candidate refined once more (2 evaluations)",
+                ["--agent", "bon", "--renoise-time", "0.3"],
+            ),
             "fql-chunk-5": (
                 "FQL with chunks of 5 at the family's alpha (puzzle: FQL's 1000)",
                 ["--agent", "fql"],
