@@ -13,9 +13,9 @@ the steps that asked the server (``request_latency_ms``, one per chunk) and the 
 served from the buffered chunk (``step_latency_ms``, no network).
 
 Every rollout is one server session (``reset`` starts each episode); ``--handover-weight``
-(with ``--handover-scale``), ``--delay-steps`` and ``--pin-delay`` turn on the server's smooth hand-over, each request then
-carrying the chunk's unexecuted rest, and the report gives the mean absolute action change at
-chunk boundaries and at every step (docs/control-loop.md).
+(with ``--handover-scale``), ``--delay-steps`` and ``--pin-delay`` turn on the server's smooth
+hand-over, each request then carrying the chunk's unexecuted rest, and the report gives the
+mean absolute action change at chunk boundaries and at every step (docs/control-loop.md).
 """
 
 from __future__ import annotations

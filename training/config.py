@@ -233,7 +233,8 @@ class AgentConfig:
     # one-step candidates unless `renoise_target`. None = off, the paper's one step.
     renoise_time: float | None = None
     # The critic's best-of-K target over re-noised candidates too (needs renoise_time), so the
-    # critic values the policy that acts; a study option beyond the paper (round 5 of
+    # critic values the policy that acts; a study option beyond the paper. On bon task2, from the
+    # same 60k checkpoint, it lowered re-noised success at 70k from 0.70 to 0.53 (round 5 of
     # docs/results/best-of-n.md). False: one-step candidates in the target, as the paper.
     renoise_target: bool = False
     hyperparameters: HyperparameterSource = "paper"  # which critic lr/discount defaults were used
@@ -254,7 +255,8 @@ class AgentConfig:
         check_renoise_range(self.renoise_time)
         if self.renoise_target and self.renoise_time is None:
             raise ValueError(
-                "renoise_target re-noises the target's candidates to renoise_time: set renoise_time too"
+                "renoise_target (--renoise-target) re-noises the target's candidates to renoise_time: "
+                "set renoise_time (--renoise-time) too"
             )
         if self.anchor_steps < 2:
             raise ValueError(

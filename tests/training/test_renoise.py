@@ -116,7 +116,7 @@ def test_renoise_target_changes_the_critic_loss_only(agent):
 
 
 def test_renoise_target_needs_a_renoise_time():
-    with pytest.raises(ValueError, match="set renoise_time too"):
+    with pytest.raises(ValueError, match=r"set renoise_time \(--renoise-time\) too"):
         AgentConfig(renoise_target=True)
     args = build_parser().parse_args(["--agent", "fql", "--renoise-target"])
     with pytest.raises(ValueError, match="--renoise-target: MFQL options"):
