@@ -149,7 +149,7 @@ def build_source(spec: str, base: PolicyCheckpoint, seed: int) -> CandidateSourc
         "twostep": (lambda s, e: self_distillation_target(acting, s, e, one_step(s, e), 2), 2),
         "scale": (lambda s, e: value * one_step(s, e), 1),
         "noise": (lambda s, e: one_step(s, e) + value * fresh(e), 1),
-        "push": (lambda s, e: one_step(s, e) + value * (one_step(s, e) - e), 1),
+        "push": (lambda s, e: (a := one_step(s, e)) + value * (a - e), 1),
     }
     make, evaluations = makers[kind]
     return CandidateSource({"policy": acting}, make, evaluations)
