@@ -23,10 +23,9 @@ from torch import Tensor, nn
 
 from training.agents.common import (
     Batch,
+    acting_candidates,
     backup_discount,
     ema_update,
-    one_step_actions,
-    renoised_actions,
     target_renoise_time,
     td_loss,
 )
@@ -58,10 +57,7 @@ def candidate_scores(
     per_block = max(1, CANDIDATE_BLOCK_ROWS // observations.shape[0])
     candidates, scores = [], []
     for block in noise.split(per_block):
-        if renoise_time is None:
-            actions = one_step_actions(policy, observations, block).clamp(-1, 1)
-        else:
-            actions = renoised_actions(policy, observations, block, renoise_time)
+        actions = acting_candidates(policy, observations, block, renoise_time)
         candidates.append(actions)
         scores.append(critic(observations, actions).mean(dim=0))
     return torch.cat(candidates), torch.cat(scores)

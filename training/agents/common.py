@@ -89,7 +89,13 @@ def one_step_actions(policy: nn.Module, observations: Tensor, noise: Tensor) -> 
     return policy(observations, noise, noise.new_ones(1, 1))
 
 
-def renoised_actions(policy: nn.Module, observations: Tensor, noise: Tensor, renoise_time: float) -> Tensor:
+def renoised_actions(
+    policy: nn.Module,
+    observations: Tensor,
+    noise: Tensor,
+    renoise_time: float,
+    renoise_noise: Tensor | None = None,
+) -> Tensor:
     """Candidates re-noised to `renoise_time` and passed through the network once more, clipped.
 
     A study option beyond the paper (AgentConfig.renoise_time; docs/results/best-of-n.md,
@@ -100,10 +106,21 @@ def renoised_actions(policy: nn.Module, observations: Tensor, noise: Tensor, ren
     t_r < 1 is not an estimate of the data end (that is (1 - t_r) z + t_r g): it extrapolates
     from z through the network's estimate, so the candidates are wider and larger than the
     data's actions. They are for the critic to rank; alone (K = 1) they did not succeed.
+    `renoise_noise` replaces e' (a study of other choices: training/studies/candidate_sources.py).
     """
     actions = one_step_actions(policy, observations, noise).clamp(-1, 1)
-    z = (1 - renoise_time) * actions + renoise_time * noise.flip(-1)
+    e_prime = noise.flip(-1) if renoise_noise is None else renoise_noise
+    z = (1 - renoise_time) * actions + renoise_time * e_prime
     return policy(observations, z, noise.new_full((1, 1), renoise_time)).clamp(-1, 1)
+
+
+def acting_candidates(
+    policy: nn.Module, observations: Tensor, noise: Tensor, renoise_time: float | None = None
+) -> Tensor:
+    """The clipped candidates a MeanFlow policy acts with: one step, or re-noised (`renoise_time`)."""
+    if renoise_time is None:
+        return one_step_actions(policy, observations, noise).clamp(-1, 1)
+    return renoised_actions(policy, observations, noise, renoise_time)
 
 
 def target_renoise_time(config) -> float | None:
@@ -127,12 +144,7 @@ def best_of_k(
     """
     k, b, d = noise.shape
     repeated = observations.unsqueeze(0).expand(k, -1, -1).reshape(k * b, observations.shape[-1])
-    flat_noise = noise.reshape(k * b, d)
-    if renoise_time is None:
-        candidates = one_step_actions(policy, repeated, flat_noise).clamp(-1, 1)
-    else:
-        candidates = renoised_actions(policy, repeated, flat_noise, renoise_time)
-    candidates = candidates.reshape(k, b, d)
+    candidates = acting_candidates(policy, repeated, noise.reshape(k * b, d), renoise_time).reshape(k, b, d)
     scores = critic(repeated, candidates.reshape(k * b, d)).mean(dim=0).reshape(k, b)
     best = scores.argmax(dim=0, keepdim=True)
     q = scores.gather(0, best).squeeze(0)

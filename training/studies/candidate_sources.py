@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from training.agents.common import one_step_actions, renoised_actions
+from training.agents.common import acting_candidates, renoised_actions
 from training.agents.fql import euler_flow_actions
 from training.agents.mfql import self_distillation_target
 from training.checkpoint import CheckpointError, PolicyCheckpoint, load_policy_checkpoint
@@ -116,7 +116,7 @@ def build_source(spec: str, base: PolicyCheckpoint, seed: int) -> CandidateSourc
         return torch.randn(like.shape, generator=generator)
 
     def one_step(observations: Tensor, noise: Tensor) -> Tensor:
-        return one_step_actions(acting, observations, noise).clamp(-1, 1)
+        return acting_candidates(acting, observations, noise)
 
     if kind == "flow":
         if checkpoint.config.agent != "fql":
@@ -139,13 +139,8 @@ def build_source(spec: str, base: PolicyCheckpoint, seed: int) -> CandidateSourc
         check_renoise_range(value)
     makers: dict[str, tuple[Callable[[Tensor, Tensor], Tensor], int]] = {
         "onestep": (one_step, 1),
-        "renoise": (lambda s, e: renoised_actions(acting, s, e, value), 2),
-        "renoise-fresh": (
-            lambda s, e: acting(
-                s, (1 - value) * one_step(s, e) + value * fresh(e), e.new_full((1, 1), value)
-            ),
-            2,
-        ),
+        "renoise": (lambda s, e: acting_candidates(acting, s, e, value), 2),
+        "renoise-fresh": (lambda s, e: renoised_actions(acting, s, e, value, fresh(e)), 2),
         "twostep": (lambda s, e: self_distillation_target(acting, s, e, one_step(s, e), 2), 2),
         "scale": (lambda s, e: value * one_step(s, e), 1),
         "noise": (lambda s, e: one_step(s, e) + value * fresh(e), 1),
