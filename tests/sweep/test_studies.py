@@ -139,6 +139,22 @@ def test_candidate_sources_compute_each_variant_from_the_one_step_candidate(runs
         assert torch.allclose(build_source("renoise:0.3", base, 3)(s, e, t), own)
 
 
+def test_candidate_sources_cross_one_runs_critic_with_another_runs_generator(runs):
+    """`KIND[:NUMBER]:RUN` is the source KIND of RUN's network, ranked by the base run's critic."""
+    from training.checkpoint import load_policy_checkpoint
+    from training.studies.candidate_sources import build_source
+
+    base, other = (load_policy_checkpoint(runs / name) for name in ("paper-seed0", "ema-seed0"))
+    torch.manual_seed(1)
+    s, e, t = torch.randn(4, base.obs_dim), torch.randn(4, base.action_dim), torch.ones(1, 1)
+    with torch.no_grad():
+        for kind in ("onestep", "twostep", "renoise:0.3", "renoise-fresh:0.5", "push:0.5", "noise:0.3"):
+            crossed = build_source(f"{kind}:{runs / 'ema-seed0'}", base, 3)(s, e, t)
+            assert torch.equal(crossed, build_source(kind, other, 3)(s, e, t)), kind
+            # the two runs' generators differ (the ema run acts with its EMA copy), so the RUN counts
+            assert not torch.equal(crossed, build_source(kind, base, 3)(s, e, t)), kind
+
+
 @pytest.mark.parametrize(
     "run, source, message",
     [
@@ -147,7 +163,9 @@ def test_candidate_sources_compute_each_variant_from_the_one_step_candidate(runs
         ("paper-seed0", "flow:{runs}/chunk-5-seed0", "action_horizon"),
         ("paper-seed0", "renoise:1.5", "renoise_time"),
         ("paper-seed0", "scale:big", "takes a number"),
-        ("paper-seed0", "twostep:2", "takes no argument"),
+        ("paper-seed0", "twostep:2", "2: no such checkpoint"),
+        ("paper-seed0", "renoise:0.3:{runs}/fql-seed0", "needs a MeanFlow network"),
+        ("paper-seed0", "push:0.5:{runs}/chunk-5-seed0", "action_horizon"),
         ("paper-seed0", "best", "expected one of onestep, renoise"),
     ],
 )

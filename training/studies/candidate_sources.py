@@ -7,19 +7,23 @@ only the generator of the K candidates, and every source is rolled out on the sa
 seeds with `evaluate_policy`, exactly as `mfql-eval` does. docs/results/best-of-n.md, round 4,
 is this study on puzzle-3x3 task2.
 
-Sources (T a time in (0, 1), C and SIGMA numbers, RUN another run or step directory trained on
-the same data with the same action horizon):
+Sources (T a time in (0, 1), C and SIGMA numbers):
 
 - `onestep`: the run's own acting generator (MeanFlow: clip(g(s, e, 1)); FQL: its one-step
-  policy); `onestep:RUN` the same for another run;
+  policy);
 - `renoise:T`: `--renoise-time T` (the candidate's own noise reversed, as a bundle computes it);
   `renoise-fresh:T`: the same with fresh noise e' per candidate (a second noise a bundle has no
   input for); MeanFlow runs only;
 - `twostep`: a two-step DDIM-style MeanFlow sample (`self_distillation_target`);
-- `flow` / `flow:RUN`: an FQL run's BC flow, integrated with its own number of Euler steps (QC's
-  best-of-N sampler);
+- `flow`: an FQL run's BC flow, integrated with its own number of Euler steps (QC's best-of-N
+  sampler);
 - `scale:C`: clip(C a); `noise:SIGMA`: clip(a + SIGMA n); `push:C`: clip(a + C (a - e)), with
   a the one-step candidate and n fresh Gaussian noise.
+
+Each source takes its generator from another run or step directory trained on the same data
+with the same action horizon when `:RUN` ends it (`onestep:RUN`, `flow:RUN`, `renoise:0.3:RUN`):
+the critic of one checkpoint ranks the candidates of another, which separates a change in
+success between two checkpoints into the critic's share and the generator's.
 
     python -m training.studies.candidate_sources runs/best-of-n/task2/bon-seed0 \
         --source onestep --source renoise:0.3 --source flow:runs/qc-alpha/task2/fql-chunk-5-alpha-100-seed0 \
@@ -97,16 +101,14 @@ def build_source(spec: str, base: PolicyCheckpoint, seed: int) -> CandidateSourc
         raise ValueError(
             f"unknown source {spec!r}; expected one of {', '.join(SOURCES)} (with :ARG where needed)"
         )
-    takes_run = kind in ("onestep", "flow")
-    needs_number = kind in ("renoise", "renoise-fresh", "scale", "noise", "push")
-    if needs_number:
+    run = argument
+    if kind in ("renoise", "renoise-fresh", "scale", "noise", "push"):
+        number, _, run = argument.partition(":")
         try:
-            value = float(argument)
+            value = float(number)
         except ValueError:
             raise ValueError(f"source {spec!r}: {kind} takes a number, e.g. {kind}:0.3") from None
-    elif argument and not takes_run:
-        raise ValueError(f"source {spec!r}: {kind} takes no argument")
-    checkpoint = load_policy_checkpoint(Path(argument)) if takes_run and argument else base
+    checkpoint = load_policy_checkpoint(Path(run)) if run else base
     if checkpoint is not base:
         compatible(base, checkpoint)
     acting = serving_policy_from_checkpoint(checkpoint, renoise_time=0).policy
@@ -157,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--source",
         action="append",
         required=True,
-        help="a candidate source (repeat for several): " + ", ".join(SOURCES),
+        help="a candidate source (repeat for several): " + ", ".join(SOURCES) + "; :RUN at the end takes its generator from another run",
     )
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument(
