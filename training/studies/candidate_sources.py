@@ -159,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--source",
         action="append",
         required=True,
-        help="a candidate source (repeat for several): " + ", ".join(SOURCES) + "; :RUN at the end takes its generator from another run",
+        help=f"a candidate source (repeat for several): {', '.join(SOURCES)}; "
+        "a final :RUN takes its generator from another run",
     )
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument(
