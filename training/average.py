@@ -33,6 +33,7 @@ from training.checkpoint import (
     CONFIG_FILE,
     FORMAT_VERSION,
     MODEL_FILE,
+    STEP_PREFIX,
     CheckpointError,
     PolicyCheckpoint,
     list_checkpoints,
@@ -45,7 +46,7 @@ NORMALIZER_PREFIX = "normalizer."
 
 def select_checkpoints(run_dir: Path, last: int | None = None, steps: list[int] | None = None) -> list[Path]:
     """The step directories of `run_dir` to average: its newest `last`, or the given `steps`."""
-    available = {int(path.name.removeprefix("step_")): path for path in list_checkpoints(run_dir)}
+    available = {int(path.name.removeprefix(STEP_PREFIX)): path for path in list_checkpoints(run_dir)}
     if not available:
         raise CheckpointError(f"{run_dir}: no checkpoints (expected checkpoints/step_*/ of a run)")
     if steps:
@@ -63,16 +64,16 @@ def select_checkpoints(run_dir: Path, last: int | None = None, steps: list[int] 
     return [available[step] for step in sorted(available)[-count:]]
 
 
+def _identity(checkpoint: PolicyCheckpoint) -> tuple[int, int, str]:
+    return checkpoint.obs_dim, checkpoint.action_dim, checkpoint.config.agent
+
+
 def _same_model(first: PolicyCheckpoint, other: PolicyCheckpoint) -> None:
     """Checkpoints averaged together must be one model: same shapes, networks and observation statistics."""
-    if (first.obs_dim, first.action_dim, first.config.agent) != (
-        other.obs_dim,
-        other.action_dim,
-        other.config.agent,
-    ):
+    if _identity(first) != _identity(other):
         raise CheckpointError(
-            f"{other.path}: (obs_dim, action_dim, agent) {(other.obs_dim, other.action_dim, other.config.agent)} "
-            f"differs from {first.path}'s {(first.obs_dim, first.action_dim, first.config.agent)}"
+            f"{other.path}: (obs_dim, action_dim, agent) {_identity(other)} differs from "
+            f"{first.path}'s {_identity(first)}"
         )
     if first.config.network != other.config.network or first.model.keys() != other.model.keys():
         raise CheckpointError(f"{other.path}: its networks differ from {first.path}'s")
