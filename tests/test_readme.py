@@ -37,6 +37,7 @@ def parsers() -> dict:
     from clients.rollout import build_parser as rollout
     from exporters.cli import build_export_parser, build_inspect_parser
     from server.cli import build_parser as serve
+    from training.average import build_parser as average
     from training.data.cli import build_parser as data
     from training.evaluate import build_parser as evaluate
     from training.sweep.cli import build_parser as sweep
@@ -52,6 +53,7 @@ def parsers() -> dict:
         "mfql-rollout": rollout,
         "mfql-bench": bench,
         "mfql-sweep": sweep,
+        "mfql-average": average,
     }
 
 

@@ -5,8 +5,8 @@ weights of a run's last few checkpoints (Izmailov et al. 2018, "Averaging Weight
 Wider Optima and Better Generalization"; fairseq's `average_checkpoints`), taken after
 training, so it needs no retraining and no choice made before the run. On puzzle-3x3 task2 a
 `--agent bon` run's success swung from checkpoint to checkpoint with its generator, not its
-critic, and the average of three checkpoints acted as well as the best of them
-(docs/results/best-of-n.md, round 6).
+critic; the average of three checkpoints acted about as well as the three on average, with
+less spread (docs/results/best-of-n.md, round 6).
 
     mfql-average runs/bon --last 3 --out runs/bon-avg     # then mfql-eval / mfql-export runs/bon-avg
 
