@@ -103,12 +103,23 @@ def average_weights(checkpoints: list[PolicyCheckpoint]) -> dict[str, Tensor]:
     return averaged
 
 
+def _is_average(path: Path) -> bool:
+    """Whether `path` is a step directory this tool wrote (its description names what it averaged)."""
+    try:
+        return "averaged_from" in json.loads((path / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+
+
 def write_averaged(checkpoints: list[PolicyCheckpoint], out: Path) -> Path:
     """Write the average of `checkpoints` as a step directory at `out` (atomically); return it."""
     newest = max(checkpoints, key=lambda checkpoint: checkpoint.step)
     out = Path(out)
-    if out.exists() and not (out / CONFIG_FILE).is_file():
-        raise CheckpointError(f"{out}: exists and is not a checkpoint; choose another --out")
+    if out.exists() and not _is_average(out):
+        raise CheckpointError(
+            f"{out}: exists and is not an average that mfql-average wrote (only those are replaced); "
+            "choose another --out"
+        )
     model = average_weights(checkpoints)
     tmp = out.with_name(f"tmp_{out.name}")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -126,8 +126,14 @@ def test_what_cannot_be_averaged_is_refused_with_the_reason(tmp_path, capsys):
     )
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "keep.txt").write_text("mine")
-    assert "is not a checkpoint" in _refusal(capsys, [run, "--out", tmp_path / "notes"])
+    assert "is not an average that mfql-average wrote" in _refusal(capsys, [run, "--out", tmp_path / "notes"])
     assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
+    # another run's real checkpoint is never overwritten by an average
+    _run(tmp_path / "other", "bon", steps=(1,))
+    step = tmp_path / "other" / "checkpoints" / "step_000000001"
+    before = (step / "model.safetensors").read_bytes()
+    assert "is not an average" in _refusal(capsys, [run, "--out", step])
+    assert (step / "model.safetensors").read_bytes() == before and (step / "trainer.safetensors").is_file()
     assert not out.exists()
 
 
