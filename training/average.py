@@ -31,22 +31,21 @@ from torch import Tensor
 
 from training.checkpoint import (
     CONFIG_FILE,
-    FORMAT_VERSION,
     MODEL_FILE,
-    STEP_PREFIX,
     CheckpointError,
     PolicyCheckpoint,
+    describe_checkpoint,
     list_checkpoints,
     load_policy_checkpoint,
+    step_of,
 )
-from training.config import config_to_dict
 
 NORMALIZER_PREFIX = "normalizer."
 
 
 def select_checkpoints(run_dir: Path, last: int | None = None, steps: list[int] | None = None) -> list[Path]:
     """The step directories of `run_dir` to average: its newest `last`, or the given `steps`."""
-    available = {int(path.name.removeprefix(STEP_PREFIX)): path for path in list_checkpoints(run_dir)}
+    available = {step_of(path): path for path in list_checkpoints(run_dir)}
     if not available:
         raise CheckpointError(f"{run_dir}: no checkpoints (expected checkpoints/step_*/ of a run)")
     if steps:
@@ -125,16 +124,11 @@ def write_averaged(checkpoints: list[PolicyCheckpoint], out: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({key: value.contiguous() for key, value in model.items()}, str(tmp / MODEL_FILE))
-    description = {
-        "format_version": FORMAT_VERSION,
-        "step": newest.step,
-        "obs_dim": newest.obs_dim,
-        "action_dim": newest.action_dim,
-        "config": config_to_dict(newest.config),
-        "metrics": {"averaged_steps": sorted(checkpoint.step for checkpoint in checkpoints)},
-        "dataset": newest.dataset,
-        "averaged_from": [str(checkpoint.path) for checkpoint in checkpoints],
-    }
+    metrics = {"averaged_steps": sorted(checkpoint.step for checkpoint in checkpoints)}
+    description = describe_checkpoint(
+        newest.step, newest.config, newest.obs_dim, newest.action_dim, metrics, newest.dataset
+    )
+    description["averaged_from"] = [str(checkpoint.path) for checkpoint in checkpoints]
     (tmp / CONFIG_FILE).write_text(json.dumps(description, indent=2))
     if out.exists():
         shutil.rmtree(out)

@@ -84,13 +84,33 @@ def step_dir_name(step: int) -> str:
     return f"{STEP_PREFIX}{step:09d}"
 
 
+def step_of(step_dir: Path) -> int:
+    """The step a `step_<N>` directory holds."""
+    return int(step_dir.name[len(STEP_PREFIX) :])
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Completed step directories of a run, oldest first."""
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
     steps = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(STEP_PREFIX)]
-    return sorted(steps, key=lambda p: int(p.name[len(STEP_PREFIX) :]))
+    return sorted(steps, key=step_of)
+
+
+def describe_checkpoint(
+    step: int, config: TrainConfig, obs_dim: int, action_dim: int, metrics: dict, dataset: dict | None
+) -> dict:
+    """The `config.json` description of a step directory (what `load_policy_checkpoint` reads)."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "step": step,
+        "obs_dim": obs_dim,
+        "action_dim": action_dim,
+        "config": config_to_dict(config),
+        "metrics": metrics,
+        "dataset": dataset or {},
+    }
 
 
 def resolve_checkpoint(path: Path | str) -> Path:
@@ -165,15 +185,7 @@ def save_checkpoint(
     save_file({k: v.detach().cpu().contiguous() for k, v in model.items()}, str(tmp / MODEL_FILE))
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / TRAINER_TENSORS))
     (tmp / TRAINER_JSON).write_text(json.dumps({"optimizers": optimizer_meta, **trainer_state}))
-    description = {
-        "format_version": FORMAT_VERSION,
-        "step": step,
-        "obs_dim": obs_dim,
-        "action_dim": action_dim,
-        "config": config_to_dict(config),
-        "metrics": metrics,
-        "dataset": dataset or {},
-    }
+    description = describe_checkpoint(step, config, obs_dim, action_dim, metrics, dataset)
     (tmp / CONFIG_FILE).write_text(json.dumps(description, indent=2))
     if final.exists():  # a rerun of the same step replaces it only once the new one is complete
         shutil.rmtree(final)
