@@ -311,6 +311,12 @@ class TrainConfig:
     # The env evaluation rolls out in (an OGBench singletask name, minari:<id> or a gymnasium
     # id); None: `env_name` for OGBench data, and no env (offline-only training) for other sources.
     eval_env: str | None = None
+    # MeanFlow agents (mfql, bon): every evaluation also acts a second way, on the same episodes
+    # and seeds, re-noised at this time in (0, 1), or 0 for one step (beside a run that acts
+    # re-noised); logged to evaluations_also.csv, and `mfql-sweep` tables it as a row of its
+    # own. One training gives both curves where two arms trained it twice (docs/training.md).
+    # None: off. Evaluation only: a resumed run may set it anew.
+    also_eval_renoise_time: float | None = None
 
     @property
     def evaluation_env(self) -> str | None:
@@ -345,6 +351,30 @@ class TrainConfig:
             )
         if self.time_budget_minutes is not None and not self.time_budget_minutes > 0:
             raise ValueError(f"time_budget_minutes must be > 0 (or unset); got {self.time_budget_minutes}")
+        if self.also_eval_renoise_time is not None:
+            self._check_also_eval()
+
+    def _check_also_eval(self) -> None:
+        also = self.also_eval_renoise_time
+        if self.agent == "fql":
+            raise ValueError(
+                "also_eval_renoise_time (--also-eval-renoise-time) applies to MeanFlow policies "
+                "(mfql, bon); FQL's one-step policy takes no t"
+            )
+        if not 0.0 <= also < 1.0:
+            raise ValueError(f"also_eval_renoise_time must be in [0, 1) (0: one step; or unset); got {also}")
+        if (also or None) == self.agent_config.renoise_time:
+            acts = "one step" if also == 0 else f"re-noised at {also}"
+            raise ValueError(
+                f"also_eval_renoise_time {also}: the run already acts {acts}; the second evaluation "
+                "must act another way (0: one step, or a time in (0, 1) other than --renoise-time)"
+            )
+
+    @property
+    def also_acting_renoise_time(self) -> float | None:
+        """The re-noise time the second evaluation acts with (None: one step); only read when
+        `also_eval_renoise_time` is set."""
+        return self.also_eval_renoise_time or None
 
 
 def resolve_agent_config(

@@ -7,6 +7,8 @@ from pathlib import Path
 
 TRAIN_CSV, EVAL_CSV, PLOT_FILE = "metrics.csv", "evaluations.csv", "curves.png"
 VALIDATION_CSV = "validation.csv"  # losses on held-out episodes (sources other than OGBench files)
+# The second evaluation of each step (TrainConfig.also_eval_renoise_time), its columns and a renoise_time.
+EVAL_ALSO_CSV = "evaluations_also.csv"
 
 
 def _truncate_csv(path: Path, last_step: int) -> None:
@@ -33,7 +35,7 @@ class RunLog:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume_step is not None:
-            for name in (TRAIN_CSV, EVAL_CSV, VALIDATION_CSV):
+            for name in (TRAIN_CSV, EVAL_CSV, EVAL_ALSO_CSV, VALIDATION_CSV):
                 _truncate_csv(self.run_dir / name, resume_step)
         self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=resume_step)
 
@@ -51,7 +53,9 @@ class RunLog:
         for key, value in info.items():
             self.writer.add_scalar(key, value, step)
 
-    def evaluation(self, step: int, result: dict) -> None:
+    def evaluation(self, step: int, result: dict, also_renoise_time: float | None = None) -> None:
+        """One evaluation: evaluations.csv and `eval/`, or with `also_renoise_time` (the second
+        evaluation's setting, 0: one step) evaluations_also.csv and `eval_also/`."""
         row = {
             "step": step,
             "success_rate": result["success_rate"],
@@ -61,10 +65,13 @@ class RunLog:
             "episodes": result["episodes"],
             "num_candidates": result["num_candidates"],
         }
-        self._append(EVAL_CSV, row)
+        also = also_renoise_time is not None
+        if also:
+            row["renoise_time"] = also_renoise_time
+        self._append(EVAL_ALSO_CSV if also else EVAL_CSV, row)
         for key in ("success_rate", "mean_return", "mean_episode_length"):
             if row[key] is not None:  # an env without a success signal has no success rate
-                self.writer.add_scalar(f"eval/{key}", row[key], step)
+                self.writer.add_scalar(f"{'eval_also' if also else 'eval'}/{key}", row[key], step)
 
     def validation(self, step: int, info: dict[str, float]) -> None:
         """Losses of the current networks on held-out episodes (no update)."""
@@ -98,6 +105,7 @@ def plot_curves(run_dir: Path) -> Path:
 
     train = _read_columns(Path(run_dir) / TRAIN_CSV)
     evals = _read_columns(Path(run_dir) / EVAL_CSV)
+    also = _read_columns(Path(run_dir) / EVAL_ALSO_CSV)
     held_out = _read_columns(Path(run_dir) / VALIDATION_CSV)
     # FQL runs log a flow-matching BC loss where MFQL logs the MeanFlow-identity loss.
     bc_panel = ("bc_flow/loss", "flow-matching BC loss", True) if "bc_flow/loss" in train else None
@@ -118,7 +126,7 @@ def plot_curves(run_dir: Path) -> Path:
                 ax.set_yscale("log")
         ax.set_title(title)
         ax.set_xlabel("step")
-    _outcome_panel(axes[-1], evals)
+    _outcome_panel(axes[-1], evals, also)
     fig.tight_layout()
     out = Path(run_dir) / PLOT_FILE
     fig.savefig(out, dpi=90)
@@ -126,17 +134,32 @@ def plot_curves(run_dir: Path) -> Path:
     return out
 
 
-def _outcome_panel(ax, evals: dict[str, list[float]]) -> None:
-    """Success rate where the env reports it, else the mean return, else nothing (offline only)."""
+def _outcome_panel(ax, evals: dict[str, list[float]], also: dict[str, list[float]] | None = None) -> None:
+    """Success rate where the env reports it, else the mean return, else nothing (offline only);
+    the second evaluation's (evaluations_also.csv) beside the first, dashed."""
     import math
 
+    curves = [(evals, "o-", "as the run acts")]
+    if also and also.get("step"):
+        time = also["renoise_time"][0]
+        curves.append((also, "s--", "one step" if time == 0 else f"re-noised at {time:g}"))
     if evals.get("success_rate") and not all(math.isnan(v) for v in evals["success_rate"]):
-        ax.errorbar(evals["step"], evals["success_rate"], yerr=evals["success_rate_stderr"], marker="o")
+        for columns, style, label in curves:
+            ax.errorbar(
+                columns["step"],
+                columns["success_rate"],
+                yerr=columns["success_rate_stderr"],
+                fmt=style,
+                label=label,
+            )
         ax.set_ylim(-0.05, 1.05)
         ax.set_title("success rate")
     elif evals.get("mean_return"):
-        ax.plot(evals["step"], evals["mean_return"], marker="o")
+        for columns, style, label in curves:
+            ax.plot(columns["step"], columns["mean_return"], style, label=label)
         ax.set_title("mean return")
     else:
         ax.set_title("no env: see the held-out losses")
+    if len(curves) > 1:
+        ax.legend(fontsize=7)
     ax.set_xlabel("step")

@@ -165,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --renoise-time: the critic's best-of-K target ranks re-noised candidates too, so "
         "the critic values the policy that acts (a study option beyond the paper). Default: one-step",
     )
+    p.add_argument(
+        "--also-eval-renoise-time",
+        type=float,
+        help="MeanFlow agents (mfql, bon): every evaluation also acts re-noised at this time in (0, 1), "
+        "or 0 for one step, on the same episodes and seeds (evaluations_also.csv; mfql-sweep tables "
+        "it as a row of its own); a resumed run may set it anew. Default: off",
+    )
     p.add_argument("--time-steps", type=int, help="N of the t grid; > 1000 = continuous")
     p.add_argument("--actor-lr", type=float)
     p.add_argument("--critic-lr", type=float)
@@ -287,6 +294,7 @@ MFQL_ONLY_FLAGS = (
     "anchor_steps",
     "renoise_time",
     "renoise_target",
+    "also_eval_renoise_time",
 )
 # Flags of MFQL's Q term and alpha, which best-of-N (--agent bon) does not have: refused with it.
 BON_UNREAD_FLAGS = ("alpha", "alpha_schedule", "normalize_q_loss", "anchor_weight", "anchor_steps")
@@ -352,6 +360,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         eval_episodes=args.eval_episodes,
         eval_num_candidates=args.eval_num_candidates,
         eval_replan_every=args.eval_replan_every,
+        also_eval_renoise_time=args.also_eval_renoise_time,
         checkpoint_every=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints,
         threads=args.threads,
@@ -402,6 +411,13 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None
     return None
 
 
+def outcome_text(result: dict) -> str:
+    """An evaluation's outcome for the progress log: its success rate, else its mean return."""
+    if result["success_rate"] is not None:
+        return f"success {result['success_rate']:.3f}"
+    return f"mean return {result['mean_return']:.4g} (the env reports no success)"
+
+
 class Trainer:
     """The loop: sample, update, log, evaluate, checkpoint; then online interaction if asked."""
 
@@ -448,6 +464,7 @@ class Trainer:
         self.pending_actions: list[np.ndarray] = []  # online: the rest of the chunk being executed
         self.step, self.metrics = 0, {}  # metrics: the last evaluation's
         self.last_evaluation: dict | None = None  # evaluate_policy's full result, for callers (mfql-sweep)
+        self.last_also_evaluation: dict | None = None  # the second evaluation's (also_eval_renoise_time)
         # Training wall-clock seconds of the run so far (evaluations excluded), for the time budget.
         self.train_seconds = 0.0
         self.stopped_by_time_budget = False
@@ -479,6 +496,13 @@ class Trainer:
             return view
         self._cpu_view = copy.deepcopy(view).cpu()  # one copy per update, however often asked
         return self._cpu_view
+
+    def also_view(self) -> ServingPolicy:
+        """`serving_view` acting as `also_eval_renoise_time` asks: the same networks (a shallow
+        copy of the module), another re-noise time (None: one step)."""
+        view = copy.copy(self.serving_view())
+        view.renoise_time = self.config.also_acting_renoise_time
+        return view
 
     def weights_changed(self) -> None:
         """After an update: the next evaluation off a CPU device copies the networks anew."""
@@ -539,12 +563,13 @@ class Trainer:
             return
         cfg = self.config
         k = cfg.acting_num_candidates
+        seed = cfg.seed + 10_000 * self.step  # each evaluation's episodes: new seeds, the same in every run
         result = evaluate_policy(
             self.serving_view(),
             cfg.evaluation_env,
             cfg.eval_episodes,
             k,
-            cfg.seed + 10_000 * self.step,
+            seed,
             replan_every=cfg.replan_every,
             observation_keys=cfg.data.observation_keys,
         )
@@ -558,12 +583,30 @@ class Trainer:
             "eval_episodes": cfg.eval_episodes,
             "eval_num_candidates": k,
         }
-        outcome = (
-            f"success {result['success_rate']:.3f}"
-            if result["success_rate"] is not None
-            else f"mean return {result['mean_return']:.4g} (the env reports no success)"
+        tqdm.write(f"step {self.step}: {outcome_text(result)} over {cfg.eval_episodes} episodes (K={k})")
+        if cfg.also_eval_renoise_time is not None:
+            self.also_evaluate(seed)
+
+    def also_evaluate(self, seed: int) -> None:
+        """The second evaluation (`also_eval_renoise_time`): the same episodes and seeds."""
+        cfg = self.config
+        result = evaluate_policy(
+            self.also_view(),
+            cfg.evaluation_env,
+            cfg.eval_episodes,
+            cfg.acting_num_candidates,
+            seed,
+            replan_every=cfg.replan_every,
+            observation_keys=cfg.data.observation_keys,
         )
-        tqdm.write(f"step {self.step}: {outcome} over {cfg.eval_episodes} episodes (K={k})")
+        self.log.evaluation(self.step, result, also_renoise_time=cfg.also_eval_renoise_time)
+        self.last_also_evaluation = result
+        how = (
+            "one step"
+            if cfg.also_acting_renoise_time is None
+            else f"re-noised at {cfg.also_eval_renoise_time}"
+        )
+        tqdm.write(f"step {self.step}: acting {how}, {outcome_text(result)}")
 
     def run_metrics(self) -> dict:
         """What a checkpoint records and `run` returns: the last evaluation and the training time."""
@@ -732,7 +775,7 @@ def resolve_run(config: TrainConfig, args: argparse.Namespace) -> tuple[TrainCon
     stored = load_policy_checkpoint(resume_from).config
     # The stored run defines the maths (precision included); only the online phase may be
     # extended, and the thread count, compilation (speed and float rounding, not the
-    # maths), the device and the time budget may be set anew.
+    # maths), the device, the time budget and the second evaluation may be set anew.
     config = replace(
         stored,
         online_steps=max(stored.online_steps, args.online_steps),
@@ -741,6 +784,11 @@ def resolve_run(config: TrainConfig, args: argparse.Namespace) -> tuple[TrainCon
         device=resolve_device(args.device or stored.device),
         compile=stored.compile if args.compile == "auto" else args.compile == "on",
         time_budget_minutes=args.time_budget_minutes or stored.time_budget_minutes,
+        also_eval_renoise_time=(
+            stored.also_eval_renoise_time
+            if args.also_eval_renoise_time is None
+            else args.also_eval_renoise_time
+        ),
     )
     return config, resume_from
 

@@ -11,7 +11,14 @@ import pytest
 from tests.sweep.conftest import TASK
 from training.sweep.cli import main
 from training.sweep.curves import curve_of_run, plot_learning_curves
-from training.sweep.tables import Heading, study_markdown, summarize, task_markdown, task_table
+from training.sweep.tables import (
+    Heading,
+    study_markdown,
+    summarize,
+    task_markdown,
+    task_table,
+    with_also_rows,
+)
 
 
 def old_run(folder: Path, method: str, seed: int, rate: float, **extra) -> dict:
@@ -182,3 +189,38 @@ def test_the_curve_says_how_many_episodes_its_evaluations_ran_not_the_final_ones
     assert [p["episodes"] for p in curve] == [25, 25]
     assert episodes_label([curve]) == "success rate (25 episodes each)"
     assert episodes_label([curve, [{"step": 5, "success_rate": 0.1, "episodes": 10}]]) == "success rate"
+
+
+def test_a_second_evaluation_becomes_a_row_and_a_curve_of_its_own(tmp_path):
+    """A run trained with --also-eval-renoise-time: its final row's "also" and evaluations_also.csv
+    give a row named for it in the study and task tables; collecting again does not repeat it."""
+    out = tmp_path / "grid"
+    also = {"renoise_time": 0.3, "success_rate": 0.8, "success_rate_stderr": 0.06, "mean_return": -900.0,
+            "policy_latency_ms_p50": 2.0}  # fmt: skip
+    row = old_run(out / "task2", "bon", 0, 0.3, also=also)
+    (Path(row["run_dir"]) / "evaluations_also.csv").write_text(
+        "step,success_rate,success_rate_stderr,renoise_time\n5,0.45,0.1,0.3\n10,0.75,0.1,0.3\n"
+    )
+    old_run(out / "task2", "fql", 0, 0.1)
+    args = ["--collect", "--env", "cube-single-play-singletask-v0", "--tasks", "2", "--out", str(out)]
+    for _ in range(2):  # the second time study.json holds the row already: made anew, not repeated
+        assert main(args) == 0
+        study = json.loads((out / "task2" / "study.json").read_text())
+        assert [r["method"] for r in study["runs"]] == ["bon", "bon (re-noised 0.3)", "fql"]
+    derived = study["runs"][1]
+    assert (derived["success_rate"], derived["mean_return"], derived["policy_latency_ms_p50"]) == (
+        0.8,
+        -900.0,
+        2.0,
+    )
+    assert derived["steps_trained"] == 10 and derived["train_steps_per_second"] == 20.0  # the same training
+    table = (out / "task2" / "study.md").read_text()
+    assert (
+        "| bon (re-noised 0.3) | the `bon` runs, evaluated a second way (`--also-eval-renoise-time`) | 0.80"
+        in table
+    )
+    assert "| 0.45 / 0.75 |" in table and "| 0.25 / 0.50 |" in table  # each row's own curve
+    tasks = (out / "tasks.md").read_text()
+    assert "| bon | 0.30 | 0.30 |" in tasks and "| bon (re-noised 0.3) | 0.80 | 0.80 |" in tasks
+    one_step = with_also_rows([{**row, "also": {**also, "renoise_time": 0.0}}])
+    assert [r["method"] for r in one_step] == ["bon", "bon (one step)"]

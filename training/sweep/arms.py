@@ -138,14 +138,15 @@ PRESETS: dict[str, Preset] = {
     "chunked": Preset(
         [*BASE, "--reward", "sparse", "--action-horizon", "5"],
         {
+            # Each evaluation also acts re-noised at 0.3 (acting only: the same training), a row of
+            # its own, `bon (re-noised 0.3)`: on puzzle-3x3 task2 its checkpoints at 60-90k read
+            # 0.42-0.86 re-noised against 0.16-0.64 one step (docs/results/best-of-n.md, rounds 4-6).
             "bon": (
                 "one-step best-of-N: MeanFlow policy by the MFI loss alone, best of K = 32 by the critic",
-                ["--agent", "bon"],
+                ["--agent", "bon", "--also-eval-renoise-time", "0.3"],
             ),
-            # The same training as `bon` (re-noising is acting-only), evaluated as it acts best:
-            # on puzzle-3x3 task2 its checkpoints at 60-70k read 0.66-0.86 re-noised against
-            # 0.16-0.38 one-step (docs/results/best-of-n.md, rounds 4 and 5); its one-step success
-            # is `mfql-eval CKPT --renoise-time 0`.
+            # The same training as `bon`, acting re-noised (its one-step success is `mfql-eval CKPT
+            # --renoise-time 0`); `bon` evaluates both ways from one training.
             "bon-renoise": (
                 "bon acting with --renoise-time 0.3: each candidate refined once more (2 evaluations)",
                 ["--agent", "bon", "--renoise-time", "0.3"],

@@ -24,6 +24,7 @@ import json
 import sys
 from pathlib import Path
 
+from training.run_log import EVAL_CSV
 from training.sweep.arms import PRESETS, GridError, arm_flags, describe_arm, parse_seeds, task_envs
 from training.sweep.curves import curve_of_run, plot_learning_curves, plot_losses
 from training.sweep.tables import (
@@ -35,6 +36,7 @@ from training.sweep.tables import (
     summarize,
     task_markdown,
     task_table,
+    with_also_rows,
 )
 
 DEFAULT_ARMS = {"study": "paper,lr-constant,draws-4", "methods": "mfql,fql"}
@@ -169,10 +171,18 @@ def write_study(folder: Path, heading: Heading, rows: list[dict], curves: dict, 
     """study.json, study.md, study.png and study-losses.png of one task folder."""
     if any(curves.values()):
         plot_learning_curves(rows, curves, heading.env, folder / "study.png")
-    plot_losses(rows, folder / "study-losses.png")
+    plot_losses([r for r in rows if "also_of" not in r], folder / "study-losses.png")  # one line per training
     result = {"env": heading.env, "steps": heading.steps, "runs": rows, "summary": summarize(rows)}
     (folder / "study.json").write_text(json.dumps(result, indent=2))
     (folder / "study.md").write_text(study_markdown(heading, rows, curves, describe))
+
+
+def describe_row(preset, rows: list[dict], name: str) -> str:
+    """What a table row tests: its arm's description, or for a second evaluation (`also_of`) whose it is."""
+    parent = next((r["also_of"] for r in rows if r["method"] == name and "also_of" in r), None)
+    if parent is None:
+        return describe_arm(preset, name)
+    return f"the `{parent}` runs, evaluated a second way (`--also-eval-renoise-time`)"
 
 
 def write_tables(args, envs, rows_by_task, curves_by_run, extra_flags) -> None:
@@ -182,17 +192,18 @@ def write_tables(args, envs, rows_by_task, curves_by_run, extra_flags) -> None:
     preset = PRESETS[args.preset]
     seeds = ",".join(str(s) for s in sorted({r["seed"] for rows in rows_by_task.values() for r in rows}))
     headings = {}
+    rows_by_task = {key: with_also_rows(rows) for key, rows in rows_by_task.items()}
     for key, rows in rows_by_task.items():
         folder = args.out / key if key else args.out
         curves = {
             (r["method"], r["seed"]): curves_by_run.get((key, r["method"], r["seed"]))
-            or curve_of_run(Path(r["run_dir"]))
+            or curve_of_run(Path(r["run_dir"]), r.get("evaluations_file", EVAL_CSV))
             for r in rows
         }
         heading = Heading(
             envs.get(key, key), args.steps, seeds, args.eval_episodes, [*preset.base, *extra_flags]
         )
-        write_study(folder, heading, rows, curves, lambda name: describe_arm(preset, name))
+        write_study(folder, heading, rows, curves, lambda name, rows=rows: describe_row(preset, rows, name))
         print((folder / "study.md").read_text())
         headings[key] = heading
     if args.tasks:

@@ -15,10 +15,11 @@ from training.run_log import EVAL_CSV, TRAIN_CSV
 from training.sweep.tables import Curve
 
 
-def curve_of_run(run_dir: Path) -> Curve:
-    """A run folder's evaluations during training (none with `--eval-every 0`). An older
-    evaluations.csv lacks the mean return: its points lack it too."""
-    path = Path(run_dir) / EVAL_CSV
+def curve_of_run(run_dir: Path, file: str = EVAL_CSV) -> Curve:
+    """A run folder's evaluations during training (none with `--eval-every 0`); `file`
+    evaluations_also.csv for its second evaluation. An older evaluations.csv lacks the mean
+    return: its points lack it too."""
+    path = Path(run_dir) / file
     if not path.is_file():
         return []
     with open(path, newline="") as handle:

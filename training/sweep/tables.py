@@ -14,6 +14,8 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from training.run_log import EVAL_ALSO_CSV
+
 # Each finished run's row, kept in its run directory: a sweep stopped part-way keeps the runs it
 # finished, and `--collect` tables them (the hand-made runner's name, so its folders read too).
 FINAL_EVALUATION = "final_evaluation.json"
@@ -57,6 +59,35 @@ def recorded_rows(folder: Path) -> list[dict]:
         row = json.loads(path.read_text())
         by_run[(row["method"], row["seed"])] = row  # replaced in place, or added at the end
     return list(by_run.values())
+
+
+def also_method(method: str, renoise_time: float) -> str:
+    """The table name of an arm's second evaluation (TrainConfig.also_eval_renoise_time)."""
+    return f"{method} (one step)" if renoise_time == 0 else f"{method} (re-noised {renoise_time:g})"
+
+
+def with_also_rows(rows: list[dict]) -> list[dict]:
+    """`rows` with, after each run that also evaluated a second way (its row's "also"), that
+    evaluation as a row of its own: the same run (seed, steps, training speed), its own success,
+    return and latency, named by `also_method`. Such rows are made from their run's row alone, so
+    those an earlier table holds (study.json) are dropped and made anew."""
+    table = []
+    for row in rows:
+        if "also_of" in row:
+            continue
+        table.append(row)
+        if "also" in row:
+            also = row["also"]
+            table.append(
+                {
+                    **{key: value for key, value in row.items() if key != "also"},
+                    **{key: value for key, value in also.items() if key != "renoise_time"},
+                    "method": also_method(row["method"], also["renoise_time"]),
+                    "also_of": row["method"],
+                    "evaluations_file": EVAL_ALSO_CSV,
+                }
+            )
+    return table
 
 
 def merge_rows(recorded: list[dict], trained: list[dict]) -> list[dict]:

@@ -51,6 +51,9 @@ class ReportingTrainer(Trainer):
         if evaluation is not None and self.metrics.get("eval_step") == self.step:
             for key in ("success_rate", "success_rate_stderr", "mean_return", "episodes"):
                 metrics[f"eval/{key}"] = evaluation[key]
+            if self.last_also_evaluation is not None:  # --also-eval-renoise-time: the second way
+                for key in ("success_rate", "mean_return"):
+                    metrics[f"eval_also/{key}"] = self.last_also_evaluation[key]
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(path)))
         return path
 
@@ -121,6 +124,7 @@ def final_row(trainer: Trainer, arm: str, seed: int, episodes: int, seconds: flo
     )
     with open(run_dir / "metrics.csv", newline="") as handle:
         logged = list(csv.DictReader(handle))
+    also = config.also_eval_renoise_time
     return {
         "method": arm,
         "seed": seed,
@@ -138,4 +142,25 @@ def final_row(trainer: Trainer, arm: str, seed: int, episodes: int, seconds: flo
         "policy_latency_ms_p50": report["policy_latency_ms"]["p50"],
         "num_candidates": report["num_candidates"],
         "run_dir": str(run_dir),
+        **(
+            {}
+            if also is None
+            else {"also": also_evaluation(run_dir, also, episodes, FINAL_EVAL_SEED + 1000 * seed)}
+        ),
+    }
+
+
+def also_evaluation(run_dir: Path, renoise_time: float, episodes: int, seed: int) -> dict:
+    """The final checkpoint acting as TrainConfig.also_eval_renoise_time asks (0: one step), on
+    the final evaluation's episodes and seeds: `tables.with_also_rows` makes it a row of its own."""
+    module, checkpoint = load_serving_policy(run_dir, renoise_time)
+    config = checkpoint.config
+    report = evaluate_policy(
+        module, config.env_name, episodes, config.acting_num_candidates, seed, progress=False,
+        replan_every=config.replan_every,
+    )  # fmt: skip
+    return {
+        "renoise_time": renoise_time,
+        **{key: report[key] for key in ("success_rate", "success_rate_stderr", "mean_return")},
+        "policy_latency_ms_p50": report["policy_latency_ms"]["p50"],
     }

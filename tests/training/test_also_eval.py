@@ -1,0 +1,121 @@
+"""`--also-eval-renoise-time`: every evaluation also acts a second way (re-noised, or one step), on
+the same episodes and seeds; what is refused, what a run writes, a resume that sets it anew."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import replace
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import training.train
+from training.checkpoint import load_policy_checkpoint
+from training.config import TrainConfig, resolve_agent_config
+from training.evaluate import main as eval_main
+from training.train import build_parser, config_from_args
+from training.train import main as train_main
+
+TASK = "cube-single-play-singletask-task2-v0"
+
+
+def _train(out, data_dir, *extra: str) -> int:
+    return train_main(
+        [
+            "--env", TASK, "--dataset-dir", str(data_dir), "--out", str(out), "--agent", "bon",
+            "--policy", "mlp", "--mlp-hidden", "16,16", "--critic-hidden", "16,16", "--batch-size", "32",
+            "--steps", "6", "--eval-every", "6", "--eval-episodes", "1", "--num-candidates", "4",
+            "--action-horizon", "2", "--threads", "1", "--compile", "off", "--seed", "2", *extra,
+        ]
+    )  # fmt: skip
+
+
+def _rows(path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_a_second_evaluation_is_refused_where_it_cannot_apply_or_repeats_the_first():
+    parse = build_parser().parse_args
+    with pytest.raises(ValueError, match="--also-eval-renoise-time: MFQL options"):
+        config_from_args(parse(["--agent", "fql", "--also-eval-renoise-time", "0.3"]))
+    with pytest.raises(ValueError, match="FQL's one-step policy takes no t"):
+        TrainConfig(agent="fql", also_eval_renoise_time=0.3)
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\) \(0: one step"):
+        config_from_args(parse(["--agent", "bon", "--also-eval-renoise-time", "1"]))
+    with pytest.raises(ValueError, match="the run already acts one step"):
+        config_from_args(parse(["--agent", "bon", "--also-eval-renoise-time", "0"]))
+    with pytest.raises(ValueError, match="the run already acts re-noised at 0.3"):
+        config_from_args(parse(["--renoise-time", "0.3", "--also-eval-renoise-time", "0.3"]))
+    assert (
+        config_from_args(parse(["--agent", "bon", "--also-eval-renoise-time", "0.3"])).also_eval_renoise_time
+        == 0.3
+    )
+    # a run that acts re-noised is also evaluated one step (0), or at another time
+    renoised = TrainConfig(agent_config=resolve_agent_config(TASK, renoise_time=0.3))
+    assert replace(renoised, also_eval_renoise_time=0.0).also_acting_renoise_time is None
+    assert replace(renoised, also_eval_renoise_time=0.5).also_acting_renoise_time == 0.5
+
+
+def test_each_evaluation_also_acts_re_noised_on_the_same_episodes(
+    tmp_path, two_episode_data_dir, monkeypatch, capsys
+):
+    real = training.train.evaluate_policy
+    calls = []
+
+    def recorded(module, env_name, episodes, num_candidates, seed, **kwargs):
+        calls.append((module, seed))
+        return real(module, env_name, episodes, num_candidates, seed, **kwargs)
+
+    monkeypatch.setattr(training.train, "evaluate_policy", recorded)
+    run = tmp_path / "run"
+    assert _train(run, two_episode_data_dir, "--also-eval-renoise-time", "0.3") == 0
+    (first, first_seed), (second, second_seed) = calls
+    assert first_seed == second_seed == 2 + 10_000 * 6  # the same episodes
+    assert first.renoise_time is None and second.renoise_time == 0.3
+    assert second.policy is first.policy and second.critic is first.critic  # the same networks
+    observation = torch.randn(3, first.normalizer.mean.shape[0])
+    noise = torch.randn(3, 4, *first.noise_shape)
+    with torch.no_grad():
+        assert not torch.allclose(first(observation, noise)[2], second(observation, noise)[2])
+
+    main_rows, also_rows = _rows(run / "evaluations.csv"), _rows(run / "evaluations_also.csv")
+    assert [r["step"] for r in main_rows] == [r["step"] for r in also_rows] == ["6"]
+    assert also_rows[0]["renoise_time"] == "0.3" and also_rows[0]["num_candidates"] == "4"
+    assert "step 6: acting re-noised at 0.3, success" in capsys.readouterr().out
+    # the logged second evaluation is mfql-eval of the checkpoint re-noised, on the same seeds
+    assert eval_main([str(run), "--episodes", "1", "--seed", str(second_seed), "--renoise-time", "0.3"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    for key in ("success_rate", "mean_return", "mean_episode_length"):
+        assert float(also_rows[0][key]) == pytest.approx(report[key]), key
+    assert report["renoise_time"] == 0.3 and report["requests"] == 100  # 200 steps, chunks of 2
+    assert (run / "curves.png").stat().st_size > 1000
+
+
+def test_a_resumed_run_may_set_the_second_evaluation_anew(tmp_path, two_episode_data_dir):
+    run = tmp_path / "run"
+    assert _train(run, two_episode_data_dir, "--stop-after", "3") == 0
+    assert load_policy_checkpoint(run).config.also_eval_renoise_time is None
+    assert _train(run, two_episode_data_dir, "--resume", "--also-eval-renoise-time", "0.4") == 0
+    assert load_policy_checkpoint(run).config.also_eval_renoise_time == 0.4
+    assert [r["renoise_time"] for r in _rows(run / "evaluations_also.csv")] == ["0.4"]
+
+
+def test_the_sweeps_final_row_evaluates_the_second_way_on_the_final_evaluations_episodes(
+    tmp_path, two_episode_data_dir, capsys
+):
+    pytest.importorskip("ray")
+    from training.sweep.trainable import FINAL_EVAL_SEED, final_row
+
+    run = tmp_path / "run"
+    assert _train(run, two_episode_data_dir, "--also-eval-renoise-time", "0.3", "--eval-episodes", "0") == 0
+    row = final_row(SimpleNamespace(run_dir=run), "bon", 2, episodes=1, seconds=1.0)
+    capsys.readouterr()
+    seed = FINAL_EVAL_SEED + 1000 * 2
+    assert eval_main([str(run), "--episodes", "1", "--seed", str(seed), "--renoise-time", "0.3"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert row["also"]["renoise_time"] == 0.3
+    for key in ("success_rate", "success_rate_stderr", "mean_return"):
+        assert row["also"][key] == report[key], key
