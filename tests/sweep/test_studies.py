@@ -175,3 +175,23 @@ def test_candidate_sources_refuse_what_they_cannot_build(runs, capsys, run, sour
     assert main([str(runs / run), "--source", source.format(runs=runs), "--episodes", "1"]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and message in captured.err, captured.err
+
+
+def test_candidate_sources_rank_by_the_ensemble_minimum_when_asked(runs):
+    """`--critic-aggregate min`: the served best-of-K scores each candidate by min_e Q_e."""
+    from training.checkpoint import load_policy_checkpoint
+    from training.inference import serving_policy_from_checkpoint
+    from training.studies.candidate_sources import EnsembleMinimum
+
+    served = serving_policy_from_checkpoint(load_policy_checkpoint(runs / "paper-seed0"))
+    torch.manual_seed(2)
+    s, a = torch.randn(6, served.normalizer.mean.shape[0]), torch.rand(6, served.action_dim) * 2 - 1
+    with torch.no_grad():
+        q = served.critic(s, a)
+        assert not torch.equal(q[0], q[1])  # the members differ, so the minimum is a choice
+        assert torch.equal(EnsembleMinimum(served.critic)(s, a).mean(dim=0), q.min(dim=0).values)
+    code, rows, err = candidate_rows(
+        runs / "chunk-5-seed0", "--source", "onestep", "--critic-aggregate", "min", "--episodes", "1"
+    )
+    assert code == 0, err[-3000:]
+    assert rows[0]["critic_aggregate"] == "min" and rows[0]["episodes"] == 1

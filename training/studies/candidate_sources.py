@@ -25,6 +25,9 @@ with the same action horizon when `:RUN` ends it (`onestep:RUN`, `flow:RUN`, `re
 the critic of one checkpoint ranks the candidates of another, which separates a change in
 success between two checkpoints into the critic's share and the generator's.
 
+`--critic-aggregate min` ranks the candidates by the ensemble's minimum instead of its mean
+(the critic's own choice, pessimistic).
+
     python -m training.studies.candidate_sources runs/best-of-n/task2/bon-seed0 \
         --source onestep --source renoise:0.3 --source flow:runs/qc-alpha/task2/fql-chunk-5-alpha-100-seed0 \
         --episodes 50 --seed 1000
@@ -74,6 +77,19 @@ class CandidateSource(nn.Module):
 
     def forward(self, observations: Tensor, noise: Tensor, t: Tensor) -> Tensor:
         return self.make(observations, noise)
+
+
+class EnsembleMinimum(nn.Module):
+    """The critic ensemble's minimum in each member's place, so the served ensemble mean ranks
+    candidates by min_e Q_e (`--critic-aggregate min`: a pessimistic choice among the K)."""
+
+    def __init__(self, critic: nn.Module) -> None:
+        super().__init__()
+        self.critic = critic
+
+    def forward(self, observations: Tensor, actions: Tensor) -> Tensor:
+        q = self.critic(observations, actions)
+        return q.min(dim=0, keepdim=True).values.expand_as(q)
 
 
 def compatible(base: PolicyCheckpoint, other: PolicyCheckpoint) -> None:
@@ -168,6 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--num-candidates", type=int, help="K (default: the K the run acts with)")
     parser.add_argument("--env", help="env to roll out in (default: the one the run evaluated in)")
+    parser.add_argument(
+        "--critic-aggregate",
+        choices=("mean", "min"),
+        default="mean",
+        help="how the critic ensemble ranks the K candidates: its mean (as trained and served, QC's "
+        "q_agg=mean) or its minimum (pessimistic)",
+    )
     return parser
 
 
@@ -186,11 +209,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"candidate_sources: {base.path} names no env to roll out in; pass --env", file=sys.stderr)
         return 2
     k = args.num_candidates or base.config.acting_num_candidates
+    critic = served.critic if args.critic_aggregate == "mean" else EnsembleMinimum(served.critic)
     torch.set_num_threads(1)  # one observation per request: one thread is fastest (as mfql-eval)
     torch.set_flush_denormal(True)
     for spec, source in sources.items():
         module = ServingPolicy(
-            served.normalizer, source, served.critic, base.action_dim, served.action_horizon,
+            served.normalizer, source, critic, base.action_dim, served.action_horizon,
             action_bounds_of(base.dataset),
         ).eval()  # fmt: skip
         result = evaluate_policy(
@@ -203,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             "step": base.step,
             "source": spec,
             "evaluations_per_candidate": source.evaluations,
+            "critic_aggregate": args.critic_aggregate,
         }
         print(json.dumps({**row, **result}), flush=True)
     return 0
