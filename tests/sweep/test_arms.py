@@ -63,3 +63,13 @@ def test_the_sweep_forwards_flags_after_the_double_dash():
     args = build_parser().parse_args(["--steps", "5", "--", "--compile", "on", "--alpha", "3"])
     assert args.train_flags == ["--compile", "on", "--alpha", "3"] and args.steps == 5
     assert Path("runs/study") == args.out
+
+
+def test_every_preset_has_default_arms_it_defines():
+    """`mfql-sweep --preset P` (and `--collect`) without --arms runs P's default arms."""
+    from training.sweep.arms import PRESETS
+    from training.sweep.cli import DEFAULT_ARMS
+
+    assert set(DEFAULT_ARMS) == set(PRESETS)
+    for name, arms in DEFAULT_ARMS.items():
+        assert set(arms.split(",")) <= set(PRESETS[name].arms), name

@@ -39,7 +39,13 @@ from training.sweep.tables import (
     with_also_rows,
 )
 
-DEFAULT_ARMS = {"study": "paper,lr-constant,draws-4", "methods": "mfql,fql"}
+# Each preset's arms when --arms is not given (issue 37's grid for `chunked`: the one-step
+# best-of-N agent and QC-FQL as published).
+DEFAULT_ARMS = {
+    "study": "paper,lr-constant,draws-4",
+    "methods": "mfql,fql",
+    "chunked": "bon,fql-chunk-5-alpha-100",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
