@@ -25,8 +25,8 @@ with the same action horizon when `:RUN` ends it (`onestep:RUN`, `flow:RUN`, `re
 the critic of one checkpoint ranks the candidates of another, which separates a change in
 success between two checkpoints into the critic's share and the generator's.
 
-`--critic-aggregate min` ranks the candidates by the ensemble's minimum instead of its mean
-(the critic's own choice, pessimistic).
+`--critic-aggregate min` ranks the candidates by the ensemble's minimum instead of its mean (a
+pessimistic choice: a candidate wins only where every critic rates it high; round 7).
 
     python -m training.studies.candidate_sources runs/best-of-n/task2/bon-seed0 \
         --source onestep --source renoise:0.3 --source flow:runs/qc-alpha/task2/fql-chunk-5-alpha-100-seed0 \

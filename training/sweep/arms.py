@@ -139,8 +139,9 @@ PRESETS: dict[str, Preset] = {
         [*BASE, "--reward", "sparse", "--action-horizon", "5"],
         {
             # Each evaluation also acts re-noised at 0.3 (acting only: the same training), a row of
-            # its own, `bon (re-noised 0.3)`: on puzzle-3x3 task2 its checkpoints at 60-90k read
-            # 0.42-0.86 re-noised against 0.16-0.64 one step (docs/results/best-of-n.md, rounds 4-6).
+            # its own, `bon (re-noised 0.3)`: on puzzle-3x3 task2 its checkpoints at 60-100k read
+            # 0.42-0.96 re-noised against 0.16-0.68 one step, its final evaluation at 100k 0.82
+            # against 0.60 (docs/results/best-of-n.md, rounds 4-7).
             "bon": (
                 "one-step best-of-N: MeanFlow policy by the MFI loss alone, best of K = 32 by the critic",
                 ["--agent", "bon", "--also-eval-renoise-time", "0.3"],
