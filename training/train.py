@@ -563,16 +563,7 @@ class Trainer:
             return
         cfg = self.config
         k = cfg.acting_num_candidates
-        seed = cfg.seed + 10_000 * self.step  # each evaluation's episodes: new seeds, the same in every run
-        result = evaluate_policy(
-            self.serving_view(),
-            cfg.evaluation_env,
-            cfg.eval_episodes,
-            k,
-            seed,
-            replan_every=cfg.replan_every,
-            observation_keys=cfg.data.observation_keys,
-        )
+        result = self.roll_out(self.serving_view())
         self.log.evaluation(self.step, result)
         self.last_evaluation = result
         self.metrics = {
@@ -585,20 +576,25 @@ class Trainer:
         }
         tqdm.write(f"step {self.step}: {outcome_text(result)} over {cfg.eval_episodes} episodes (K={k})")
         if cfg.also_eval_renoise_time is not None:
-            self.also_evaluate(seed)
+            self.also_evaluate()
 
-    def also_evaluate(self, seed: int) -> None:
-        """The second evaluation (`also_eval_renoise_time`): the same episodes and seeds."""
+    def roll_out(self, module: ServingPolicy) -> dict:
+        """`evaluate_policy` of this step's episodes (new seeds each step, the same in every run)."""
         cfg = self.config
-        result = evaluate_policy(
-            self.also_view(),
+        return evaluate_policy(
+            module,
             cfg.evaluation_env,
             cfg.eval_episodes,
             cfg.acting_num_candidates,
-            seed,
+            cfg.seed + 10_000 * self.step,
             replan_every=cfg.replan_every,
             observation_keys=cfg.data.observation_keys,
         )
+
+    def also_evaluate(self) -> None:
+        """The second evaluation (`also_eval_renoise_time`): the same episodes and seeds."""
+        cfg = self.config
+        result = self.roll_out(self.also_view())
         self.log.evaluation(self.step, result, also_renoise_time=cfg.also_eval_renoise_time)
         self.last_also_evaluation = result
         how = (

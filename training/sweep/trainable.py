@@ -23,9 +23,9 @@ from pathlib import Path
 import ray
 from ray import tune
 
-from training.checkpoint import CONFIG_FILE, list_checkpoints, step_dir_name
+from training.checkpoint import CONFIG_FILE, PolicyCheckpoint, list_checkpoints, step_dir_name
 from training.evaluate import evaluate_policy
-from training.inference import load_serving_policy
+from training.inference import ServingPolicy, load_serving_policy, serving_policy_from_checkpoint
 from training.sweep.tables import FINAL_EVALUATION, finished_row, run_directory
 from training.train import Trainer, build_parser, config_from_args, configure_torch, resolve_run
 
@@ -113,15 +113,7 @@ def final_row(trainer: Trainer, arm: str, seed: int, episodes: int, seconds: flo
     run_dir = trainer.run_dir
     module, checkpoint = load_serving_policy(run_dir)
     config = checkpoint.config
-    report = evaluate_policy(
-        module,
-        config.env_name,
-        episodes,
-        config.acting_num_candidates,
-        FINAL_EVAL_SEED + 1000 * seed,
-        progress=False,
-        replan_every=config.replan_every,
-    )
+    report = final_evaluation(module, checkpoint, episodes, seed)
     with open(run_dir / "metrics.csv", newline="") as handle:
         logged = list(csv.DictReader(handle))
     also = config.also_eval_renoise_time
@@ -142,23 +134,26 @@ def final_row(trainer: Trainer, arm: str, seed: int, episodes: int, seconds: flo
         "policy_latency_ms_p50": report["policy_latency_ms"]["p50"],
         "num_candidates": report["num_candidates"],
         "run_dir": str(run_dir),
-        **(
-            {}
-            if also is None
-            else {"also": also_evaluation(run_dir, also, episodes, FINAL_EVAL_SEED + 1000 * seed)}
-        ),
+        **({} if also is None else {"also": also_evaluation(checkpoint, also, episodes, seed)}),
     }
 
 
-def also_evaluation(run_dir: Path, renoise_time: float, episodes: int, seed: int) -> dict:
-    """The final checkpoint acting as TrainConfig.also_eval_renoise_time asks (0: one step), on
-    the final evaluation's episodes and seeds: `tables.with_also_rows` makes it a row of its own."""
-    module, checkpoint = load_serving_policy(run_dir, renoise_time)
+def final_evaluation(module: ServingPolicy, checkpoint: PolicyCheckpoint, episodes: int, seed: int) -> dict:
+    """`evaluate_policy` of the final checkpoint as `mfql-eval` does, on the study's episodes."""
     config = checkpoint.config
-    report = evaluate_policy(
-        module, config.env_name, episodes, config.acting_num_candidates, seed, progress=False,
-        replan_every=config.replan_every,
+    return evaluate_policy(
+        module, config.env_name, episodes, config.acting_num_candidates, FINAL_EVAL_SEED + 1000 * seed,
+        progress=False, replan_every=config.replan_every,
     )  # fmt: skip
+
+
+def also_evaluation(checkpoint: PolicyCheckpoint, renoise_time: float, episodes: int, seed: int) -> dict:
+    """The final checkpoint (already loaded) acting as TrainConfig.also_eval_renoise_time asks
+    (0: one step), on the final evaluation's episodes and seeds: `tables.with_also_rows` makes it
+    a row of its own."""
+    report = final_evaluation(
+        serving_policy_from_checkpoint(checkpoint, renoise_time), checkpoint, episodes, seed
+    )
     return {
         "renoise_time": renoise_time,
         **{key: report[key] for key in ("success_rate", "success_rate_stderr", "mean_return")},
