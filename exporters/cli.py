@@ -43,6 +43,12 @@ def build_export_parser() -> argparse.ArgumentParser:
         "usually off)",
     )
     parser.add_argument(
+        "--critic-aggregate",
+        choices=["mean", "min"],
+        help="bake the candidates' ranking into the graph: the critic ensemble's mean Q or its "
+        "minimum (default: the run's own, usually mean)",
+    )
+    parser.add_argument(
         "--opset", type=int, default=DEFAULT_OPSET, help=f"ai.onnx opset (default {DEFAULT_OPSET}; >= 17)"
     )
     parser.add_argument(
@@ -125,6 +131,7 @@ def run_export(args: argparse.Namespace) -> int:
         action_high=args.action_high,
         max_action_delta=args.max_action_delta,
         renoise_time=args.renoise_time,
+        critic_aggregate=args.critic_aggregate,
     )
     try:
         result = export_bundle(args.checkpoint, options)

@@ -65,6 +65,8 @@ class ExportOptions:
     # MeanFlow policies: the graph's candidates re-noised to this time and refined once more
     # (training.agents.common.renoised_actions); None: the run's own setting.
     renoise_time: float | None = None
+    # how the graph ranks candidates: the critic ensemble's "mean" or "min" Q; None: the run's own
+    critic_aggregate: str | None = None
 
 
 @dataclass(frozen=True)
@@ -118,10 +120,12 @@ def action_limits(options: ExportOptions, low: list[float], high: list[float]) -
     return {**limits, "max_action_delta": delta} if delta is not None else limits
 
 
-def load_module(path: Path, renoise_time: float | None = None) -> tuple[ServingPolicy, PolicyCheckpoint]:
+def load_module(
+    path: Path, renoise_time: float | None = None, critic_aggregate: str | None = None
+) -> tuple[ServingPolicy, PolicyCheckpoint]:
     checkpoint = load_policy_checkpoint(path)
     try:
-        return serving_policy_from_checkpoint(checkpoint, renoise_time), checkpoint
+        return serving_policy_from_checkpoint(checkpoint, renoise_time, critic_aggregate), checkpoint
     except ValueError as exc:  # e.g. a policy type this code does not know, or re-noising an FQL policy
         raise CheckpointError(f"{checkpoint.path}: {exc}") from exc
 
@@ -178,9 +182,14 @@ def _write_bundle_files(
     return contents, parity
 
 
-def read_evaluation(path: Path, checkpoint: PolicyCheckpoint, renoise_time: float | None = None) -> dict:
+def read_evaluation(
+    path: Path,
+    checkpoint: PolicyCheckpoint,
+    renoise_time: float | None = None,
+    critic_aggregate: str = "mean",
+) -> dict:
     """An `mfql-eval` report, refused unless it evaluated this checkpoint's step and env, acting as
-    the bundle does (`renoise_time`: the graph's)."""
+    the bundle does (`renoise_time`, `critic_aggregate`: the graph's)."""
     try:
         report = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
@@ -208,6 +217,11 @@ def read_evaluation(path: Path, checkpoint: PolicyCheckpoint, renoise_time: floa
             f"--evaluation {path} acted with renoise_time {report.get('renoise_time')}; the bundle acts with "
             f"{renoise_time} (evaluate with mfql-eval --renoise-time as exported)"
         )
+    if report.get("critic_aggregate", "mean") != critic_aggregate:
+        raise ExportError(
+            f"--evaluation {path} ranked candidates by the critic's {report.get('critic_aggregate', 'mean')} Q; "
+            f"the bundle ranks by its {critic_aggregate} (evaluate with mfql-eval --critic-aggregate as exported)"
+        )
     return report
 
 
@@ -215,9 +229,11 @@ def export_bundle(checkpoint_path: Path, options: ExportOptions) -> ExportResult
     """Write the bundle described by `options` from the checkpoint (step or run directory)."""
     check_options(options)
     refuse_existing(options.out, options.overwrite)
-    module, checkpoint = load_module(checkpoint_path, options.renoise_time)
+    module, checkpoint = load_module(checkpoint_path, options.renoise_time, options.critic_aggregate)
     evaluation = (
-        read_evaluation(options.evaluation, checkpoint, module.renoise_time) if options.evaluation else None
+        read_evaluation(options.evaluation, checkpoint, module.renoise_time, module.critic_aggregate)
+        if options.evaluation
+        else None
     )
     name = options.name or default_name(checkpoint, module)
     default_k = checkpoint.config.acting_num_candidates

@@ -182,6 +182,8 @@ def build_metadata(
         "action_horizon": module.action_horizon,
         # MeanFlow candidates re-noised to this time in the graph (two network evaluations each); null: one step
         "renoise_time": module.renoise_time,
+        # how the graph ranks candidates: the critic ensemble's "mean" Q (the paper) or its "min"
+        "critic_aggregate": module.critic_aggregate,
         "control_period_s": control_period_s,
         "policy_type": policy_type(module),
         "agent": config.agent,

@@ -71,6 +71,7 @@ def evaluate_policy(
     latency_ms = np.asarray(latencies) * 1e3
     # recorded only when candidates were re-noised (a ServingPolicy's setting; other policies have none)
     renoise = getattr(module, "renoise_time", None)
+    aggregate = getattr(module, "critic_aggregate", "mean")  # recorded when not the paper's mean
     return {
         "env": env_name,
         "episodes": episodes,
@@ -81,6 +82,7 @@ def evaluate_policy(
         "mean_episode_length": float(np.mean(lengths)),
         "action_horizon": horizon,
         **({"renoise_time": renoise} if renoise is not None else {}),
+        **({"critic_aggregate": aggregate} if aggregate != "mean" else {}),
         "replan_every": replan,
         "requests": len(latencies),
         "policy_latency_ms": {
@@ -126,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
         "network's output there; 0: one step (default: the run's own, usually off)",
     )
     parser.add_argument(
+        "--critic-aggregate",
+        choices=["mean", "min"],
+        help="rank the K candidates by the critic ensemble's mean Q or its minimum "
+        "(default: the run's own, usually mean)",
+    )
+    parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1 is fastest for one observation)"
     )
     return parser
@@ -136,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # see mfql-train: denormal weights slow CPU matmuls
     try:
-        module, checkpoint = load_serving_policy(args.checkpoint, args.renoise_time)
+        module, checkpoint = load_serving_policy(args.checkpoint, args.renoise_time, args.critic_aggregate)
     except (CheckpointError, ValueError) as exc:
         print(f"mfql-eval: {exc}", file=sys.stderr)
         return 2

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from training.agents.common import best_of_k
 from training.checkpoint import CheckpointError, PolicyCheckpoint, load_policy_checkpoint
-from training.config import check_renoise_range
+from training.config import check_critic_aggregate, check_renoise_range
 from training.networks import CriticEnsemble, ObservationNormalizer, build_policy
 
 
@@ -24,7 +24,8 @@ class ServingPolicy(nn.Module):
     are action [B, H, d], q_value [B] (the critic's value of the whole chunk) and candidates
     [B, K, H, d]; the networks see a chunk as one H * d vector. H = 1 keeps the signature above.
     Candidates are scored by the target critic's ensemble mean, as the reference's
-    `sample_actions_best` does at evaluation.
+    `sample_actions_best` does at evaluation, or by its minimum (`critic_aggregate` "min", a
+    study option; q_value is then that minimum).
     """
 
     def __init__(
@@ -36,8 +37,11 @@ class ServingPolicy(nn.Module):
         action_horizon: int = 1,
         action_bounds: tuple[list[float], list[float]] | None = None,
         renoise_time: float | None = None,
+        critic_aggregate: str = "mean",
     ) -> None:
         super().__init__()
+        check_critic_aggregate(critic_aggregate)
+        self.critic_aggregate = critic_aggregate  # how the ensemble ranks candidates (AgentConfig)
         # MeanFlow policies only: candidates re-noised to this time and refined once more
         # (`training.agents.common.renoised_actions`); None: the paper's one step.
         self.renoise_time = renoise_time
@@ -76,7 +80,12 @@ class ServingPolicy(nn.Module):
         if self.action_horizon > 1:
             noise = noise.flatten(2)  # [B, K, H, d] -> [B, K, H * d]: a chunk is one vector
         actions, q, candidates = best_of_k(
-            self.policy, self.critic, self.normalizer(observation), noise.transpose(0, 1), self.renoise_time
+            self.policy,
+            self.critic,
+            self.normalizer(observation),
+            noise.transpose(0, 1),
+            self.renoise_time,
+            self.critic_aggregate,
         )
         candidates = candidates.transpose(0, 1)
         if self.action_horizon > 1:
@@ -97,12 +106,13 @@ def check_renoise_time(agent: str, renoise_time: float | None) -> None:
 
 
 def serving_policy_from_checkpoint(
-    checkpoint: PolicyCheckpoint, renoise_time: float | None = None
+    checkpoint: PolicyCheckpoint, renoise_time: float | None = None, critic_aggregate: str | None = None
 ) -> ServingPolicy:
     """Build the serving module from a loaded checkpoint (eval mode, no gradients).
 
     `renoise_time` overrides the run's own (AgentConfig.renoise_time) when given; 0 turns it off
-    (the paper's one step) for a run trained with it.
+    (the paper's one step) for a run trained with it. `critic_aggregate` ("mean" or "min")
+    overrides the run's AgentConfig.critic_aggregate when given.
     """
     network = checkpoint.config.network
     horizon = checkpoint.config.agent_config.action_horizon
@@ -129,6 +139,7 @@ def serving_policy_from_checkpoint(
         horizon,
         action_bounds_of(checkpoint.dataset),
         renoise_time=renoise,
+        critic_aggregate=critic_aggregate or checkpoint.config.agent_config.critic_aggregate,
     )
     return module.eval().requires_grad_(False)
 
@@ -141,10 +152,10 @@ def action_bounds_of(provenance: dict) -> tuple[list[float], list[float]] | None
 
 
 def load_serving_policy(
-    path: Path | str, renoise_time: float | None = None
+    path: Path | str, renoise_time: float | None = None, critic_aggregate: str | None = None
 ) -> tuple[ServingPolicy, PolicyCheckpoint]:
     checkpoint = load_policy_checkpoint(path)
-    return serving_policy_from_checkpoint(checkpoint, renoise_time), checkpoint
+    return serving_policy_from_checkpoint(checkpoint, renoise_time, critic_aggregate), checkpoint
 
 
 @torch.no_grad()

@@ -166,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
         "the critic values the policy that acts (a study option beyond the paper). Default: one-step",
     )
     p.add_argument(
+        "--critic-aggregate",
+        choices=["mean", "min"],
+        help="acting only (evaluation, export, serving): rank the K candidates by the critic "
+        "ensemble's mean Q (the paper) or its minimum, a pessimistic choice (a study option; "
+        "docs/method.md). The critic's target keeps the mean. Default: mean",
+    )
+    p.add_argument(
         "--also-eval-renoise-time",
         type=float,
         help="MeanFlow agents (mfql, bon): every evaluation also acts re-noised at this time in (0, 1), "
@@ -336,6 +343,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         action_horizon=args.action_horizon,
         renoise_time=args.renoise_time,
         renoise_target=args.renoise_target,
+        critic_aggregate=args.critic_aggregate,
     )
     network = NetworkConfig(
         policy=args.policy,
@@ -491,6 +499,7 @@ class Trainer:
             self.agent.action_horizon,
             action_bounds_of(self.dataset_provenance),
             renoise_time=self.config.agent_config.renoise_time,
+            critic_aggregate=self.config.agent_config.critic_aggregate,
         )
         if self.agent.device.type == "cpu":
             return view
@@ -771,9 +780,14 @@ def resolve_run(config: TrainConfig, args: argparse.Namespace) -> tuple[TrainCon
     stored = load_policy_checkpoint(resume_from).config
     # The stored run defines the maths (precision included); only the online phase may be
     # extended, and the thread count, compilation (speed and float rounding, not the
-    # maths), the device, the time budget and the second evaluation may be set anew.
+    # maths), the device, the time budget, the second evaluation and how acting ranks the
+    # candidates (acting only: the critic's target keeps the mean) may be set anew.
+    agent_config = stored.agent_config
+    if args.critic_aggregate is not None:
+        agent_config = replace(agent_config, critic_aggregate=args.critic_aggregate)
     config = replace(
         stored,
+        agent_config=agent_config,
         online_steps=max(stored.online_steps, args.online_steps),
         out_dir=str(run_dir),
         threads=args.threads or stored.threads,

@@ -40,6 +40,7 @@ class CheckpointSpec:
     eval_num_candidates: int | None = None  # the K the run acts with, if not the agent's
     action_horizon: int = 1  # H > 1: a chunked policy, networks of width H * action_dim
     renoise_time: float | None = None  # MeanFlow candidates re-noised when acting (None: one step)
+    critic_aggregate: str = "mean"  # how acting ranks candidates by the critic ensemble
 
     @property
     def chunk_dim(self) -> int:
@@ -67,7 +68,11 @@ def write_checkpoint(run_dir: Path, spec: CheckpointSpec) -> Path:
     config = TrainConfig(
         env_name=ENV_NAME,
         network=spec.network,
-        agent_config=AgentConfig(action_horizon=spec.action_horizon, renoise_time=spec.renoise_time),
+        agent_config=AgentConfig(
+            action_horizon=spec.action_horizon,
+            renoise_time=spec.renoise_time,
+            critic_aggregate=spec.critic_aggregate,
+        ),
         offline_steps=10,
         out_dir=str(run_dir),
         eval_num_candidates=spec.eval_num_candidates,

@@ -128,24 +128,36 @@ def target_renoise_time(config) -> float | None:
     return config.renoise_time if config.renoise_target else None
 
 
+def ensemble_score(q: Tensor, aggregate: str = "mean") -> Tensor:
+    """One score per row from the ensemble's Q [E, ...]: its mean, or its minimum (`aggregate`)."""
+    if aggregate == "mean":
+        return q.mean(dim=0)
+    if aggregate == "min":
+        return q.min(dim=0).values
+    raise ValueError(f"aggregate must be 'mean' or 'min'; got {aggregate!r}")
+
+
 def best_of_k(
     policy: nn.Module,
     critic: nn.Module,
     observations: Tensor,
     noise: Tensor,
     renoise_time: float | None = None,
+    aggregate: str = "mean",
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Best of K one-step candidates by the critic's ensemble mean.
+    """Best of K one-step candidates by the critic's ensemble mean (or minimum: `aggregate`).
 
     observations [B, obs_dim], noise [K, B, action_dim] -> (actions [B, d], q [B], candidates [K, B, d]).
     Ties resolve to the lowest candidate index (first maximum). Written with shape-derived
     sizes and gathers only, so the same code traces to ONNX/TorchScript with dynamic B and K.
     `renoise_time` (acting only, None: the paper's one step): candidates by `renoised_actions`.
+    `aggregate` (acting only, AgentConfig.critic_aggregate): "min" ranks by min_e Q_e and
+    returns that minimum as q.
     """
     k, b, d = noise.shape
     repeated = observations.unsqueeze(0).expand(k, -1, -1).reshape(k * b, observations.shape[-1])
     candidates = acting_candidates(policy, repeated, noise.reshape(k * b, d), renoise_time).reshape(k, b, d)
-    scores = critic(repeated, candidates.reshape(k * b, d)).mean(dim=0).reshape(k, b)
+    scores = ensemble_score(critic(repeated, candidates.reshape(k * b, d)), aggregate).reshape(k, b)
     best = scores.argmax(dim=0, keepdim=True)
     q = scores.gather(0, best).squeeze(0)
     actions = candidates.gather(0, best.unsqueeze(-1).expand(-1, -1, d)).squeeze(0)

@@ -195,7 +195,10 @@ class FQLAgent(DeviceDraws):
     ) -> tuple[Tensor, Tensor]:
         if noise is None:
             noise = self._noise(num_candidates, observations.shape[0], self.chunk_dim)
-        actions, q, _ = best_of_k(self.acting_policy, self.target_critic, observations, noise)
+        aggregate = self.config.critic_aggregate
+        actions, q, _ = best_of_k(
+            self.acting_policy, self.target_critic, observations, noise, None, aggregate
+        )
         return actions, q
 
     def modules(self) -> dict[str, nn.Module]:

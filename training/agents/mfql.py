@@ -320,12 +320,19 @@ class MFQLAgent(DeviceDraws):
         """Actions [B, H * d] and their Q [B] for normalised observations [B, obs_dim].
 
         Candidates are ranked by the target critic's ensemble mean, as the reference's
-        `sample_actions_best` does; `noise` [K, B, d] makes the result exact and replayable.
+        `sample_actions_best` does (or its minimum: AgentConfig.critic_aggregate); `noise`
+        [K, B, d] makes the result exact and replayable.
         """
         if noise is None:
             noise = self._noise(num_candidates, observations.shape[0], self.chunk_dim)
+        cfg = self.config
         actions, q, _ = best_of_k(
-            self.acting_policy, self.target_critic, observations, noise, self.config.renoise_time
+            self.acting_policy,
+            self.target_critic,
+            observations,
+            noise,
+            cfg.renoise_time,
+            cfg.critic_aggregate,
         )
         return actions, q
 

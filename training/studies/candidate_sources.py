@@ -79,19 +79,6 @@ class CandidateSource(nn.Module):
         return self.make(observations, noise)
 
 
-class EnsembleMinimum(nn.Module):
-    """The critic ensemble's minimum in each member's place, so the served ensemble mean ranks
-    candidates by min_e Q_e (`--critic-aggregate min`: a pessimistic choice among the K)."""
-
-    def __init__(self, critic: nn.Module) -> None:
-        super().__init__()
-        self.critic = critic
-
-    def forward(self, observations: Tensor, actions: Tensor) -> Tensor:
-        q = self.critic(observations, actions)
-        return q.min(dim=0, keepdim=True).values.expand_as(q)
-
-
 def compatible(base: PolicyCheckpoint, other: PolicyCheckpoint) -> None:
     """A source from another run must see the same normalised observations and chunk shape."""
     shape = lambda c: (c.obs_dim, c.action_dim, c.config.agent_config.action_horizon)  # noqa: E731
@@ -187,9 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--critic-aggregate",
         choices=("mean", "min"),
-        default="mean",
-        help="how the critic ensemble ranks the K candidates: its mean (as trained and served, QC's "
-        "q_agg=mean) or its minimum (pessimistic)",
+        help="how the critic ensemble ranks the K candidates: its mean (QC's q_agg=mean) or its "
+        "minimum (pessimistic); default: as the run acts (AgentConfig.critic_aggregate)",
     )
     return parser
 
@@ -199,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         base = load_policy_checkpoint(args.checkpoint)
-        served = serving_policy_from_checkpoint(base, renoise_time=0)
+        served = serving_policy_from_checkpoint(base, renoise_time=0, critic_aggregate=args.critic_aggregate)
         sources = {spec: build_source(spec, base, args.seed) for spec in args.source}
     except (CheckpointError, ValueError) as exc:
         print(f"candidate_sources: {exc}", file=sys.stderr)
@@ -209,13 +195,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"candidate_sources: {base.path} names no env to roll out in; pass --env", file=sys.stderr)
         return 2
     k = args.num_candidates or base.config.acting_num_candidates
-    critic = served.critic if args.critic_aggregate == "mean" else EnsembleMinimum(served.critic)
     torch.set_num_threads(1)  # one observation per request: one thread is fastest (as mfql-eval)
     torch.set_flush_denormal(True)
     for spec, source in sources.items():
         module = ServingPolicy(
-            served.normalizer, source, critic, base.action_dim, served.action_horizon,
-            action_bounds_of(base.dataset),
+            served.normalizer, source, served.critic, base.action_dim, served.action_horizon,
+            action_bounds_of(base.dataset), critic_aggregate=served.critic_aggregate,
         ).eval()  # fmt: skip
         result = evaluate_policy(
             module, env, args.episodes, k, args.seed, progress=False,
@@ -227,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             "step": base.step,
             "source": spec,
             "evaluations_per_candidate": source.evaluations,
-            "critic_aggregate": args.critic_aggregate,
+            "critic_aggregate": served.critic_aggregate,
         }
         print(json.dumps({**row, **result}), flush=True)
     return 0
