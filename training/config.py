@@ -243,10 +243,11 @@ class AgentConfig:
     # How acting (evaluation, export, serving) ranks the K candidates: by the critic ensemble's
     # mean Q, the paper's and the reference's `sample_actions_best`, or by its minimum over
     # members, a pessimistic choice (a study option beyond the paper; Q-chunking's `q_agg=min`
-    # names the same choice). On bon task2 (re-noised 0.3, K = 64, 100 episodes per checkpoint)
-    # min lifted the weak checkpoints, 75k: 0.45 -> 0.61, 85k: 0.59 -> 0.73, and was level at the
-    # best, 95k: 0.91 -> 0.93, 100k: 0.87 -> 0.87 (docs/results/best-of-n.md, round 7). The
-    # critic's target keeps the mean. The q returned with an action is the aggregate it won by.
+    # names the same choice). On bon task2 (re-noised 0.3, 100 episodes per checkpoint), min at
+    # K = 64 against the served mean at K = 32 lifted the weak checkpoints, 75k: 0.45 -> 0.61,
+    # 85k: 0.59 -> 0.73, and was level at the best, 95k: 0.91 -> 0.93, 100k: 0.87 -> 0.87; at
+    # 90k and K = 32 both read 0.81-0.82 (docs/results/best-of-n.md, round 7). The critic's
+    # target keeps the mean. The q returned with an action is the aggregate it won by.
     critic_aggregate: CriticAggregate = "mean"
     hyperparameters: HyperparameterSource = "paper"  # which critic lr/discount defaults were used
 
