@@ -177,13 +177,21 @@ def test_candidate_sources_refuse_what_they_cannot_build(runs, capsys, run, sour
     assert captured.out == "" and message in captured.err, captured.err
 
 
-def test_candidate_sources_rank_by_the_ensemble_minimum_when_asked(runs):
-    """`--critic-aggregate min`: the served best-of-K ranks by min_e Q_e (the maths:
-    tests/training/test_critic_aggregate.py); by default as the run acts, the mean."""
-    code, rows, err = candidate_rows(runs / "chunk-5-seed0", "--source", "onestep", "--episodes", "1")
-    assert code == 0 and rows[0]["critic_aggregate"] == "mean", err[-3000:]
-    code, rows, err = candidate_rows(
-        runs / "chunk-5-seed0", "--source", "onestep", "--critic-aggregate", "min", "--episodes", "1"
-    )
-    assert code == 0, err[-3000:]
-    assert rows[0]["critic_aggregate"] == "min" and rows[0]["episodes"] == 1
+def test_candidate_sources_rank_by_the_ensemble_minimum_when_asked(runs, monkeypatch, capsys):
+    """`--critic-aggregate min`: the module rolled out ranks by min_e Q_e (the maths:
+    tests/training/test_critic_aggregate.py); by default the source ranks as the run acts, by the mean."""
+    import training.studies.candidate_sources as study
+
+    ranked_by = []
+
+    def fake_evaluation(module, *args, **kwargs):
+        ranked_by.append(module.critic_aggregate)
+        return {"success_rate": 0.0, "policy_latency_ms": {}}
+
+    monkeypatch.setattr(study, "evaluate_policy", fake_evaluation)
+    run = str(runs / "chunk-5-seed0")
+    assert study.main([run, "--source", "renoise:0.3", "--source", "onestep"]) == 0
+    assert study.main([run, "--source", "renoise:0.3", "--critic-aggregate", "min"]) == 0
+    assert ranked_by == ["mean", "mean", "min"]
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row["critic_aggregate"] for row in rows] == ["mean", "mean", "min"]
