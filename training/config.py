@@ -293,6 +293,82 @@ def check_critic_aggregate(aggregate: str) -> None:
 
 
 @dataclass(frozen=True)
+class ActingVariant:
+    """One more way each evaluation of a run acts (`--also-eval`): the run's networks, on the same
+    episodes and seeds, acting as the run does except where a field is set. Acting only, like the
+    `mfql-eval` overrides it mirrors (`--renoise-time`, `--critic-aggregate`, `--num-candidates`).
+    """
+
+    renoise_time: float | None = None  # a re-noise time in (0, 1), 0: one step; None: as the run
+    critic_aggregate: CriticAggregate | None = None  # rank by the ensemble's mean or min; None: as the run
+    num_candidates: int | None = None  # K; None: as the run acts (TrainConfig.acting_num_candidates)
+
+    # --also-eval's keys, in the order `spec` writes them, and the field each sets
+    SPEC_KEYS = {"renoise": "renoise_time", "aggregate": "critic_aggregate", "candidates": "num_candidates"}
+    SPEC_HELP = (
+        "comma-separated key=value pairs: renoise (a time in (0, 1), or 0: one step), aggregate "
+        "(mean or min), candidates (K >= 1); e.g. renoise=0.3,aggregate=min,candidates=64"
+    )
+
+    def __post_init__(self) -> None:
+        if self.renoise_time is not None and not 0.0 <= self.renoise_time < 1.0:
+            raise ValueError(f"--also-eval renoise must be in [0, 1) (0: one step); got {self.renoise_time}")
+        if self.critic_aggregate is not None and self.critic_aggregate not in get_args(CriticAggregate):
+            raise ValueError(f"--also-eval aggregate must be mean or min; got {self.critic_aggregate!r}")
+        if self.num_candidates is not None and self.num_candidates < 1:
+            raise ValueError(f"--also-eval candidates must be >= 1; got {self.num_candidates}")
+        if self.renoise_time is None and self.critic_aggregate is None and self.num_candidates is None:
+            raise ValueError(f"--also-eval sets nothing: {self.SPEC_HELP}")
+
+    @classmethod
+    def parse(cls, spec: str) -> ActingVariant:
+        """`renoise=0.3,aggregate=min,candidates=64` (any of the keys, in any order)."""
+        values: dict = {}
+        for part in spec.split(","):
+            key, equals, value = (text.strip() for text in part.partition("="))
+            name = cls.SPEC_KEYS.get(key)
+            if not equals or name is None or not value:
+                raise ValueError(f"--also-eval {spec!r}: expected {cls.SPEC_HELP}")
+            if name in values:
+                raise ValueError(f"--also-eval {spec!r}: {key} is given twice")
+            try:
+                values[name] = {"renoise_time": float, "num_candidates": int}.get(name, str)(value)
+            except ValueError:
+                raise ValueError(f"--also-eval {spec!r}: {key}={value} is not a number") from None
+        return cls(**values)
+
+    @property
+    def spec(self) -> str:
+        """The canonical `--also-eval` text (fixed key order): how configs and logs name it."""
+        values = {key: getattr(self, name) for key, name in self.SPEC_KEYS.items()}
+        return ",".join(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
+                        for key, value in values.items() if value is not None)  # fmt: skip
+
+    @property
+    def label(self) -> str:
+        """How tables and plots name it: 're-noised 0.3', 'one step, min, K = 64'."""
+        parts = []
+        if self.renoise_time is not None:
+            parts.append("one step" if self.renoise_time == 0 else f"re-noised {self.renoise_time:g}")
+        if self.critic_aggregate is not None:
+            parts.append(self.critic_aggregate)
+        if self.num_candidates is not None:
+            parts.append(f"K = {self.num_candidates}")
+        return ", ".join(parts)
+
+    def acting(self, config: TrainConfig) -> tuple[float | None, str, int]:
+        """How a run of `config` acts under this variant: (re-noise time, None for one step;
+        the critic aggregate; K)."""
+        agent = config.agent_config
+        renoise = agent.renoise_time if self.renoise_time is None else self.renoise_time or None
+        return (
+            renoise,
+            self.critic_aggregate or agent.critic_aggregate,
+            self.num_candidates or config.acting_num_candidates,
+        )
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """One training run: what to train on, for how long, and how to log/evaluate."""
 
@@ -338,6 +414,10 @@ class TrainConfig:
     # own. One training gives both curves where two arms trained it twice (docs/training.md).
     # None: off. Evaluation only: a resumed run may set it anew.
     also_eval_renoise_time: float | None = None
+    # More ways every evaluation also acts (`--also-eval`, ActingVariant.spec each: re-noise
+    # time, critic aggregate, K), after the one above; each logged to evaluations_also.csv as
+    # the same, tabled by `mfql-sweep` as a row of its own. Evaluation only, like the above.
+    also_eval: tuple[str, ...] = ()
 
     @property
     def evaluation_env(self) -> str | None:
@@ -374,6 +454,7 @@ class TrainConfig:
             raise ValueError(f"time_budget_minutes must be > 0 (or unset); got {self.time_budget_minutes}")
         if self.also_eval_renoise_time is not None:
             self._check_also_eval()
+        self._check_acting_variants()
 
     def _check_also_eval(self) -> None:
         also = self.also_eval_renoise_time
@@ -392,10 +473,33 @@ class TrainConfig:
             )
 
     @property
-    def also_acting_renoise_time(self) -> float | None:
-        """The re-noise time the second evaluation acts with (None: one step); only read when
-        `also_eval_renoise_time` is set."""
-        return self.also_eval_renoise_time or None
+    def also_eval_variants(self) -> tuple[ActingVariant, ...]:
+        """Every other way each evaluation acts: `also_eval_renoise_time`'s, then `also_eval`'s."""
+        first = () if self.also_eval_renoise_time is None else (ActingVariant(self.also_eval_renoise_time),)
+        return first + tuple(ActingVariant.parse(spec) for spec in self.also_eval)
+
+    def _check_acting_variants(self) -> None:
+        """Each variant applies to this agent, acts otherwise than the run, and is unique."""
+        agent = self.agent_config
+        seen = {(agent.renoise_time, agent.critic_aggregate, self.acting_num_candidates): "the run itself"}
+        for index, variant in enumerate(self.also_eval_variants):
+            flag = (
+                f"--also-eval-renoise-time {variant.renoise_time:g}"
+                if index == 0 and self.also_eval_renoise_time is not None
+                else f"--also-eval {variant.spec}"
+            )
+            if self.agent == "fql" and variant.renoise_time is not None:
+                raise ValueError(
+                    f"{flag}: renoise applies to MeanFlow policies (mfql, bon); "
+                    "FQL's one-step policy takes no t"
+                )
+            acting = variant.acting(self)
+            if acting in seen:
+                raise ValueError(
+                    f"{flag}: acts as {seen[acting]} already does (re-noise "
+                    f"{acting[0] or 'off'}, {acting[1]}, K = {acting[2]}); every evaluation must act another way"
+                )
+            seen[acting] = flag
 
 
 def resolve_agent_config(
@@ -467,6 +571,7 @@ def config_from_dict(data: dict) -> TrainConfig:
     reward = RewardConfig(**source.pop("reward", {}))
     if source.get("observation_keys") is not None:
         source["observation_keys"] = tuple(source["observation_keys"])
+    data["also_eval"] = tuple(data.get("also_eval", ()))  # written before the field: none
     return TrainConfig(
         agent_config=agent,
         network=NetworkConfig(**network_data),

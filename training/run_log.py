@@ -5,9 +5,12 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from training.config import ActingVariant
+
 TRAIN_CSV, EVAL_CSV, PLOT_FILE = "metrics.csv", "evaluations.csv", "curves.png"
 VALIDATION_CSV = "validation.csv"  # losses on held-out episodes (sources other than OGBench files)
-# The second evaluation of each step (TrainConfig.also_eval_renoise_time), its columns and a renoise_time.
+# The other evaluations of each step (TrainConfig.also_eval_variants): evaluations.csv's columns,
+# and how each acted: variant (ActingVariant.spec), renoise_time (0: one step), critic_aggregate.
 EVAL_ALSO_CSV = "evaluations_also.csv"
 
 
@@ -42,8 +45,22 @@ class RunLog:
     def _append(self, name: str, row: dict) -> None:
         path = self.run_dir / name
         exists = path.exists() and path.stat().st_size > 0
+        fields = list(row.keys())
+        if exists:
+            with open(path, newline="") as handle:
+                header = next(csv.reader(handle), [])
+            if set(row) - set(header):  # a resumed run that logs more columns: widen the file
+                with open(path, newline="") as handle:
+                    rows = list(csv.DictReader(handle))
+                fields = [*header, *(key for key in row if key not in header)]
+                with open(path, "w", newline="") as handle:
+                    writer = csv.DictWriter(handle, fieldnames=fields, restval="")
+                    writer.writeheader()
+                    writer.writerows(rows)
+            else:
+                fields = header
         with open(path, "a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(row.keys()))
+            writer = csv.DictWriter(handle, fieldnames=fields, restval="")
             if not exists:
                 writer.writeheader()
             writer.writerow(row)
@@ -53,9 +70,10 @@ class RunLog:
         for key, value in info.items():
             self.writer.add_scalar(key, value, step)
 
-    def evaluation(self, step: int, result: dict, also_renoise_time: float | None = None) -> None:
-        """One evaluation: evaluations.csv and `eval/`, or with `also_renoise_time` (the second
-        evaluation's setting, 0: one step) evaluations_also.csv and `eval_also/`."""
+    def evaluation(self, step: int, result: dict, also: tuple | None = None) -> None:
+        """One evaluation: evaluations.csv and `eval/`, or with `also` = (ActingVariant, its
+        re-noise time (0: one step), its critic aggregate), one of the run's other ways of acting:
+        evaluations_also.csv and `eval_also/<spec>/`."""
         row = {
             "step": step,
             "success_rate": result["success_rate"],
@@ -65,13 +83,15 @@ class RunLog:
             "episodes": result["episodes"],
             "num_candidates": result["num_candidates"],
         }
-        also = also_renoise_time is not None
-        if also:
-            row["renoise_time"] = also_renoise_time
-        self._append(EVAL_ALSO_CSV if also else EVAL_CSV, row)
+        tag = "eval"
+        if also is not None:
+            variant, renoise_time, aggregate = also
+            row.update(variant=variant.spec, renoise_time=renoise_time, critic_aggregate=aggregate)
+            tag = f"eval_also/{variant.spec}"
+        self._append(EVAL_CSV if also is None else EVAL_ALSO_CSV, row)
         for key in ("success_rate", "mean_return", "mean_episode_length"):
             if row[key] is not None:  # an env without a success signal has no success rate
-                self.writer.add_scalar(f"{'eval_also' if also else 'eval'}/{key}", row[key], step)
+                self.writer.add_scalar(f"{tag}/{key}", row[key], step)
 
     def validation(self, step: int, info: dict[str, float]) -> None:
         """Losses of the current networks on held-out episodes (no update)."""
@@ -84,16 +104,38 @@ class RunLog:
         plot_curves(self.run_dir)
 
 
-def _read_columns(path: Path) -> dict[str, list[float]]:
+def _read_rows(path: Path) -> list[dict]:
     if not path.exists():
-        return {}
+        return []
     with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
+        return list(csv.DictReader(handle))
+
+
+def _columns(rows: list[dict], skip: tuple[str, ...] = ()) -> dict[str, list[float]]:
     # An empty cell (e.g. no success rate where the env reports none) reads as NaN.
     return {
         key: [float(row[key]) if row[key] not in ("", None) else float("nan") for row in rows]
         for key in (rows[0].keys() if rows else [])
+        if key not in skip
     }
+
+
+def _read_columns(path: Path) -> dict[str, list[float]]:
+    return _columns(_read_rows(path))
+
+
+def also_variant_of(row: dict) -> str:
+    """The ActingVariant.spec an evaluations_also.csv row acted as: its `variant`, or in a file
+    written before several were possible, its re-noise time's."""
+    return row.get("variant") or ActingVariant(float(row["renoise_time"])).spec
+
+
+def read_also_evaluations(run_dir: Path) -> dict[str, list[dict]]:
+    """evaluations_also.csv's rows by the variant (spec) each acted as, in the order first logged."""
+    by_variant: dict[str, list[dict]] = {}
+    for row in _read_rows(Path(run_dir) / EVAL_ALSO_CSV):
+        by_variant.setdefault(also_variant_of(row), []).append(row)
+    return by_variant
 
 
 def plot_curves(run_dir: Path) -> Path:
@@ -105,7 +147,10 @@ def plot_curves(run_dir: Path) -> Path:
 
     train = _read_columns(Path(run_dir) / TRAIN_CSV)
     evals = _read_columns(Path(run_dir) / EVAL_CSV)
-    also = _read_columns(Path(run_dir) / EVAL_ALSO_CSV)
+    also = {
+        spec: _columns(rows, skip=("variant", "critic_aggregate"))
+        for spec, rows in read_also_evaluations(run_dir).items()
+    }
     held_out = _read_columns(Path(run_dir) / VALIDATION_CSV)
     # FQL runs log a flow-matching BC loss where MFQL logs the MeanFlow-identity loss.
     bc_panel = ("bc_flow/loss", "flow-matching BC loss", True) if "bc_flow/loss" in train else None
@@ -134,15 +179,16 @@ def plot_curves(run_dir: Path) -> Path:
     return out
 
 
-def _outcome_panel(ax, evals: dict[str, list[float]], also: dict[str, list[float]] | None = None) -> None:
+def _outcome_panel(
+    ax, evals: dict[str, list[float]], also: dict[str, dict[str, list[float]]] | None = None
+) -> None:
     """Success rate where the env reports it, else the mean return, else nothing (offline only);
-    the second evaluation's (evaluations_also.csv) beside the first, dashed."""
+    the other ways of acting (evaluations_also.csv, by variant spec) beside the first, dashed."""
     import math
 
     curves = [(evals, "o-", "as the run acts")]
-    if also and also.get("step"):
-        time = also["renoise_time"][0]
-        curves.append((also, "s--", "one step" if time == 0 else f"re-noised at {time:g}"))
+    for index, (spec, columns) in enumerate((also or {}).items()):
+        curves.append((columns, "sD^v<>"[index % 6] + "--", ActingVariant.parse(spec).label))
     if evals.get("success_rate") and not all(math.isnan(v) for v in evals["success_rate"]):
         for columns, style, label in curves:
             ax.errorbar(

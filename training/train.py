@@ -17,7 +17,14 @@ from tqdm import tqdm
 
 from training.agents import build_agent
 from training.checkpoint import CheckpointError, list_checkpoints, load_policy_checkpoint
-from training.config import FLOW_TIME_SAMPLINGS, GELU_KINDS, NetworkConfig, TrainConfig, resolve_agent_config
+from training.config import (
+    FLOW_TIME_SAMPLINGS,
+    GELU_KINDS,
+    ActingVariant,
+    NetworkConfig,
+    TrainConfig,
+    resolve_agent_config,
+)
 from training.data.rewards import REWARD_KINDS, RewardConfig
 from training.data.sources import (
     ACTION_SCALINGS,
@@ -179,6 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
         "or 0 for one step, on the same episodes and seeds (evaluations_also.csv; mfql-sweep tables "
         "it as a row of its own); a resumed run may set it anew. Default: off",
     )
+    p.add_argument(
+        "--also-eval",
+        action="append",
+        metavar="SPEC",
+        help="every evaluation also acts this way, on the same episodes and seeds (repeatable; "
+        "after --also-eval-renoise-time's): " + ActingVariant.SPEC_HELP + "; unset keys act as "
+        "the run does (evaluations_also.csv, a row of its own in mfql-sweep); a resumed run may "
+        "set them anew. Default: none",
+    )
     p.add_argument("--time-steps", type=int, help="N of the t grid; > 1000 = continuous")
     p.add_argument("--actor-lr", type=float)
     p.add_argument("--critic-lr", type=float)
@@ -314,6 +330,11 @@ UNREAD_FLAGS = {
 }
 
 
+def also_eval_specs(specs) -> tuple[str, ...]:
+    """`--also-eval` texts as TrainConfig.also_eval stores them (canonical; a bad one refused)."""
+    return tuple(ActingVariant.parse(spec).spec for spec in specs)
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     unread, reason = UNREAD_FLAGS.get(args.agent, ((), ""))
     given = ["--" + name.replace("_", "-") for name in unread if getattr(args, name) is not None]
@@ -369,6 +390,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         eval_num_candidates=args.eval_num_candidates,
         eval_replan_every=args.eval_replan_every,
         also_eval_renoise_time=args.also_eval_renoise_time,
+        also_eval=also_eval_specs(args.also_eval or ()),
         checkpoint_every=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints,
         threads=args.threads,
@@ -472,7 +494,8 @@ class Trainer:
         self.pending_actions: list[np.ndarray] = []  # online: the rest of the chunk being executed
         self.step, self.metrics = 0, {}  # metrics: the last evaluation's
         self.last_evaluation: dict | None = None  # evaluate_policy's full result, for callers (mfql-sweep)
-        self.last_also_evaluation: dict | None = None  # the second evaluation's (also_eval_renoise_time)
+        # the last evaluation's other ways of acting (also_eval_variants), by their spec
+        self.last_also_evaluations: dict[str, dict] = {}
         # Training wall-clock seconds of the run so far (evaluations excluded), for the time budget.
         self.train_seconds = 0.0
         self.stopped_by_time_budget = False
@@ -506,11 +529,11 @@ class Trainer:
         self._cpu_view = copy.deepcopy(view).cpu()  # one copy per update, however often asked
         return self._cpu_view
 
-    def also_view(self) -> ServingPolicy:
-        """`serving_view` acting as `also_eval_renoise_time` asks: the same networks (a shallow
-        copy of the module), another re-noise time (None: one step)."""
+    def variant_view(self, variant: ActingVariant) -> ServingPolicy:
+        """`serving_view` acting as `variant` asks: the same networks (a shallow copy of the
+        module), its re-noise time (None: one step) and critic aggregate."""
         view = copy.copy(self.serving_view())
-        view.renoise_time = self.config.also_acting_renoise_time
+        view.renoise_time, view.critic_aggregate, _ = variant.acting(self.config)
         return view
 
     def weights_changed(self) -> None:
@@ -584,34 +607,32 @@ class Trainer:
             "eval_num_candidates": k,
         }
         tqdm.write(f"step {self.step}: {outcome_text(result)} over {cfg.eval_episodes} episodes (K={k})")
-        if cfg.also_eval_renoise_time is not None:
-            self.also_evaluate()
+        self.last_also_evaluations = {
+            variant.spec: self.also_evaluate(variant) for variant in cfg.also_eval_variants
+        }
 
-    def roll_out(self, module: ServingPolicy) -> dict:
-        """`evaluate_policy` of this step's episodes (new seeds each step, the same in every run)."""
+    def roll_out(self, module: ServingPolicy, num_candidates: int | None = None) -> dict:
+        """`evaluate_policy` of this step's episodes (new seeds each step, the same in every run)
+        with K candidates (None: as the run acts)."""
         cfg = self.config
         return evaluate_policy(
             module,
             cfg.evaluation_env,
             cfg.eval_episodes,
-            cfg.acting_num_candidates,
+            num_candidates or cfg.acting_num_candidates,
             cfg.seed + 10_000 * self.step,
             replan_every=cfg.replan_every,
             observation_keys=cfg.data.observation_keys,
         )
 
-    def also_evaluate(self) -> None:
-        """The second evaluation (`also_eval_renoise_time`): the same episodes and seeds."""
-        cfg = self.config
-        result = self.roll_out(self.also_view())
-        self.log.evaluation(self.step, result, also_renoise_time=cfg.also_eval_renoise_time)
-        self.last_also_evaluation = result
-        how = (
-            "one step"
-            if cfg.also_acting_renoise_time is None
-            else f"re-noised at {cfg.also_eval_renoise_time}"
-        )
-        tqdm.write(f"step {self.step}: acting {how}, {outcome_text(result)}")
+    def also_evaluate(self, variant: ActingVariant) -> dict:
+        """One more evaluation (`--also-eval-renoise-time`, `--also-eval`): the same episodes and
+        seeds, acting as `variant` asks."""
+        renoise, aggregate, k = variant.acting(self.config)
+        result = self.roll_out(self.variant_view(variant), k)
+        self.log.evaluation(self.step, result, also=(variant, renoise or 0.0, aggregate))
+        tqdm.write(f"step {self.step}: acting {variant.label}, {outcome_text(result)}")
+        return result
 
     def run_metrics(self) -> dict:
         """What a checkpoint records and `run` returns: the last evaluation and the training time."""
@@ -799,6 +820,7 @@ def resolve_run(config: TrainConfig, args: argparse.Namespace) -> tuple[TrainCon
             if args.also_eval_renoise_time is None
             else args.also_eval_renoise_time
         ),
+        also_eval=stored.also_eval if args.also_eval is None else also_eval_specs(args.also_eval),
     )
     return config, resume_from
 

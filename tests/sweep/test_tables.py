@@ -192,8 +192,9 @@ def test_the_curve_says_how_many_episodes_its_evaluations_ran_not_the_final_ones
 
 
 def test_a_second_evaluation_becomes_a_row_and_a_curve_of_its_own(tmp_path):
-    """A run trained with --also-eval-renoise-time: its final row's "also" and evaluations_also.csv
-    give a row named for it in the study and task tables; collecting again does not repeat it."""
+    """A run trained with --also-eval-renoise-time before `--also-eval` existed (its final row's
+    "also" one dict, evaluations_also.csv without a variant column): a row named for it in the
+    study and task tables; collecting again does not repeat it."""
     out = tmp_path / "grid"
     also = {"renoise_time": 0.3, "success_rate": 0.8, "success_rate_stderr": 0.06, "mean_return": -900.0,
             "policy_latency_ms_p50": 2.0}  # fmt: skip
@@ -216,7 +217,7 @@ def test_a_second_evaluation_becomes_a_row_and_a_curve_of_its_own(tmp_path):
     assert derived["steps_trained"] == 10 and derived["train_steps_per_second"] == 20.0  # the same training
     table = (out / "task2" / "study.md").read_text()
     assert (
-        "| bon (re-noised 0.3) | the `bon` runs, evaluated a second way (`--also-eval-renoise-time`) | 0.80"
+        "| bon (re-noised 0.3) | the `bon` runs, acting another way (`--also-eval renoise=0.3`) | 0.80"
         in table
     )
     assert "| 0.45 / 0.75 |" in table and "| 0.25 / 0.50 |" in table  # each row's own curve
@@ -224,3 +225,31 @@ def test_a_second_evaluation_becomes_a_row_and_a_curve_of_its_own(tmp_path):
     assert "| bon | 0.30 | 0.30 |" in tasks and "| bon (re-noised 0.3) | 0.80 | 0.80 |" in tasks
     one_step = with_also_rows([{**row, "also": {**also, "renoise_time": 0.0}}])
     assert [r["method"] for r in one_step] == ["bon", "bon (one step)"]
+
+
+def test_each_other_way_of_acting_becomes_a_row_and_a_curve_of_its_own(tmp_path):
+    """A run with two other ways of acting (--also-eval-renoise-time 0.3 and --also-eval
+    renoise=0.3,aggregate=min,candidates=64): two rows, each with its own K, success and curve
+    (evaluations_also.csv's rows by variant, interleaved as the trainer writes them)."""
+    out = tmp_path / "grid"
+    shared = {"success_rate_stderr": 0.06, "policy_latency_ms_p50": 2.0, "renoise_time": 0.3}
+    also = [
+        {**shared, "variant": "renoise=0.3", "label": "re-noised 0.3", "critic_aggregate": "mean",
+         "num_candidates": 32, "success_rate": 0.8, "mean_return": -900.0},
+        {**shared, "variant": "renoise=0.3,aggregate=min,candidates=64", "label": "re-noised 0.3, min, K = 64",
+         "critic_aggregate": "min", "num_candidates": 64, "success_rate": 0.9, "mean_return": -800.0},
+    ]  # fmt: skip
+    row = old_run(out / "task2", "bon", 0, 0.3, also=also)
+    (Path(row["run_dir"]) / "evaluations_also.csv").write_text(
+        "step,success_rate,success_rate_stderr,num_candidates,variant,renoise_time,critic_aggregate\n"
+        '5,0.45,0.1,32,renoise=0.3,0.3,mean\n5,0.55,0.1,64,"renoise=0.3,aggregate=min,candidates=64",0.3,min\n'
+        '10,0.75,0.1,32,renoise=0.3,0.3,mean\n10,0.85,0.1,64,"renoise=0.3,aggregate=min,candidates=64",0.3,min\n'
+    )
+    args = ["--collect", "--env", "cube-single-play-singletask-v0", "--tasks", "2", "--out", str(out)]
+    assert main(args) == 0
+    runs = json.loads((out / "task2" / "study.json").read_text())["runs"]
+    assert [r["method"] for r in runs] == ["bon", "bon (re-noised 0.3)", "bon (re-noised 0.3, min, K = 64)"]
+    assert [(r["success_rate"], r["num_candidates"]) for r in runs[1:]] == [(0.8, 32), (0.9, 64)]
+    table = (out / "task2" / "study.md").read_text()
+    assert "| 0.45 / 0.75 |" in table and "| 0.55 / 0.85 |" in table  # each variant's own curve
+    assert "(`--also-eval renoise=0.3,aggregate=min,candidates=64`) | 0.90" in table

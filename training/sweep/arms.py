@@ -141,10 +141,20 @@ PRESETS: dict[str, Preset] = {
             # Each evaluation also acts re-noised at 0.3 (acting only: the same training), a row of
             # its own, `bon (re-noised 0.3)`: on puzzle-3x3 task2 its checkpoints at 60-100k read
             # 0.42-0.96 re-noised against 0.16-0.68 one step, its final evaluation at 100k 0.82
-            # against 0.60 (docs/results/best-of-n.md, rounds 4-7).
+            # against 0.60 (docs/results/best-of-n.md, rounds 4-7). And re-noised, ranked by the
+            # ensemble's minimum over 64 candidates, `bon (re-noised 0.3, min, K = 64)`: at least
+            # as good as the mean over 32 in 13 of 14 checkpoints' cells on tasks 2 and 1 (rounds
+            # 7-8); recorded on every task before it could become the default.
             "bon": (
                 "one-step best-of-N: MeanFlow policy by the MFI loss alone, best of K = 32 by the critic",
-                ["--agent", "bon", "--also-eval-renoise-time", "0.3"],
+                [
+                    "--agent",
+                    "bon",
+                    "--also-eval-renoise-time",
+                    "0.3",
+                    "--also-eval",
+                    "renoise=0.3,aggregate=min,candidates=64",
+                ],  # fmt: skip
             ),
             # The same training as `bon`, acting re-noised (its one-step success is `mfql-eval CKPT
             # --renoise-time 0`); `bon` evaluates both ways from one training.

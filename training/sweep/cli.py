@@ -184,11 +184,11 @@ def write_study(folder: Path, heading: Heading, rows: list[dict], curves: dict, 
 
 
 def describe_row(preset, rows: list[dict], name: str) -> str:
-    """What a table row tests: its arm's description, or for a second evaluation (`also_of`) whose it is."""
-    parent = next((r["also_of"] for r in rows if r["method"] == name and "also_of" in r), None)
-    if parent is None:
+    """What a table row tests: its arm's description, or for another way of acting (`also_of`) whose runs."""
+    also = next((r for r in rows if r["method"] == name and "also_of" in r), None)
+    if also is None:
         return describe_arm(preset, name)
-    return f"the `{parent}` runs, evaluated a second way (`--also-eval-renoise-time`)"
+    return f"the `{also['also_of']}` runs, acting another way (`--also-eval {also['evaluations_variant']}`)"
 
 
 def write_tables(args, envs, rows_by_task, curves_by_run, extra_flags) -> None:
@@ -203,7 +203,9 @@ def write_tables(args, envs, rows_by_task, curves_by_run, extra_flags) -> None:
         folder = args.out / key if key else args.out
         curves = {
             (r["method"], r["seed"]): curves_by_run.get((key, r["method"], r["seed"]))
-            or curve_of_run(Path(r["run_dir"]), r.get("evaluations_file", EVAL_CSV))
+            or curve_of_run(
+                Path(r["run_dir"]), r.get("evaluations_file", EVAL_CSV), r.get("evaluations_variant")
+            )
             for r in rows
         }
         heading = Heading(

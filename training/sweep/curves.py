@@ -11,19 +11,21 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from training.run_log import EVAL_CSV, TRAIN_CSV
+from training.run_log import EVAL_CSV, TRAIN_CSV, also_variant_of
 from training.sweep.tables import Curve
 
 
-def curve_of_run(run_dir: Path, file: str = EVAL_CSV) -> Curve:
+def curve_of_run(run_dir: Path, file: str = EVAL_CSV, variant: str | None = None) -> Curve:
     """A run folder's evaluations during training (none with `--eval-every 0`); `file`
-    evaluations_also.csv for its second evaluation. An older evaluations.csv lacks the mean
-    return: its points lack it too."""
+    evaluations_also.csv and `variant` (an ActingVariant.spec) for one of its other ways of
+    acting. An older evaluations.csv lacks the mean return: its points lack it too."""
     path = Path(run_dir) / file
     if not path.is_file():
         return []
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
+    if variant is not None:
+        rows = [row for row in rows if also_variant_of(row) == variant]
     keys = ("success_rate", "success_rate_stderr", "mean_return")
     return [
         {

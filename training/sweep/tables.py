@@ -14,6 +14,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from training.config import ActingVariant
 from training.run_log import EVAL_ALSO_CSV
 
 # Each finished run's row, kept in its run directory: a sweep stopped part-way keeps the runs it
@@ -61,30 +62,42 @@ def recorded_rows(folder: Path) -> list[dict]:
     return list(by_run.values())
 
 
-def also_method(method: str, renoise_time: float) -> str:
-    """The table name of an arm's second evaluation (TrainConfig.also_eval_renoise_time)."""
-    return f"{method} (one step)" if renoise_time == 0 else f"{method} (re-noised {renoise_time:g})"
+def also_rows_of(row: dict) -> list[dict]:
+    """A run row's other ways of acting ("also"): a list, or in rows written before several
+    were possible, one dict that names only its re-noise time."""
+    also = row.get("also") or []
+    if isinstance(also, dict):
+        variant = ActingVariant(also["renoise_time"])
+        also = [{**also, "variant": variant.spec, "label": variant.label}]
+    return also
 
 
 def with_also_rows(rows: list[dict]) -> list[dict]:
-    """`rows` with, after each run that also evaluated a second way (its row's "also"), that
-    evaluation as a row of its own: the same run (seed, steps, training speed), its own success,
-    return and latency, named by `also_method`. Such rows are made from their run's row alone, so
-    those an earlier table holds (study.json) are dropped and made anew."""
+    """`rows` with, after each run that also evaluated other ways (its row's "also"), each of
+    those evaluations as a row of its own: the same run (seed, steps, training speed), its own
+    success, return, K and latency, named `<arm> (<variant's label>)`. Such rows are made from
+    their run's row alone, so those an earlier table holds (study.json) are dropped and made anew."""
     table = []
     for row in rows:
         if "also_of" in row:
             continue
         table.append(row)
-        if "also" in row:
-            also = row["also"]
+        for also in also_rows_of(row):
+            shown = (
+                "success_rate",
+                "success_rate_stderr",
+                "mean_return",
+                "num_candidates",
+                "policy_latency_ms_p50",
+            )
             table.append(
                 {
                     **{key: value for key, value in row.items() if key != "also"},
-                    **{key: value for key, value in also.items() if key != "renoise_time"},
-                    "method": also_method(row["method"], also["renoise_time"]),
+                    **{key: also[key] for key in shown if key in also},
+                    "method": f"{row['method']} ({also['label']})",
                     "also_of": row["method"],
                     "evaluations_file": EVAL_ALSO_CSV,
+                    "evaluations_variant": also["variant"],
                 }
             )
     return table

@@ -24,6 +24,7 @@ import ray
 from ray import tune
 
 from training.checkpoint import CONFIG_FILE, PolicyCheckpoint, list_checkpoints, step_dir_name
+from training.config import ActingVariant
 from training.evaluate import evaluate_policy
 from training.inference import ServingPolicy, load_serving_policy, serving_policy_from_checkpoint
 from training.sweep.tables import FINAL_EVALUATION, finished_row, run_directory
@@ -51,9 +52,9 @@ class ReportingTrainer(Trainer):
         if evaluation is not None and self.metrics.get("eval_step") == self.step:
             for key in ("success_rate", "success_rate_stderr", "mean_return", "episodes"):
                 metrics[f"eval/{key}"] = evaluation[key]
-            if self.last_also_evaluation is not None:  # --also-eval-renoise-time: the second way
+            for spec, also in self.last_also_evaluations.items():  # the other ways of acting
                 for key in ("success_rate", "mean_return"):
-                    metrics[f"eval_also/{key}"] = self.last_also_evaluation[key]
+                    metrics[f"eval_also/{spec}/{key}"] = also[key]
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(path)))
         return path
 
@@ -116,7 +117,7 @@ def final_row(trainer: Trainer, arm: str, seed: int, episodes: int, seconds: flo
     report = final_evaluation(module, checkpoint, episodes, seed)
     with open(run_dir / "metrics.csv", newline="") as handle:
         logged = list(csv.DictReader(handle))
-    also = config.also_eval_renoise_time
+    also = [also_evaluation(checkpoint, variant, episodes, seed) for variant in config.also_eval_variants]
     return {
         "method": arm,
         "seed": seed,
@@ -134,28 +135,38 @@ def final_row(trainer: Trainer, arm: str, seed: int, episodes: int, seconds: flo
         "policy_latency_ms_p50": report["policy_latency_ms"]["p50"],
         "num_candidates": report["num_candidates"],
         "run_dir": str(run_dir),
-        **({} if also is None else {"also": also_evaluation(checkpoint, also, episodes, seed)}),
+        **({"also": also} if also else {}),
     }
 
 
-def final_evaluation(module: ServingPolicy, checkpoint: PolicyCheckpoint, episodes: int, seed: int) -> dict:
-    """`evaluate_policy` of the final checkpoint as `mfql-eval` does, on the study's episodes."""
+def final_evaluation(
+    module: ServingPolicy,
+    checkpoint: PolicyCheckpoint,
+    episodes: int,
+    seed: int,
+    num_candidates: int | None = None,
+) -> dict:
+    """`evaluate_policy` of the final checkpoint as `mfql-eval` does, on the study's episodes,
+    with K candidates (None: as the run acts)."""
     config = checkpoint.config
     return evaluate_policy(
-        module, config.env_name, episodes, config.acting_num_candidates, FINAL_EVAL_SEED + 1000 * seed,
-        progress=False, replan_every=config.replan_every,
+        module, config.env_name, episodes, num_candidates or config.acting_num_candidates,
+        FINAL_EVAL_SEED + 1000 * seed, progress=False, replan_every=config.replan_every,
     )  # fmt: skip
 
 
-def also_evaluation(checkpoint: PolicyCheckpoint, renoise_time: float, episodes: int, seed: int) -> dict:
-    """The final checkpoint (already loaded) acting as TrainConfig.also_eval_renoise_time asks
-    (0: one step), on the final evaluation's episodes and seeds: `tables.with_also_rows` makes it
-    a row of its own."""
-    report = final_evaluation(
-        serving_policy_from_checkpoint(checkpoint, renoise_time), checkpoint, episodes, seed
-    )
+def also_evaluation(checkpoint: PolicyCheckpoint, variant: ActingVariant, episodes: int, seed: int) -> dict:
+    """The final checkpoint (already loaded) acting as one of TrainConfig.also_eval_variants asks,
+    on the final evaluation's episodes and seeds: `tables.with_also_rows` makes it a row of its own."""
+    renoise_time, aggregate, k = variant.acting(checkpoint.config)
+    module = serving_policy_from_checkpoint(checkpoint, renoise_time or 0.0, aggregate)
+    report = final_evaluation(module, checkpoint, episodes, seed, k)
     return {
-        "renoise_time": renoise_time,
+        "variant": variant.spec,
+        "label": variant.label,
+        "renoise_time": renoise_time or 0.0,
+        "critic_aggregate": aggregate,
+        "num_candidates": k,
         **{key: report[key] for key in ("success_rate", "success_rate_stderr", "mean_return")},
         "policy_latency_ms_p50": report["policy_latency_ms"]["p50"],
     }
