@@ -154,7 +154,7 @@ PRESETS: dict[str, Preset] = {
                     "0.3",
                     "--also-eval",
                     "renoise=0.3,aggregate=min,candidates=64",
-                ],  # fmt: skip
+                ],
             ),
             # The same training as `bon`, acting re-noised (its one-step success is `mfql-eval CKPT
             # --renoise-time 0`); `bon` evaluates both ways from one training.
