@@ -529,13 +529,6 @@ class Trainer:
         self._cpu_view = copy.deepcopy(view).cpu()  # one copy per update, however often asked
         return self._cpu_view
 
-    def variant_view(self, variant: ActingVariant) -> ServingPolicy:
-        """`serving_view` acting as `variant` asks: the same networks (a shallow copy of the
-        module), its re-noise time (None: one step) and critic aggregate."""
-        view = copy.copy(self.serving_view())
-        view.renoise_time, view.critic_aggregate, _ = variant.acting(self.config)
-        return view
-
     def weights_changed(self) -> None:
         """After an update: the next evaluation off a CPU device copies the networks anew."""
         self._cpu_view = None
@@ -629,7 +622,9 @@ class Trainer:
         """One more evaluation (`--also-eval-renoise-time`, `--also-eval`): the same episodes and
         seeds, acting as `variant` asks."""
         renoise, aggregate, k = variant.acting(self.config)
-        result = self.roll_out(self.variant_view(variant), k)
+        view = copy.copy(self.serving_view())  # the same networks (a shallow copy), acting another way
+        view.renoise_time, view.critic_aggregate = renoise, aggregate
+        result = self.roll_out(view, k)
         self.log.evaluation(self.step, result, also=(variant, renoise or 0.0, aggregate))
         tqdm.write(f"step {self.step}: acting {variant.label}, {outcome_text(result)}")
         return result

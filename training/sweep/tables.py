@@ -62,6 +62,16 @@ def recorded_rows(folder: Path) -> list[dict]:
     return list(by_run.values())
 
 
+# What another way of acting measured itself; the rest of its row is its run's
+ALSO_ROW_KEYS = (
+    "success_rate",
+    "success_rate_stderr",
+    "mean_return",
+    "num_candidates",
+    "policy_latency_ms_p50",
+)
+
+
 def also_rows_of(row: dict) -> list[dict]:
     """A run row's other ways of acting ("also"): a list, or in rows written before several
     were possible, one dict that names only its re-noise time."""
@@ -83,17 +93,10 @@ def with_also_rows(rows: list[dict]) -> list[dict]:
             continue
         table.append(row)
         for also in also_rows_of(row):
-            shown = (
-                "success_rate",
-                "success_rate_stderr",
-                "mean_return",
-                "num_candidates",
-                "policy_latency_ms_p50",
-            )
             table.append(
                 {
                     **{key: value for key, value in row.items() if key != "also"},
-                    **{key: also[key] for key in shown if key in also},
+                    **{key: also[key] for key in ALSO_ROW_KEYS if key in also},
                     "method": f"{row['method']} ({also['label']})",
                     "also_of": row["method"],
                     "evaluations_file": EVAL_ALSO_CSV,
