@@ -14,7 +14,8 @@ On one machine trials run as Ray allows (`--cpus-per-trial`, default 1; `--jobs`
 `--address HOST:6379` runs the same sweep on a Ray cluster (docs/sweeps.md). `--resume`
 restores a stopped sweep without re-running finished trials; `--collect` trains nothing and
 writes the tables from the finished runs in `--out` (also run folders of benchmarks/ablate.py,
-the runner this replaced). Extra `mfql-train` flags for every arm go after `--`.
+the runner this replaced); `--progress` trains nothing and writes `<out>/progress.md`, where
+every run stands, finished or not. Extra `mfql-train` flags for every arm go after `--`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 from training.run_log import EVAL_CSV
 from training.sweep.arms import PRESETS, GridError, arm_flags, describe_arm, parse_seeds, task_envs
 from training.sweep.curves import curve_of_run, plot_learning_curves, plot_losses
+from training.sweep.progress import write_progress
 from training.sweep.tables import (
     Heading,
     merge_rows,
@@ -91,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--collect",
         action="store_true",
         help="train nothing: write the tables from the finished runs in --out",
+    )
+    p.add_argument(
+        "--progress",
+        action="store_true",
+        help="train nothing: write <out>/progress.md, where every run in --out stands, finished or "
+        "not (its newest checkpoint, each evaluation so far, the final one once it finished)",
     )
     p.add_argument("--out", type=Path, default=Path("runs/study"))
     p.add_argument("train_flags", nargs="*", help="after --: mfql-train flags for every arm")
@@ -238,6 +246,11 @@ def main(argv: list[str] | None = None) -> int:
         seeds = parse_seeds(args.seeds)
     except GridError as exc:
         parser.error(str(exc))
+    if args.progress:
+        if args.collect:
+            parser.error("--progress and --collect: one at a time (--progress reads unfinished runs too)")
+        print(write_progress(args.out, envs))
+        return 0
     folders = {key: args.out / key if key else args.out for key in envs}
     recorded = {key: recorded_rows(folder) for key, folder in folders.items()}
     if args.collect:
