@@ -1,6 +1,6 @@
 """`mfql-export`: write a policy bundle from a checkpoint, or inspect one.
 
-    mfql-export CHECKPOINT --out BUNDLE_DIR [--format onnx,torchscript] [--max-candidates 32]
+    mfql-export CHECKPOINT --out BUNDLE_DIR [--format onnx,torchscript] [--max-candidates 32] [--num-candidates K]
                 [--opset 18] [--fp16] [--name NAME] [--triton-repo DIR] [--overwrite]
                 [--evaluation EVAL_JSON] [--control-period-s SECONDS]
     mfql-export inspect BUNDLE_DIR
@@ -35,6 +35,12 @@ def build_export_parser() -> argparse.ArgumentParser:
         "--format", default="onnx,torchscript", help="comma-separated: onnx (required), torchscript"
     )
     parser.add_argument("--max-candidates", type=int, default=32, help="largest K a server should accept")
+    parser.add_argument(
+        "--num-candidates",
+        type=int,
+        help="K a request gets when it names none (default: the K the run acts with); --evaluation "
+        "must have acted with it",
+    )
     parser.add_argument(
         "--renoise-time",
         type=float,
@@ -132,6 +138,7 @@ def run_export(args: argparse.Namespace) -> int:
         max_action_delta=args.max_action_delta,
         renoise_time=args.renoise_time,
         critic_aggregate=args.critic_aggregate,
+        num_candidates=args.num_candidates,
     )
     try:
         result = export_bundle(args.checkpoint, options)

@@ -67,6 +67,9 @@ class ExportOptions:
     renoise_time: float | None = None
     # how the graph ranks candidates: the critic ensemble's "mean" or "min" Q; None: the run's own
     critic_aggregate: str | None = None
+    # K a request gets when it names none (metadata default_num_candidates); None: the K the run
+    # acts with (its --eval-num-candidates, else the agent's K)
+    num_candidates: int | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,8 @@ def check_options(options: ExportOptions) -> None:
         raise ExportError(f"--name must match {MODEL_NAME_PATTERN.pattern}; got {options.name!r}")
     if options.max_candidates < 1:
         raise ExportError(f"--max-candidates must be >= 1; got {options.max_candidates}")
+    if options.num_candidates is not None and options.num_candidates < 1:
+        raise ExportError(f"--num-candidates must be >= 1; got {options.num_candidates}")
     period = options.control_period_s
     if period is not None and not (period > 0 and math.isfinite(period)):
         raise ExportError(f"--control-period-s must be a positive number of seconds; got {period}")
@@ -160,7 +165,12 @@ def _checked(runtime_name: str, report: ParityReport) -> ParityReport:
 
 
 def _write_bundle_files(
-    staging: Path, module: ServingPolicy, checkpoint: PolicyCheckpoint, options: ExportOptions, name: str
+    staging: Path,
+    module: ServingPolicy,
+    checkpoint: PolicyCheckpoint,
+    options: ExportOptions,
+    name: str,
+    default_k: int,
 ) -> tuple[BundleContents, dict[str, ParityReport]]:
     precision = "float16" if options.fp16 else "float32"
     exported = Float16ServingPolicy(module).eval() if options.fp16 else module
@@ -170,7 +180,6 @@ def _write_bundle_files(
     if "torchscript" in options.formats:
         torchscript_bytes = export_torchscript(exported, example, staging / TORCHSCRIPT_FILE)
     tolerance = TOLERANCES[precision]
-    default_k = checkpoint.config.acting_num_candidates
     cases = selftest_cases(module, checkpoint, sorted({1, default_k, options.max_candidates}))
     onnx_report = compare_runtime(OnnxRuntimePolicy(staging / ONNX_FILE), cases, tolerance)
     parity = {"onnxruntime": _checked("ONNX Runtime", onnx_report)}
@@ -187,9 +196,10 @@ def read_evaluation(
     checkpoint: PolicyCheckpoint,
     renoise_time: float | None = None,
     critic_aggregate: str = "mean",
+    num_candidates: int | None = None,
 ) -> dict:
     """An `mfql-eval` report, refused unless it evaluated this checkpoint's step and env, acting as
-    the bundle does (`renoise_time`, `critic_aggregate`: the graph's)."""
+    the bundle does (`renoise_time`, `critic_aggregate`: the graph's; `num_candidates`: its default K)."""
     try:
         report = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
@@ -222,6 +232,13 @@ def read_evaluation(
             f"--evaluation {path} ranked candidates by the critic's {report.get('critic_aggregate', 'mean')} Q; "
             f"the bundle ranks by its {critic_aggregate} (evaluate with mfql-eval --critic-aggregate as exported)"
         )
+    reported_k = report.get("num_candidates")
+    if num_candidates is not None and reported_k is not None and reported_k != num_candidates:
+        raise ExportError(
+            f"--evaluation {path} acted with K = {reported_k} candidates; the bundle's default K is "
+            f"{num_candidates} (evaluate with mfql-eval --num-candidates, or export with --num-candidates "
+            f"{reported_k})"
+        )
     return report
 
 
@@ -230,17 +247,22 @@ def export_bundle(checkpoint_path: Path, options: ExportOptions) -> ExportResult
     check_options(options)
     refuse_existing(options.out, options.overwrite)
     module, checkpoint = load_module(checkpoint_path, options.renoise_time, options.critic_aggregate)
+    default_k = options.num_candidates or checkpoint.config.acting_num_candidates
+    if options.max_candidates < default_k:
+        what = (
+            f"--num-candidates {default_k}"
+            if options.num_candidates
+            else f"the trained K = {default_k} of {checkpoint.path}"
+        )
+        raise ExportError(f"--max-candidates {options.max_candidates} is below {what}")
     evaluation = (
-        read_evaluation(options.evaluation, checkpoint, module.renoise_time, module.critic_aggregate)
+        read_evaluation(
+            options.evaluation, checkpoint, module.renoise_time, module.critic_aggregate, default_k
+        )
         if options.evaluation
         else None
     )
     name = options.name or default_name(checkpoint, module)
-    default_k = checkpoint.config.acting_num_candidates
-    if options.max_candidates < default_k:
-        raise ExportError(
-            f"--max-candidates {options.max_candidates} is below the trained K = {default_k} of {checkpoint.path}"
-        )
     if options.triton_repo is not None:
         refuse_existing(options.triton_repo / name, options.overwrite)
     control_period_s = options.control_period_s
@@ -253,8 +275,8 @@ def export_bundle(checkpoint_path: Path, options: ExportOptions) -> ExportResult
         )
     triton_config = None
     with staged_directory(options.out, options.overwrite) as staging:
-        contents, parity = _write_bundle_files(staging, module, checkpoint, options, name)
-        metadata = build_metadata(checkpoint, module, contents, evaluation, control_period_s)
+        contents, parity = _write_bundle_files(staging, module, checkpoint, options, name, default_k)
+        metadata = build_metadata(checkpoint, module, contents, evaluation, control_period_s, default_k)
         metadata.update(action_limits(options, metadata["action_low"], metadata["action_high"]))
         write_metadata(staging, metadata)
         write_checksums(staging)

@@ -159,11 +159,13 @@ def build_metadata(
     contents: BundleContents,
     evaluation: dict | None = None,
     control_period_s: float | None = None,
+    default_num_candidates: int | None = None,
 ) -> dict:
     """`evaluation`: an `mfql-eval` report of this checkpoint; its success rate replaces the training one.
 
     `control_period_s`: seconds per control step (None: unknown); a chunk's actions are meant
-    for consecutive steps of that period.
+    for consecutive steps of that period. `default_num_candidates`: the K a request gets when it
+    names none (None: the K the run acts with).
     """
     config, d = checkpoint.config, checkpoint.action_dim
     files = {"onnx": ONNX_FILE}
@@ -177,7 +179,7 @@ def build_metadata(
         # The range the bundle's actions cover: [-1, 1], or the data's units for scaled actions.
         "action_low": [float(v) for v in module.action_low.tolist()],
         "action_high": [float(v) for v in module.action_high.tolist()],
-        "default_num_candidates": config.acting_num_candidates,
+        "default_num_candidates": default_num_candidates or config.acting_num_candidates,
         "max_num_candidates": contents.max_num_candidates,
         "action_horizon": module.action_horizon,
         # MeanFlow candidates re-noised to this time in the graph (two network evaluations each); null: one step

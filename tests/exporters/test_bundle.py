@@ -193,6 +193,8 @@ def test_corrupt_or_incompatible_checkpoint_fails_with_one_line_and_writes_nothi
         ({"formats": ("onnx", "tflite")}, "subset of onnx,torchscript"),
         ({"name": "../escape"}, "--name must match"),
         ({"max_candidates": 2}, "below the trained K = 5"),
+        ({"num_candidates": 40}, "--max-candidates 32 is below --num-candidates 40"),
+        ({"num_candidates": 0}, "--num-candidates must be >= 1"),
         ({"opset": 16}, "--opset must be between 17"),
         ({"control_period_s": -0.05}, "--control-period-s must be a positive number"),
     ],

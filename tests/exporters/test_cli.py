@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from exporters.bundle import ONNX_FILE, OUTPUT_NAMES, read_metadata
+from exporters.cli import main
 from exporters.errors import ExportError
 from exporters.export import ExportOptions, export_bundle
 from exporters.runtimes import OnnxRuntimePolicy
-from tests.exporters.checkpoints import SMALL_MLP, CheckpointSpec, write_fql_checkpoint
+from tests.exporters.checkpoints import SMALL_MLP, CheckpointSpec, write_checkpoint, write_fql_checkpoint
 from training.checkpoint import load_policy_checkpoint
 from training.inference import load_serving_policy
 
@@ -96,6 +97,37 @@ def test_evaluation_report_sets_the_success_rate_and_a_mismatched_one_is_refused
     with pytest.raises(ExportError, match=f"evaluated step {checkpoint.step + 1}"):
         export_bundle(run, stale)
     assert not (tmp_path / "other").exists()
+
+
+def test_num_candidates_sets_the_bundles_default_k_and_the_report_must_have_acted_with_it(tmp_path, capsys):
+    """A MeanFlow run acting with K = 5, served with K = 8 by default (`--num-candidates 8`): a
+    report of K = 8 is refused for the run's own K and accepted for the bundle of K = 8, whose
+    metadata and self-test cases carry it."""
+    run = write_checkpoint(tmp_path / "run", CheckpointSpec(SMALL_MLP, 9, 2, {}))
+    checkpoint = load_policy_checkpoint(run)
+    assert checkpoint.config.acting_num_candidates == 5
+    report = {"env": checkpoint.config.env_name, "step": checkpoint.step, "episodes": 50}
+    report.update({"num_candidates": 8, "success_rate": 0.7, "success_rate_stderr": 0.06})
+    (tmp_path / "eval-k8.json").write_text(json.dumps(report))
+    argv = [
+        str(run),
+        "--format",
+        "onnx",
+        "--evaluation",
+        str(tmp_path / "eval-k8.json"),
+        "--max-candidates",
+        "16",
+    ]
+    assert main([*argv, "--out", str(tmp_path / "k5")]) == 2
+    assert "acted with K = 8 candidates; the bundle's default K is 5" in capsys.readouterr().err
+    assert not (tmp_path / "k5").exists()
+    assert main([*argv, "--out", str(tmp_path / "k8"), "--num-candidates", "8"]) == 0
+    metadata = read_metadata(tmp_path / "k8")
+    assert (metadata["default_num_candidates"], metadata["max_num_candidates"]) == (8, 16)
+    assert metadata["success_rate"] == 0.7 and metadata["evaluation"]["num_candidates"] == 8
+    assert (
+        "parity onnxruntime vs eager PyTorch" in (out := capsys.readouterr().out) and "(K = 1, 8, 16)" in out
+    )
 
 
 def test_chunked_fql_checkpoint_exports_its_one_step_chunk_policy(tmp_path):

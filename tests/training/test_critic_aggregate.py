@@ -113,11 +113,15 @@ def test_mfql_eval_records_the_ranking_and_export_refuses_a_report_that_ranked_o
     bundle = export_bundle(
         pendulum_checkpoint,
         ExportOptions(
-            out=tmp_path / "min", formats=("onnx",), evaluation=tmp_path / "min.json", critic_aggregate="min"
+            out=tmp_path / "min",
+            formats=("onnx",),
+            evaluation=tmp_path / "min.json",
+            critic_aggregate="min",
+            num_candidates=4,  # as evaluated
         ),
     )
     assert bundle.metadata["critic_aggregate"] == "min"
-    assert bundle.metadata["evaluation"]["episodes"] == 1
+    assert bundle.metadata["evaluation"]["episodes"] == 1 and bundle.metadata["default_num_candidates"] == 4
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
