@@ -72,3 +72,9 @@ def test_a_finished_runs_other_ways_show_their_final_evaluation(tmp_path):
     text = (out / "progress.md").read_text()
     assert "| bon (re-noised 0.3) seed 0 | finished (10 steps) | 10 0.75 | -900 | 0.80 +/- 0.06 |" in text
     assert json.loads((out / "bon-seed0" / "final_evaluation.json").read_text()) == row
+    (out / "bon-seed0" / "evaluations_also.csv").unlink()  # evaluated only at the end (--eval-every 0)
+    assert main(["--progress", "--out", str(out)]) == 0
+    assert (
+        "| bon (re-noised 0.3) seed 0 | finished (10 steps) | - | -900 | 0.80 +/- 0.06 |"
+        in (out / "progress.md").read_text()
+    )

@@ -75,7 +75,8 @@ def run_progress(arm: str, seed: int, run_dir: Path) -> RunProgress:
     row = finished_row(run_dir)
     final_also = {also["variant"]: also for also in also_rows_of(row)} if row else {}
     ways = [WayOfActing(None, curve_of_run(run_dir), row)]
-    for spec in read_also_evaluations(run_dir):
+    # the ways it evaluated during training, then any only its final evaluation used (--eval-every 0)
+    for spec in dict.fromkeys([*read_also_evaluations(run_dir), *final_also]):
         ways.append(
             WayOfActing(
                 ActingVariant.parse(spec).label,
