@@ -195,3 +195,42 @@ def test_candidate_sources_rank_by_the_ensemble_minimum_when_asked(runs, monkeyp
     assert ranked_by == ["mean", "mean", "min"]
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [row["critic_aggregate"] for row in rows] == ["mean", "mean", "min"]
+
+
+def test_critic_values_reads_the_chunked_runs_critic_on_its_data(runs):
+    """The study's JSON on a real chunked run; each group's numbers are the served critic's."""
+    report = study("critic_values", runs / "chunk-5-seed0", "--states", "8", "--k", "3")
+    assert (report["agent"], report["k"], report["step"]) == ("mfql", 3, 10)
+    groups = report["by_steps_to_success"]
+    assert groups and all(0 < g["states"] <= 8 for g in groups)
+    assert all(g["q_spread"] >= 0 and g["q_best_minus_median"] >= 0 for g in groups)
+    assert "by_presses_left" not in report  # a cube run: no Lights Out distance
+
+
+def test_critic_values_view_is_the_served_computation(runs):
+    """q_data is the target critic's ensemble mean of the data's chunk; q_best and the candidate
+    scores are what ServingPolicy computes for the same noise."""
+    import numpy as np
+
+    from training.checkpoint import load_policy_checkpoint
+    from training.data.sources import load_training_data
+    from training.inference import serving_policy_from_checkpoint
+    from training.studies.critic_values import critic_view
+
+    checkpoint = load_policy_checkpoint(runs / "chunk-5-seed0")
+    served = serving_policy_from_checkpoint(checkpoint)
+    config = checkpoint.config
+    dataset = load_training_data(config.env_name, config.dataset_dir, config.data).train
+    rows = np.array([0, 7, 20])
+    view = critic_view(served, dataset, rows, 4, torch.Generator().manual_seed(5))
+    obs = torch.as_tensor(dataset.observations[rows])
+    chunk = torch.as_tensor(np.concatenate([dataset.actions[rows + j] for j in range(5)], axis=1))
+    with torch.no_grad():
+        q_data = served.critic(served.normalizer(obs), chunk).mean(dim=0)
+        noise = torch.randn((3, 4, 5, checkpoint.action_dim), generator=torch.Generator().manual_seed(5))
+        _, q_best, candidates = served(obs, noise)
+        scores = served.critic(served.normalizer(obs), candidates.reshape(3, 4, -1).transpose(0, 1)).mean(0)
+    assert np.allclose(view["q_data"], q_data.numpy(), atol=1e-5)
+    assert np.allclose(view["q_best"], q_best.numpy(), atol=1e-5)
+    assert np.allclose(view["q_best"], scores.max(dim=0).values.numpy(), atol=1e-5)
+    assert np.allclose(view["q_spread"], scores.std(dim=0).numpy(), atol=1e-5)
