@@ -28,6 +28,7 @@ from training.config import (
 from training.data.rewards import REWARD_KINDS, RewardConfig
 from training.data.sources import (
     ACTION_SCALINGS,
+    OBSERVATION_NORMALIZATIONS,
     DataConfig,
     LoadedData,
     dataset_name,
@@ -283,6 +284,13 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
         "the data's units); none refuses data outside [-1, 1]; auto (default): minmax only where needed",
     )
     p.add_argument(
+        "--observation-normalization",
+        choices=OBSERVATION_NORMALIZATIONS,
+        default=DataConfig.observation_normalization,
+        help="mean-std (default): the networks see (s - mean) / std of the training data; none: s as it "
+        "is (as Q-chunking's code trains; a study option, docs/method.md)",
+    )
+    p.add_argument(
         "--val-fraction",
         type=float,
         default=DataConfig.val_fraction,
@@ -297,7 +305,12 @@ def data_config_from_args(args: argparse.Namespace) -> tuple[str | None, DataCon
     if source is None or is_ogbench_name(source):
         if args.observation_keys:
             raise ValueError("--observation-keys applies to Minari and LeRobot sources, not to OGBench files")
-        data = DataConfig(val_fraction=args.val_fraction, reward=reward, action_scaling=args.action_scaling)
+        data = DataConfig(
+            val_fraction=args.val_fraction,
+            reward=reward,
+            action_scaling=args.action_scaling,
+            observation_normalization=args.observation_normalization,
+        )
         return source, data
     data = DataConfig(
         source=source,
@@ -305,6 +318,7 @@ def data_config_from_args(args: argparse.Namespace) -> tuple[str | None, DataCon
         val_fraction=args.val_fraction,
         reward=reward,
         action_scaling=args.action_scaling,
+        observation_normalization=args.observation_normalization,
     )
     return dataset_name(source), data
 
@@ -453,7 +467,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, resume_from: Path | None, data: LoadedData | None = None) -> None:
         """`data`: the run's data already loaded with `config.data` (None: load it here)."""
-        from training.data.dataset import observation_statistics
+        from training.data.dataset import normalization_statistics
 
         loaded = data or load_training_data(config.env_name, config.dataset_dir, config.data)
         if config.data.source is not None and config.eval_env is None and loaded.eval_env:
@@ -466,7 +480,7 @@ class Trainer:
         self.run_dir = Path(config.out_dir)
         self.dataset_provenance = loaded.provenance
         train_set = loaded.train
-        self.mean, self.std = observation_statistics(train_set)
+        self.mean, self.std = normalization_statistics(train_set, config.data.observation_normalization)
         self.agent = build_agent(
             config.agent,
             train_set.obs_dim,

@@ -200,6 +200,18 @@ def content_sha256(dataset: OfflineDataset) -> str:
     return digest.hexdigest()
 
 
+def normalization_statistics(
+    dataset: OfflineDataset, kind: str = "mean-std"
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (mean, std) the networks' ObservationNormalizer applies: the dataset's
+    (`observation_statistics`), or 0 and 1 for `kind` "none" (observations as they are)."""
+    if kind == "none":
+        return np.zeros(dataset.obs_dim, np.float32), np.ones(dataset.obs_dim, np.float32)
+    if kind != "mean-std":
+        raise ValueError(f"observation normalization must be 'mean-std' or 'none'; got {kind!r}")
+    return observation_statistics(dataset)
+
+
 def observation_statistics(dataset: OfflineDataset) -> tuple[np.ndarray, np.ndarray]:
     """Per-dimension mean and standard deviation of the observations (float32); std < 1e-6 -> 1."""
     observations = dataset.observations.astype(np.float64)

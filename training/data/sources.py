@@ -36,6 +36,11 @@ SourceFormat = Literal["ogbench", "minari", "lerobot", "transitions"]
 # data's units), or auto: mapped only when some action leaves [-1, 1].
 ActionScaling = Literal["auto", "none", "minmax"]
 ACTION_SCALINGS: tuple[str, ...] = ("auto", "none", "minmax")
+# What the networks see of an observation: (s - mean) / std with the training split's statistics
+# (ALGORITHM.md and the MeanFlowQL authors' code), or s as it is (Q-chunking's code on OGBench; a
+# study option: docs/method.md, "Observation normalisation").
+ObservationNormalization = Literal["mean-std", "none"]
+OBSERVATION_NORMALIZATIONS: tuple[str, ...] = ("mean-std", "none")
 
 
 @dataclass(frozen=True)
@@ -47,8 +52,14 @@ class DataConfig:
     val_fraction: float = 0.1  # share of episodes held out where the source has no validation split
     reward: RewardConfig = field(default_factory=RewardConfig)  # reward convention, for every split
     action_scaling: ActionScaling = "auto"  # actions to [-1, 1]: auto, none or minmax (see above)
+    observation_normalization: ObservationNormalization = "mean-std"  # or none (see above)
 
     def __post_init__(self) -> None:
+        if self.observation_normalization not in OBSERVATION_NORMALIZATIONS:
+            raise ValueError(
+                f"observation_normalization must be one of {list(OBSERVATION_NORMALIZATIONS)}; "
+                f"got {self.observation_normalization!r}"
+            )
         if self.action_scaling not in ACTION_SCALINGS:
             raise ValueError(
                 f"action_scaling must be one of {list(ACTION_SCALINGS)}; got {self.action_scaling!r}"

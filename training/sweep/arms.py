@@ -156,6 +156,24 @@ PRESETS: dict[str, Preset] = {
                     "renoise=0.3,aggregate=min,candidates=64",
                 ],
             ),
+            # `bon` on observations as they are, as Q-chunking's code trains (mfql's default
+            # normalises them, as ALGORITHM.md and the authors' code do). On puzzle-3x3 task4 at 100k
+            # `bon`'s critic ranks chunks far from the goal by its errors (docs/results/
+            # best-of-n.md, round 11), and mean-std normalisation maps near-constant dimensions
+            # (a joint with std 0.001, button velocities) to values up to 200 and 70.
+            "bon-raw-obs": (
+                "bon on raw observations (--observation-normalization none)",
+                [
+                    "--agent",
+                    "bon",
+                    "--observation-normalization",
+                    "none",
+                    "--also-eval-renoise-time",
+                    "0.3",
+                    "--also-eval",
+                    "renoise=0.3,aggregate=min,candidates=64",
+                ],
+            ),
             # The same training as `bon`, acting re-noised (its one-step success is `mfql-eval CKPT
             # --renoise-time 0`); `bon` evaluates both ways from one training.
             "bon-renoise": (
