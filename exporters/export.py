@@ -143,9 +143,16 @@ def default_name(checkpoint: PolicyCheckpoint, module: ServingPolicy) -> str:
 def selftest_cases(
     module: ServingPolicy, checkpoint: PolicyCheckpoint, counts: list[int]
 ) -> list[ParityCase]:
-    """Fixed inputs (observations at the dataset's scale) and the eager float32 outputs for them."""
+    """Fixed inputs (observations at the dataset's scale) and the eager float32 outputs for them.
+
+    The dataset's scale is the normaliser's statistics, or, for a run on raw observations
+    (`--observation-normalization none`: mean 0, std 1), the data's own, which it records.
+    """
     rng = np.random.default_rng(0)
     mean, std = checkpoint.obs_mean.numpy(), checkpoint.obs_std.numpy()
+    scale = checkpoint.dataset.get("observation_scale")
+    if scale is not None:
+        mean, std = np.asarray(scale["mean"], np.float32), np.asarray(scale["std"], np.float32)
     cases = []
     for k in counts:
         scaled = mean + std * rng.standard_normal((SELFTEST_BATCH, checkpoint.obs_dim))

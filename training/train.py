@@ -481,6 +481,12 @@ class Trainer:
         self.dataset_provenance = loaded.provenance
         train_set = loaded.train
         self.mean, self.std = normalization_statistics(train_set, config.data.observation_normalization)
+        if config.data.observation_normalization == "none":
+            # The networks see raw observations, so the normaliser (0, 1) no longer says where
+            # they live; the data's scale goes with the run, for export's self-test inputs.
+            data_mean, data_std = normalization_statistics(train_set)
+            scale = {"mean": data_mean.tolist(), "std": data_std.tolist()}
+            self.dataset_provenance = {**loaded.provenance, "observation_scale": scale}
         self.agent = build_agent(
             config.agent,
             train_set.obs_dim,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -52,3 +53,30 @@ def test_a_run_on_raw_observations_keeps_them_raw_through_resume(tmp_path, two_e
     resumed = load_policy_checkpoint(raw)
     assert resumed.step == 6 and resumed.config.data.observation_normalization == "none"
     assert torch.equal(resumed.obs_std, checkpoint.obs_std)
+
+
+def test_a_raw_run_records_the_datas_scale_and_export_tests_its_graph_there(tmp_path, two_episode_data_dir):
+    """The normaliser is (0, 1), so the run records the data's statistics, and export's self-test
+    draws its observations at that scale (N(0, 1) inputs are far from a raw dataset's)."""
+    from exporters.export import SELFTEST_BATCH, ExportOptions, export_bundle, load_module, selftest_cases
+
+    run = tmp_path / "raw"
+    assert (
+        _train(run, two_episode_data_dir, "--observation-normalization", "none", "--eval-episodes", "0") == 0
+    )
+    checkpoint = load_policy_checkpoint(run)
+    config = checkpoint.config
+    from training.data.sources import load_training_data
+
+    train = load_training_data(config.env_name, config.dataset_dir, config.data).train
+    mean, std = observation_statistics(train)
+    scale = checkpoint.dataset["observation_scale"]
+    assert np.allclose(scale["mean"], mean) and np.allclose(scale["std"], std)
+    module, _ = load_module(run, None, None)
+    (case,) = selftest_cases(module, checkpoint, [2])
+    draws = np.random.default_rng(0).standard_normal((SELFTEST_BATCH, checkpoint.obs_dim))
+    assert np.allclose(case.observation, (mean + std * draws).astype(np.float32))
+    bundle = export_bundle(run, ExportOptions(out=tmp_path / "bundle", formats=("onnx",)))
+    assert bundle.metadata["data"]["observation_scale"]["std"] == scale["std"]
+    written = json.loads((bundle.bundle_dir / "metadata.json").read_text())
+    assert written["data"]["observation_scale"] == scale
