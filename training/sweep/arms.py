@@ -160,7 +160,8 @@ PRESETS: dict[str, Preset] = {
             # normalises them, as ALGORITHM.md and the authors' code do). On puzzle-3x3 task4 at 100k
             # `bon`'s critic ranks chunks far from the goal by its errors (docs/results/
             # best-of-n.md, round 11), and mean-std normalisation maps near-constant dimensions
-            # (a joint with std 0.001, button velocities) to values up to 200 and 70.
+            # (a joint with std 0.001, button velocities) to values up to 200 and 70. To 40k on
+            # task4 (one seed) it did not help: no success, and best of 32 still stops pressing.
             "bon-raw-obs": (
                 "bon on raw observations (--observation-normalization none)",
                 [
