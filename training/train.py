@@ -467,7 +467,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, resume_from: Path | None, data: LoadedData | None = None) -> None:
         """`data`: the run's data already loaded with `config.data` (None: load it here)."""
-        from training.data.dataset import normalization_statistics
+        from training.data.dataset import normalization_statistics, observation_statistics
 
         loaded = data or load_training_data(config.env_name, config.dataset_dir, config.data)
         if config.data.source is not None and config.eval_env is None and loaded.eval_env:
@@ -484,7 +484,7 @@ class Trainer:
         if config.data.observation_normalization == "none":
             # The networks see raw observations, so the normaliser (0, 1) no longer says where
             # they live; the data's scale goes with the run, for export's self-test inputs.
-            data_mean, data_std = normalization_statistics(train_set)
+            data_mean, data_std = observation_statistics(train_set)
             scale = {"mean": data_mean.tolist(), "std": data_std.tolist()}
             self.dataset_provenance = {**loaded.provenance, "observation_scale": scale}
         self.agent = build_agent(

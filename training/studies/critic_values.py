@@ -162,8 +162,8 @@ def critic_values(
     returns = returns_to_success(dataset, steps, discount)
     edges = (0, *DISTANCE_EDGES, None)
     report: dict = {"by_steps_to_success": []}
+    d = steps[starts]
     for low, high in zip(edges[:-1], edges[1:], strict=True):
-        d = steps[starts]
         inside = (d >= low) & (d < high if high is not None else True)
         if not inside.any():
             continue
@@ -177,7 +177,7 @@ def critic_values(
                 data_return=round(float(returns[rows].mean()), 3),
             )  # fmt: skip
         )
-    never = starts[steps[starts] < 0]
+    never = starts[d < 0]
     if len(never):
         rows = sample(never, states, rng)
         view = critic_view(served, dataset, rows, k, generator)
