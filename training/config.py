@@ -249,6 +249,15 @@ class AgentConfig:
     # 90k and K = 32 both read 0.81-0.82 (docs/results/best-of-n.md, round 7). The critic's
     # target keeps the mean. The q returned with an action is the aggregate it won by.
     critic_aggregate: CriticAggregate = "mean"
+    # How the critic's TD target reduces the ensemble: its mean, the paper's and the reference's
+    # (and Q-chunking's `q_agg=mean`), or its minimum over members, pessimistic (FQL's and
+    # Q-chunking's `q_agg=min`; a study option beyond the paper). It reduces the target
+    # critic's Q of the next chunk in every agent and, for bon, also the online critic's scores
+    # that pick that chunk among the K candidates, as Q-chunking's `q_agg` does both. On
+    # puzzle-3x3 task4 bon's critic reads about -60 far from the goal, where its policy never
+    # succeeds (about -100): the max over K in the target lifts it (docs/results/best-of-n.md,
+    # rounds 11-12). Acting is set apart, by critic_aggregate.
+    target_aggregate: CriticAggregate = "mean"
     hyperparameters: HyperparameterSource = "paper"  # which critic lr/discount defaults were used
 
     def __post_init__(self) -> None:
@@ -266,6 +275,7 @@ class AgentConfig:
             )
         check_renoise_range(self.renoise_time)
         check_critic_aggregate(self.critic_aggregate)
+        check_critic_aggregate(self.target_aggregate, "target_aggregate")
         if self.renoise_target and self.renoise_time is None:
             raise ValueError(
                 "renoise_target (--renoise-target) re-noises the target's candidates to renoise_time: "
@@ -284,12 +294,10 @@ def check_renoise_range(renoise_time: float | None) -> None:
         raise ValueError(f"renoise_time must be in (0, 1) (or unset: one step); got {renoise_time}")
 
 
-def check_critic_aggregate(aggregate: str) -> None:
-    """AgentConfig.critic_aggregate, and any override of it: one of CriticAggregate."""
+def check_critic_aggregate(aggregate: str, name: str = "critic_aggregate") -> None:
+    """AgentConfig.critic_aggregate (or `name`), and any override of it: one of CriticAggregate."""
     if aggregate not in get_args(CriticAggregate):
-        raise ValueError(
-            f"critic_aggregate must be one of {', '.join(get_args(CriticAggregate))}; got {aggregate!r}"
-        )
+        raise ValueError(f"{name} must be one of {', '.join(get_args(CriticAggregate))}; got {aggregate!r}")
 
 
 @dataclass(frozen=True)

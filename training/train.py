@@ -181,6 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
         "docs/method.md). The critic's target keeps the mean. Default: mean",
     )
     p.add_argument(
+        "--target-aggregate",
+        choices=["mean", "min"],
+        help="the critic's TD target: reduce the target critic's ensemble by its mean (the paper, "
+        "Q-chunking's q_agg=mean) or its minimum, pessimistic (FQL's and Q-chunking's q_agg=min; "
+        "with --agent bon the online critic's pick among the K next chunks too). A study option; "
+        "set --critic-aggregate min as well for all of q_agg=min. Default: mean",
+    )
+    p.add_argument(
         "--also-eval-renoise-time",
         type=float,
         help="MeanFlow agents (mfql, bon): every evaluation also acts re-noised at this time in (0, 1), "
@@ -379,6 +387,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         renoise_time=args.renoise_time,
         renoise_target=args.renoise_target,
         critic_aggregate=args.critic_aggregate,
+        target_aggregate=args.target_aggregate,
     )
     network = NetworkConfig(
         policy=args.policy,

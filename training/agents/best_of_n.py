@@ -26,6 +26,7 @@ from training.agents.common import (
     acting_candidates,
     backup_discount,
     ema_update,
+    ensemble_score,
     target_renoise_time,
     td_loss,
 )
@@ -46,20 +47,22 @@ def candidate_scores(
     observations: Tensor,
     noise: Tensor,
     renoise_time: float | None = None,
+    aggregate: str = "mean",
 ) -> tuple[Tensor, Tensor]:
-    """K one-step candidates per state, clipped, and the critic ensemble's mean Q of each.
+    """K one-step candidates per state, clipped, and the critic ensemble's mean (or min) Q of each.
 
     observations [B, obs_dim], noise [K, B, d] -> (candidates [K, B, d], scores [K, B]): the
     maths of `best_of_k`'s scoring. The networks take the K candidates of a state with its
     observation once (their [K, B, .] inputs), and the rows run in blocks of whole candidates.
     `renoise_time`: the candidates are `renoised_actions` (AgentConfig.renoise_target).
+    `aggregate`: the ensemble's "mean" or "min" (AgentConfig.target_aggregate).
     """
     per_block = max(1, CANDIDATE_BLOCK_ROWS // observations.shape[0])
     candidates, scores = [], []
     for block in noise.split(per_block):
         actions = acting_candidates(policy, observations, block, renoise_time)
         candidates.append(actions)
-        scores.append(critic(observations, actions).mean(dim=0))
+        scores.append(ensemble_score(critic(observations, actions), aggregate))
     return torch.cat(candidates), torch.cat(scores)
 
 
@@ -69,9 +72,10 @@ def best_candidate(
     observations: Tensor,
     noise: Tensor,
     renoise_time: float | None = None,
+    aggregate: str = "mean",
 ) -> tuple[Tensor, Tensor]:
-    """The candidate with the highest ensemble-mean Q [B, d] and that Q [B]; ties go to the lowest index."""
-    candidates, scores = candidate_scores(policy, critic, observations, noise, renoise_time)
+    """The candidate with the highest ensemble-mean (or min) Q [B, d] and that Q [B]; ties go to the lowest index."""
+    candidates, scores = candidate_scores(policy, critic, observations, noise, renoise_time, aggregate)
     best = scores.argmax(dim=0, keepdim=True)
     actions = candidates.gather(0, best.unsqueeze(-1).expand(-1, -1, candidates.shape[-1])).squeeze(0)
     return actions, scores.gather(0, best).squeeze(0)
@@ -85,15 +89,17 @@ def expected_max_q(
     observations: Tensor,
     noise: Tensor,
     renoise_time: float | None = None,
+    aggregate: str = "mean",
 ) -> tuple[Tensor, Tensor]:
     """QC's value of the best of K next chunks: (target critic's mean Q of a' [B], online critic's [B]).
 
     a' = argmax_k mean_e Q_e(s', a_k) over the candidates a_k = clip(g(s', e_k, 1)) (re-noised
     with `renoise_time`), picked by the online critic; its value is the target critic's
-    ensemble mean mean_e Q'_e(s', a').
+    ensemble mean mean_e Q'_e(s', a'). `aggregate` "min" (AgentConfig.target_aggregate, QC's
+    `q_agg=min`): min_e in both places.
     """
-    actions, online_q = best_candidate(policy, critic, observations, noise, renoise_time)
-    return target_critic(observations, actions).mean(dim=0), online_q
+    actions, online_q = best_candidate(policy, critic, observations, noise, renoise_time, aggregate)
+    return ensemble_score(target_critic(observations, actions), aggregate), online_q
 
 
 def expected_max_critic_loss(
@@ -104,10 +110,11 @@ def expected_max_critic_loss(
     next_noise: Tensor,
     discount: float,
     renoise_time: float | None = None,
+    aggregate: str = "mean",
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """TD loss to y = r + discount * mask * Q'(s', a'), a' by `expected_max_q` (discount = gamma^H)."""
     next_q, online_q = expected_max_q(
-        policy, critic, target_critic, batch.next_observations, next_noise, renoise_time
+        policy, critic, target_critic, batch.next_observations, next_noise, renoise_time, aggregate
     )
     target = batch.rewards + discount * batch.masks * next_q
     loss, info = td_loss(critic, batch, target)
@@ -142,6 +149,7 @@ class BestOfNAgent(MFQLAgent):
                 next_noise,
                 backup_discount(self.config),
                 target_renoise_time(self.config),
+                self.config.target_aggregate,
             )
             mfi_loss, mfi_info = mean_flow_identity_loss(nets["policy"], batch, mfi_noise, t, self.config)
         return c_loss, mfi_loss, {**c_info, **mfi_info}

@@ -172,15 +172,20 @@ def critic_loss(
     next_noise: Tensor,
     discount: float,
     renoise_time: float | None = None,
+    aggregate: str = "mean",
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Ensemble TD loss with a best-of-K target action for s' (ALGORITHM.md (3)).
 
     The reference asks for K // 2 candidates but, through a typing quirk, always uses K;
     we use K, which is what produced the paper's numbers. `renoise_time` (AgentConfig.renoise_target,
     beyond the paper): the K candidates are `renoised_actions`, those the policy acts with.
+    `aggregate` (AgentConfig.target_aggregate): the target critic's ensemble mean (the paper)
+    or minimum, which both picks among the K and values the pick.
     """
     with torch.no_grad():
-        _, next_q, _ = best_of_k(policy, target_critic, batch.next_observations, next_noise, renoise_time)
+        _, next_q, _ = best_of_k(
+            policy, target_critic, batch.next_observations, next_noise, renoise_time, aggregate
+        )
         target = batch.rewards + discount * batch.masks * next_q
     return td_loss(critic, batch, target)
 

@@ -139,7 +139,13 @@ class FQLAgent(DeviceDraws):
         cfg = self.config
         with matmul_autocast(self.precision, self.device.type):
             c_loss, c_info = critic_loss(
-                nets["critic"], nets["target_critic"], nets["policy"], batch, next_noise, backup_discount(cfg)
+                nets["critic"],
+                nets["target_critic"],
+                nets["policy"],
+                batch,
+                next_noise,
+                backup_discount(cfg),
+                aggregate=cfg.target_aggregate,
             )
             a_loss, a_info = fql_actor_loss(
                 nets["bc_flow"], nets["policy"], nets["critic"], batch, (flow_noise, policy_noise), t, cfg

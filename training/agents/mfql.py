@@ -230,6 +230,7 @@ class MFQLAgent(DeviceDraws):
                 next_noise,
                 backup_discount(cfg),
                 target_renoise_time(cfg),
+                cfg.target_aggregate,
             )
             mfi_loss, mfi_info = mean_flow_identity_loss(nets["policy"], batch, mfi_noise, t, cfg)
             a_loss, a_info = actor_loss(nets["policy"], nets["critic"], batch, actor_noise, cfg)

@@ -175,6 +175,24 @@ PRESETS: dict[str, Preset] = {
                     "renoise=0.3,aggregate=min,candidates=64",
                 ],
             ),
+            # `bon` with a pessimistic critic target: the minimum over the two critics, where `bon`
+            # takes their mean (Q-chunking's q_agg=min for the target; acting still ranks by the
+            # mean, and the second evaluation row by the minimum). On puzzle-3x3 task4 `bon`'s critic
+            # reads about -60 far from the goal where its own policy never succeeds (about -100),
+            # and best of 32 ranks chunks there by its errors (docs/results/best-of-n.md, round 11).
+            "bon-min-target": (
+                "bon whose critic target takes the ensemble's minimum (--target-aggregate min)",
+                [
+                    "--agent",
+                    "bon",
+                    "--target-aggregate",
+                    "min",
+                    "--also-eval-renoise-time",
+                    "0.3",
+                    "--also-eval",
+                    "renoise=0.3,aggregate=min,candidates=64",
+                ],
+            ),
             # The same training as `bon`, acting re-noised (its one-step success is `mfql-eval CKPT
             # --renoise-time 0`); `bon` evaluates both ways from one training.
             "bon-renoise": (
