@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from training.checkpoint import CheckpointError
 from training.inference import ServingPolicy, load_serving_policy, sample_actions
+from training.puzzle_progress import PuzzleProgress
 
 
 def evaluate_policy(
@@ -31,7 +32,8 @@ def evaluate_policy(
     replan_every: int | None = None,
     observation_keys: tuple[str, ...] | None = None,
 ) -> dict:
-    """Run `episodes` episodes (env seeds seed, seed+1, ...); return success/return/length/latency.
+    """Run `episodes` episodes (env seeds seed, seed+1, ...); return success/return/length/latency
+    (and on OGBench puzzle envs `puzzle_progress`: presses per episode and presses left).
 
     A chunked policy (action horizon H > 1) executes the first `replan_every` actions of each
     chunk open-loop (default H, the whole chunk), then is asked again; `policy_latency_ms`
@@ -44,10 +46,13 @@ def evaluate_policy(
     if not 1 <= replan <= horizon:
         raise ValueError(f"replan_every must be between 1 and the action horizon {horizon}; got {replan}")
     env = make_eval_env(env_name, observation_keys)
+    progress_log = PuzzleProgress.for_env(env_name, env)  # None unless an OGBench puzzle env
     generator = torch.Generator().manual_seed(seed)
     successes, returns, lengths, latencies = [], [], [], []
     for episode in tqdm(range(episodes), desc="eval", leave=False, disable=not progress):
         observation, info = env.reset(seed=seed + episode)
+        if progress_log is not None:
+            progress_log.start(info)
         done, total, length = False, 0.0, 0
         pending: list[np.ndarray] = []
         while not done:
@@ -62,6 +67,10 @@ def evaluate_policy(
             total += float(reward)
             length += 1
             done = terminated or truncated
+            if progress_log is not None:
+                progress_log.step(info)
+        if progress_log is not None:
+            progress_log.finish()
         if "success" in info:
             successes.append(float(info["success"]))
         returns.append(total)
@@ -84,6 +93,8 @@ def evaluate_policy(
         **({"renoise_time": renoise} if renoise is not None else {}),
         **({"critic_aggregate": aggregate} if aggregate != "mean" else {}),
         "replan_every": replan,
+        # puzzle envs: presses made and fewest presses left per episode (training/puzzle_progress.py)
+        **({"puzzle_progress": progress_log.summary()} if progress_log is not None else {}),
         "requests": len(latencies),
         "policy_latency_ms": {
             "mean": float(latency_ms.mean()),

@@ -82,6 +82,7 @@ class RunLog:
             "mean_episode_length": result["mean_episode_length"],
             "episodes": result["episodes"],
             "num_candidates": result["num_candidates"],
+            **result.get("puzzle_progress", {}),  # puzzle envs: presses made and presses left
         }
         tag = "eval"
         if also is not None:
@@ -89,7 +90,7 @@ class RunLog:
             row.update(variant=variant.spec, renoise_time=renoise_time, critic_aggregate=aggregate)
             tag = f"eval_also/{variant.spec}"
         self._append(EVAL_CSV if also is None else EVAL_ALSO_CSV, row)
-        for key in ("success_rate", "mean_return", "mean_episode_length"):
+        for key in ("success_rate", "mean_return", "mean_episode_length", *result.get("puzzle_progress", {})):
             if row[key] is not None:  # an env without a success signal has no success rate
                 self.writer.add_scalar(f"{tag}/{key}", row[key], step)
 
