@@ -116,3 +116,11 @@ def test_evaluations_csv_holds_the_progress_columns(tmp_path):
     with open(tmp_path / EVAL_CSV, newline="") as handle:
         (row,) = list(csv.DictReader(handle))
     assert float(row["presses_per_episode"]) == 3.5 and float(row["presses_left_best"]) == 6.5
+
+
+def test_sweep_rows_carry_the_progress_of_puzzle_evaluations_only():
+    from training.sweep.trainable import _progress_of
+
+    progress = {"presses_per_episode": 1.0}
+    assert _progress_of({"success_rate": 0.0, "puzzle_progress": progress}) == {"puzzle_progress": progress}
+    assert _progress_of({"success_rate": 0.0}) == {}

@@ -134,6 +134,7 @@ def final_row(trainer: Trainer, arm: str, seed: int, episodes: int, seconds: flo
         "train_steps_per_second": statistics.harmonic_mean(float(r["time/steps_per_s"]) for r in logged),
         "policy_latency_ms_p50": report["policy_latency_ms"]["p50"],
         "num_candidates": report["num_candidates"],
+        **_progress_of(report),
         "run_dir": str(run_dir),
         **({"also": also} if also else {}),
     }
@@ -169,4 +170,10 @@ def also_evaluation(checkpoint: PolicyCheckpoint, variant: ActingVariant, episod
         "num_candidates": k,
         **{key: report[key] for key in ("success_rate", "success_rate_stderr", "mean_return")},
         "policy_latency_ms_p50": report["policy_latency_ms"]["p50"],
+        **_progress_of(report),
     }
+
+
+def _progress_of(report: dict) -> dict:
+    """Puzzle envs' presses made and presses left (`evaluate_policy`'s `puzzle_progress`), else nothing."""
+    return {"puzzle_progress": report["puzzle_progress"]} if "puzzle_progress" in report else {}
