@@ -193,6 +193,27 @@ PRESETS: dict[str, Preset] = {
                     "renoise=0.3,aggregate=min,candidates=64",
                 ],
             ),
+            # `bon` whose critic values its generator's own next chunk (K = 1 in the target: the
+            # behaviour's Q, as QC-FQL's critic values its own policy's chunk) and acts by the best
+            # of 32 under it: one step of policy improvement. On puzzle-3x3 task4 at 100k QC-FQL's
+            # critic steered its policy 3.4 presses from the goal, where `bon`'s best-of-32 target
+            # left a critic whose best of 32 stops pressing (docs/results/best-of-n.md, round 12).
+            # The target's candidate pass is 32x smaller, so the step is about FQL's cost.
+            "bon-k1-target": (
+                "bon whose critic target is one candidate (--num-candidates 1), acting best of 32",
+                [
+                    "--agent",
+                    "bon",
+                    "--num-candidates",
+                    "1",
+                    "--eval-num-candidates",
+                    "32",
+                    "--also-eval-renoise-time",
+                    "0.3",
+                    "--also-eval",
+                    "renoise=0.3,aggregate=min,candidates=64",
+                ],
+            ),
             # The same training as `bon`, acting re-noised (its one-step success is `mfql-eval CKPT
             # --renoise-time 0`); `bon` evaluates both ways from one training.
             "bon-renoise": (
