@@ -255,8 +255,8 @@ class AgentConfig:
     # critic's Q of the next chunk in every agent and, for bon, also the online critic's scores
     # that pick that chunk among the K candidates, as Q-chunking's `q_agg` does both. On
     # puzzle-3x3 task4 bon's critic reads about -60 far from the goal, where its policy never
-    # succeeds (about -100): the max over K in the target lifts it (docs/results/best-of-n.md,
-    # rounds 11-12). Acting is set apart, by critic_aggregate.
+    # succeeds (about -100), which the max over K in the target may lift (docs/results/
+    # best-of-n.md, rounds 11-12). Acting is set apart, by critic_aggregate.
     target_aggregate: CriticAggregate = "mean"
     hyperparameters: HyperparameterSource = "paper"  # which critic lr/discount defaults were used
 

@@ -198,7 +198,9 @@ PRESETS: dict[str, Preset] = {
             # of 32 under it: one step of policy improvement. On puzzle-3x3 task4 at 100k QC-FQL's
             # critic steered its policy 3.4 presses from the goal, where `bon`'s best-of-32 target
             # left a critic whose best of 32 stops pressing (docs/results/best-of-n.md, round 12).
-            # The target's candidate pass is 32x smaller, so the step is about FQL's cost.
+            # The target's candidate pass is 32x smaller: 52 steps/s on one thread against `bon`'s
+            # 10.7. On task4 (one seed, 100k) its critic read the never-succeed value (-100) and
+            # nothing succeeded at the final evaluation, three ways (round 12): no cure.
             "bon-k1-target": (
                 "bon whose critic target is one candidate (--num-candidates 1), acting best of 32",
                 [
