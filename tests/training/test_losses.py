@@ -8,14 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from training.agents.common import frozen_critic_q
+from training.agents.common import critic_loss, frozen_critic_q
 from training.agents.mfql import (
     Batch,
     MFQLAgent,
     actor_loss,
     adaptive_l2_loss,
     best_of_k,
-    critic_loss,
     flow_time_derivative,
     mean_flow_identity_target,
     sample_flow_times,

@@ -190,6 +190,24 @@ def critic_loss(
     return td_loss(critic, batch, target)
 
 
+def agent_critic_loss(
+    nets: dict, batch: Batch, next_noise: Tensor, config
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """`critic_loss` of an agent's step, as its AgentConfig sets it: the networks in `nets`,
+    gamma^H, the target's re-noising (MeanFlow agents; None for FQL, which refuses it) and
+    its ensemble reduction (AgentConfig.target_aggregate)."""
+    return critic_loss(
+        nets["critic"],
+        nets["target_critic"],
+        nets["policy"],
+        batch,
+        next_noise,
+        backup_discount(config),
+        target_renoise_time(config),
+        config.target_aggregate,
+    )
+
+
 def td_loss(critic: nn.Module, batch: Batch, target: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
     """Mean over the ensemble and the batch of (Q(s, a) - y)^2 for a fixed target y [B]."""
     q = critic(batch.observations, batch.actions)

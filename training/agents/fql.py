@@ -19,9 +19,8 @@ from training.agents.common import (
     DeviceDraws,
     acting_copy,
     adam,
-    backup_discount,
+    agent_critic_loss,
     best_of_k,
-    critic_loss,
     ema_update,
     frozen_critic_q,
 )
@@ -138,15 +137,7 @@ class FQLAgent(DeviceDraws):
         next_noise, flow_noise, policy_noise = noises
         cfg = self.config
         with matmul_autocast(self.precision, self.device.type):
-            c_loss, c_info = critic_loss(
-                nets["critic"],
-                nets["target_critic"],
-                nets["policy"],
-                batch,
-                next_noise,
-                backup_discount(cfg),
-                aggregate=cfg.target_aggregate,
-            )
+            c_loss, c_info = agent_critic_loss(nets, batch, next_noise, cfg)
             a_loss, a_info = fql_actor_loss(
                 nets["bc_flow"], nets["policy"], nets["critic"], batch, (flow_noise, policy_noise), t, cfg
             )

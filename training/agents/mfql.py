@@ -20,13 +20,11 @@ from training.agents.common import (
     DeviceDraws,
     acting_copy,
     adam,
-    backup_discount,
+    agent_critic_loss,
     best_of_k,
-    critic_loss,
     ema_update,
     frozen_critic_q,
     one_step_actions,
-    target_renoise_time,
 )
 from training.agents.fused_step import FusedUpdate, OptimizerGroup, UpdatePlan, target_emas
 from training.config import FLOW_TIME_SAMPLINGS, AgentConfig, FlowTimeSampling, NetworkConfig
@@ -222,16 +220,7 @@ class MFQLAgent(DeviceDraws):
         next_noise, mfi_noise, actor_noise = noises
         cfg = self.config
         with matmul_autocast(self.precision, self.device.type):
-            c_loss, c_info = critic_loss(
-                nets["critic"],
-                nets["target_critic"],
-                nets["policy"],
-                batch,
-                next_noise,
-                backup_discount(cfg),
-                target_renoise_time(cfg),
-                cfg.target_aggregate,
-            )
+            c_loss, c_info = agent_critic_loss(nets, batch, next_noise, cfg)
             mfi_loss, mfi_info = mean_flow_identity_loss(nets["policy"], batch, mfi_noise, t, cfg)
             a_loss, a_info = actor_loss(nets["policy"], nets["critic"], batch, actor_noise, cfg)
         return c_loss, mfi_loss, a_loss, {**c_info, **mfi_info, **a_info}
