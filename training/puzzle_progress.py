@@ -16,14 +16,12 @@ progress to record (`PuzzleProgress.for_env` returns None).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from training.data.lights_out import fewest_presses
-
-_GRID = re.compile(r"puzzle-(\d+)x(\d+)-")
+from training.data.lights_out import fewest_presses, puzzle_grid
+from training.data.task_names import parse_task_name
 
 
 @dataclass
@@ -40,26 +38,30 @@ class PuzzleProgress:
     _lights: np.ndarray | None = None
     _goal: np.ndarray | None = None
     _count: int = 0
+    _left_now: int = 0  # the fewest presses left from the current lights
 
     @classmethod
     def for_env(cls, env_name: str, env) -> PuzzleProgress | None:
         """The tracker of an OGBench puzzle env's evaluation; None for any other env."""
-        match = _GRID.search(env_name)
-        if match is None or not hasattr(env.unwrapped, "cur_task_info"):
+        try:
+            grid = puzzle_grid(parse_task_name(env_name).collection_env)
+        except ValueError:  # not an OGBench singletask name
             return None
-        return cls(int(match.group(1)), int(match.group(2)), env.unwrapped)
+        if grid is None or not hasattr(env.unwrapped, "cur_task_info"):
+            return None
+        return cls(*grid, env.unwrapped)
 
-    def _left(self) -> int:
-        return fewest_presses(self._lights, self._goal, self.rows, self.cols)
+    def _update_left(self) -> None:
+        self._left_now = fewest_presses(self._lights, self._goal, self.rows, self.cols)
 
     def start(self, info: dict) -> None:
         """An episode begins: `info` is the reset's (the task, and so the goal, is set by then)."""
         self._goal = np.asarray(self.task_source.cur_task_info["goal_button_states"]).astype(np.uint8)
         self._lights = self._read(info)
         self._count = 0
-        left = self._left()
-        self.left_at_start.append(left)
-        self.left_best.append(left)
+        self._update_left()
+        self.left_at_start.append(self._left_now)
+        self.left_best.append(self._left_now)
 
     def step(self, info: dict) -> None:
         """After each env step: a change of the lights is a press."""
@@ -67,12 +69,13 @@ class PuzzleProgress:
         if not np.array_equal(lights, self._lights):
             self._count += 1
             self._lights = lights
-            self.left_best[-1] = min(self.left_best[-1], self._left())
+            self._update_left()
+            self.left_best[-1] = min(self.left_best[-1], self._left_now)
 
     def finish(self) -> None:
         """The episode ended."""
         self.presses.append(self._count)
-        self.left_at_end.append(self._left())
+        self.left_at_end.append(self._left_now)
 
     def _read(self, info: dict) -> np.ndarray:
         if "button_states" not in info:
