@@ -253,3 +253,54 @@ def test_each_other_way_of_acting_becomes_a_row_and_a_curve_of_its_own(tmp_path)
     table = (out / "task2" / "study.md").read_text()
     assert "| 0.45 / 0.75 |" in table and "| 0.55 / 0.85 |" in table  # each variant's own curve
     assert "(`--also-eval renoise=0.3,aggregate=min,candidates=64`) | 0.90" in table
+
+
+def puzzle_run(folder: Path, method: str, seed: int, rate: float, made: float, left: float, **extra) -> dict:
+    """A finished puzzle run: its final row and evaluations.csv carry the presses (puzzle_progress)."""
+    progress = {"presses_per_episode": made, "presses_left_start": 9.0, "presses_left_end": left,
+                "presses_left_best": left - 0.5}  # fmt: skip
+    row = old_run(folder, method, seed, rate, puzzle_progress=progress, **extra)
+    (folder / f"{method}-seed{seed}" / "evaluations.csv").write_text(
+        "step,success_rate,success_rate_stderr,mean_return,presses_per_episode,presses_left_end\n"
+        "5,0.0,0.0,-2300,2.9,6.72\n10,0.2,0.08,-2200,5.4,3.68\n"
+    )
+    return row
+
+
+def test_puzzle_tables_show_the_presses_made_and_left(tmp_path):
+    """On a puzzle grid the study table has the final presses per episode and presses left (means
+    over seeds), the task table a second table of presses left per task, and the progress table
+    the presses left after each evaluation; a study without them keeps its columns."""
+    out = tmp_path / "grid"
+    puzzle_run(out / "task4", "mfql", 0, 0.1, made=5.0, left=4.0)
+    also = [{"variant": "renoise=0.3", "label": "re-noised 0.3", "success_rate": 0.3, "success_rate_stderr": 0.06,
+             "puzzle_progress": {"presses_per_episode": 7.0, "presses_left_start": 9.0, "presses_left_end": 2.0}}]  # fmt: skip
+    puzzle_run(out / "task4", "mfql", 1, 0.2, made=6.0, left=3.0, also=also)
+    puzzle_run(out / "task5", "mfql", 0, 0.0, made=2.0, left=6.5)
+    old_run(out / "task5", "fql", 0, 0.5)  # a run of an older version: no presses
+    args = ["--collect", "--env", "puzzle-3x3-play-singletask-v0", "--tasks", "4,5", "--out", str(out)]
+    assert main(args) == 0
+    study = (out / "task4" / "study.md").read_text()
+    assert "| training min | presses per episode / left at the end (final; of those at the start) |" in study
+    assert "| 5.50 / 3.50 (of 9.0) |" in study
+    assert "| 7.00 / 2.00 (of 9.0) |" in study  # seed 1 re-noised: its own presses, not its run's
+    (fql_line,) = [
+        line for line in (out / "task5" / "study.md").read_text().splitlines() if line.startswith("| fql |")
+    ]
+    assert fql_line.endswith("| 20.0 | 0 (0k steps) | - |")  # recorded no presses: "-"
+    grid = json.loads((out / "tasks.json").read_text())["arms"]
+    assert grid["mfql"]["presses_left_end_by_task"] == pytest.approx({"task4": 3.5, "task5": 6.5})
+    assert "presses_left_end_by_task" not in grid["fql"]
+    tasks = (out / "tasks.md").read_text()
+    assert "| mfql | 3.50 | 6.50 |" in tasks and "| fql | - | - |" in tasks
+    assert (
+        main(["--progress", "--env", "puzzle-3x3-play-singletask-v0", "--tasks", "4", "--out", str(out)]) == 0
+    )
+    progress = (out / "progress.md").read_text()
+    assert (
+        "| mfql seed 1 | finished (10 steps) | 5 0.00 (6.7 left), 10 0.20 (3.7 left) | -100 | 0.20 +/- 0.07 (3.0 left) |"
+        in progress
+    )
+    rows = [{key: value for key, value in row.items() if key != "puzzle_progress"} for row in
+            json.loads((out / "task4" / "study.json").read_text())["runs"]]  # fmt: skip
+    assert "presses" not in study_markdown(Heading(TASK, 10, "0,1", 50, []), rows, {}, str)

@@ -18,7 +18,8 @@ from training.sweep.tables import Curve
 def curve_of_run(run_dir: Path, file: str = EVAL_CSV, variant: str | None = None) -> Curve:
     """A run folder's evaluations during training (none with `--eval-every 0`); `file`
     evaluations_also.csv and `variant` (an ActingVariant.spec) for one of its other ways of
-    acting. An older evaluations.csv lacks the mean return: its points lack it too."""
+    acting. An older evaluations.csv lacks the mean return (and any but a puzzle env's the
+    presses): its points lack them too."""
     path = Path(run_dir) / file
     if not path.is_file():
         return []
@@ -26,7 +27,7 @@ def curve_of_run(run_dir: Path, file: str = EVAL_CSV, variant: str | None = None
         rows = list(csv.DictReader(handle))
     if variant is not None:
         rows = [row for row in rows if also_variant_of(row) == variant]
-    keys = ("success_rate", "success_rate_stderr", "mean_return")
+    keys = ("success_rate", "success_rate_stderr", "mean_return", "presses_per_episode", "presses_left_end")
     return [
         {
             "step": int(row["step"]),

@@ -114,13 +114,24 @@ def state_cell(run: RunProgress) -> str:
 
 
 def curve_cell(curve: Curve) -> str:
-    return ", ".join(f"{thousands(p['step'])} {p['success_rate']:.2f}" for p in curve) or "-"
+    """`20k 0.00, 40k 0.04`; on puzzle envs with the presses left at the end: `20k 0.00 (6.7 left)`."""
+    return (
+        ", ".join(
+            f"{thousands(p['step'])} {p['success_rate']:.2f}"
+            + (f" ({p['presses_left_end']:.1f} left)" if "presses_left_end" in p else "")
+            for p in curve
+        )
+        or "-"
+    )
 
 
 def final_cell(final: dict | None) -> str:
     if final is None:
         return "-"
-    return f"{final['success_rate']:.2f} +/- {final.get('success_rate_stderr', 0.0):.2f}"
+    left = final.get("puzzle_progress", {}).get("presses_left_end")
+    return f"{final['success_rate']:.2f} +/- {final.get('success_rate_stderr', 0.0):.2f}" + (
+        f" ({left:.1f} left)" if left is not None else ""
+    )
 
 
 def last_return_cell(way: WayOfActing) -> str:
@@ -133,8 +144,9 @@ def progress_markdown(out: Path, envs: dict[str, str], progress: dict[str, list[
         f"# Progress of `{out}`",
         "",
         "Each run as it is on disk: its newest checkpoint, the success of each evaluation during",
-        "training (step: rate), the mean return of the last one, and the final evaluation once it",
-        "finished; a run's other ways of acting (`--also-eval`) on rows of their own.",
+        "training (step: rate; on puzzle tasks with the presses still needed at the episodes' end),",
+        "the mean return of the last one, and the final evaluation once it finished; a run's other",
+        "ways of acting (`--also-eval`) on rows of their own.",
     ]
     for key, runs in progress.items():
         lines += ["", f"## {key or out.name}" + (f" (`{envs[key]}`)" if envs.get(key) else ""), ""]

@@ -21,7 +21,8 @@ from training.run_log import EVAL_ALSO_CSV
 # finished, and `--collect` tables them (the hand-made runner's name, so its folders read too).
 FINAL_EVALUATION = "final_evaluation.json"
 
-# An evaluation during training: {"step", "success_rate", "success_rate_stderr", "mean_return"}.
+# An evaluation during training: {"step", "success_rate", "success_rate_stderr", "mean_return"},
+# on puzzle envs also "presses_per_episode" and "presses_left_end" (training/puzzle_progress.py).
 Curve = list[dict]
 
 
@@ -69,6 +70,7 @@ ALSO_ROW_KEYS = (
     "mean_return",
     "num_candidates",
     "policy_latency_ms_p50",
+    "puzzle_progress",
 )
 
 
@@ -95,7 +97,8 @@ def with_also_rows(rows: list[dict]) -> list[dict]:
         for also in also_rows_of(row):
             table.append(
                 {
-                    **{key: value for key, value in row.items() if key != "also"},
+                    # its presses are its own (none where it recorded none), never its run's
+                    **{key: value for key, value in row.items() if key not in ("also", "puzzle_progress")},
                     **{key: also[key] for key in ALSO_ROW_KEYS if key in also},
                     "method": f"{row['method']} ({also['label']})",
                     "also_of": row["method"],
@@ -156,14 +159,31 @@ def minutes_cell(mine: list[dict], steps: int) -> str:
     return f"{minutes:.0f}"
 
 
+def presses_cell(mine: list[dict]) -> str:
+    """A puzzle arm's final presses per episode and presses left at the end (means over its
+    seeds) and the presses left at the start; "-" where a run did not record them."""
+    progress = [r.get("puzzle_progress") for r in mine]
+    if not progress or any(p is None for p in progress):
+        return "-"
+    made, end, start = (
+        statistics.fmean(p[key] for p in progress)
+        for key in ("presses_per_episode", "presses_left_end", "presses_left_start")
+    )
+    return f"{made:.2f} / {end:.2f} (of {start:.1f})"
+
+
 def study_markdown(heading: Heading, rows: list[dict], curves: dict, describe) -> str:
-    """study.md: one line per arm; `curves[(arm, seed)]` the evaluations during training."""
+    """study.md: one line per arm; `curves[(arm, seed)]` the evaluations during training. A
+    puzzle study (rows with `puzzle_progress`) also shows the final presses: success is all or
+    nothing, so they tell a policy that presses towards the goal from one that stops."""
+    puzzle = any("puzzle_progress" in r for r in rows)
     lines = [
         f"{heading.env}, {heading.steps} steps, seeds {heading.seeds}, final evaluation over "
         f"{heading.eval_episodes} episodes, base flags `{' '.join(heading.flags)}`",
         "",
-        "| arm | what it tests | success (final) | during training | mean return (final) | steps/s | training min |",
-        "|---|---|---|---|---|---|---|",
+        "| arm | what it tests | success (final) | during training | mean return (final) | steps/s | training min |"
+        + (" presses per episode / left at the end (final; of those at the start) |" if puzzle else ""),
+        "|---|---|---|---|---|---|---|" + ("---|" if puzzle else ""),
     ]
     for name, row in summarize(rows).items():
         mine = [r for r in rows if r["method"] == name]
@@ -175,7 +195,7 @@ def study_markdown(heading: Heading, rows: list[dict], curves: dict, describe) -
         lines.append(
             f"| {name} | {describe(name)} | {row['success_rate_mean']:.2f} {spread_cell(mine, row)} "
             f"| {during} | {mean_return_cell(row)} | {row['train_steps_per_second']:.1f} "
-            f"| {minutes_cell(mine, heading.steps)} |"
+            f"| {minutes_cell(mine, heading.steps)} |" + (f" {presses_cell(mine)} |" if puzzle else "")
         )
     return "\n".join(lines) + "\n"
 
@@ -197,12 +217,19 @@ def task_table(rows_by_task: dict[str, list[dict]]) -> dict:
                 if r["method"] == arm:
                     by_seed.setdefault(r["seed"], []).append(r["success_rate"])
         complete = [statistics.fmean(v) for v in by_seed.values() if len(v) == len(rows_by_task)]
+        # puzzle tasks: the presses left at the end of the final evaluation (mean over seeds)
+        left = {
+            key: statistics.fmean(r["puzzle_progress"]["presses_left_end"] for r in mine)
+            for key, rows in rows_by_task.items()
+            if (mine := [r for r in rows if r["method"] == arm]) and all("puzzle_progress" in r for r in mine)
+        }
         table[arm] = {
             "success_rate_by_task": per_task,
             # the mean over tasks only when the arm finished every task (else it would mislead)
             "task_mean": statistics.fmean(per_task.values()) if len(per_task) == len(rows_by_task) else None,
             "task_mean_stdev_over_seeds": statistics.stdev(complete) if len(complete) > 1 else None,
             "seeds": sorted(by_seed),
+            **({"presses_left_end_by_task": left} if left else {}),
         }
     return table
 
@@ -228,4 +255,16 @@ def task_markdown(heading: Heading, envs: dict[str, str], table: dict) -> str:
         else:
             mean = f"{row['task_mean']:.2f} +/- {row['task_mean_stdev_over_seeds']:.2f} (std over seeds)"
         lines.append(f"| {arm} | {' | '.join(cells)} | {mean} |")
+    if any("presses_left_end_by_task" in row for row in table.values()):
+        lines += [
+            "",
+            "Presses still needed at the end of the final evaluation's episodes (puzzle tasks; mean "
+            "over episodes and seeds; 0 at the goal):",
+            "",
+            f"| arm | {' | '.join(keys)} |",
+            f"|---|{'---|' * len(keys)}",
+        ]
+        for arm, row in table.items():
+            left = row.get("presses_left_end_by_task", {})
+            lines.append(f"| {arm} | {' | '.join(f'{left[k]:.2f}' if k in left else '-' for k in keys)} |")
     return "\n".join(lines) + "\n"
