@@ -234,7 +234,15 @@ PRESETS: dict[str, Preset] = {
                 "QC-FQL as published: FQL with chunks of 5 and alpha 100",
                 ["--agent", "fql", "--alpha", "100"],
             ),
+            # On puzzle-3x3 task4 (seed 0, 100k) the one arm that succeeded more than once: 0.20 at
+            # 100k, final 0.12 (6 of 50), 3.5 presses left of 9 (docs/results/best-of-n.md, round 12).
             "mfql-chunk-5": ("MFQL with chunks of 5, the family's alpha and K", ["--agent", "mfql"]),
+            # The same at QC-FQL's published alpha: on task2 FQL's chunked critic left the
+            # never-succeed value only at alpha 100 (round 3); MFQL's is untested there.
+            "mfql-chunk-5-alpha-100": (
+                "MFQL with chunks of 5 at QC-FQL's alpha (100), the family's K",
+                ["--agent", "mfql", "--alpha", "100"],
+            ),
         },
     ),
 }
