@@ -18,7 +18,9 @@ Sources (T a time in (0, 1), C and SIGMA numbers):
 - `flow`: an FQL run's BC flow, integrated with its own number of Euler steps (QC's best-of-N
   sampler);
 - `scale:C`: clip(C a); `noise:SIGMA`: clip(a + SIGMA n); `push:C`: clip(a + C (a - e)), with
-  a the one-step candidate and n fresh Gaussian noise.
+  a the one-step candidate and n fresh Gaussian noise;
+- `temper:C`: the one-step candidate from noise scaled by C, clip(g(s, C e, 1)) (C < 1: a lower
+  sampling temperature, candidates nearer the generator's mode; round 13).
 
 Each source takes its generator from another run or step directory trained on the same data
 with the same action horizon when `:RUN` ends it (`onestep:RUN`, `flow:RUN`, `renoise:0.3:RUN`):
@@ -57,7 +59,7 @@ from training.evaluate import evaluate_policy
 from training.inference import ServingPolicy, action_bounds_of, serving_policy_from_checkpoint
 from training.networks import MLPPolicy
 
-SOURCES = ("onestep", "renoise", "renoise-fresh", "twostep", "flow", "scale", "noise", "push")
+SOURCES = ("onestep", "renoise", "renoise-fresh", "twostep", "flow", "scale", "noise", "push", "temper")
 
 
 class CandidateSource(nn.Module):
@@ -105,7 +107,7 @@ def build_source(spec: str, base: PolicyCheckpoint, seed: int) -> CandidateSourc
             f"unknown source {spec!r}; expected one of {', '.join(SOURCES)} (with :ARG where needed)"
         )
     run = argument
-    if kind in ("renoise", "renoise-fresh", "scale", "noise", "push"):
+    if kind in ("renoise", "renoise-fresh", "scale", "noise", "push", "temper"):
         number, _, run = argument.partition(":")
         try:
             value = float(number)
@@ -150,6 +152,7 @@ def build_source(spec: str, base: PolicyCheckpoint, seed: int) -> CandidateSourc
         "scale": (lambda s, e: value * one_step(s, e), 1),
         "noise": (lambda s, e: one_step(s, e) + value * fresh(e), 1),
         "push": (lambda s, e: (a := one_step(s, e)) + value * (a - e), 1),
+        "temper": (lambda s, e: one_step(s, value * e), 1),
     }
     make, evaluations = makers[kind]
     return CandidateSource({"policy": acting}, make, evaluations)
