@@ -55,6 +55,12 @@ def build_export_parser() -> argparse.ArgumentParser:
         "minimum (default: the run's own, usually mean)",
     )
     parser.add_argument(
+        "--noise-scale",
+        type=float,
+        help="bake a sampling temperature into the graph: each candidate's noise scaled by this "
+        "factor >= 0 before the policy (default: the run's own, usually 1)",
+    )
+    parser.add_argument(
         "--opset", type=int, default=DEFAULT_OPSET, help=f"ai.onnx opset (default {DEFAULT_OPSET}; >= 17)"
     )
     parser.add_argument(
@@ -138,6 +144,7 @@ def run_export(args: argparse.Namespace) -> int:
         max_action_delta=args.max_action_delta,
         renoise_time=args.renoise_time,
         critic_aggregate=args.critic_aggregate,
+        noise_scale=args.noise_scale,
         num_candidates=args.num_candidates,
     )
     try:

@@ -67,6 +67,8 @@ class ExportOptions:
     renoise_time: float | None = None
     # how the graph ranks candidates: the critic ensemble's "mean" or "min" Q; None: the run's own
     critic_aggregate: str | None = None
+    # the factor the graph scales each candidate's noise by (a sampling temperature); None: the run's own
+    noise_scale: float | None = None
     # K a request gets when it names none (metadata default_num_candidates); None: the K the run
     # acts with (its --eval-num-candidates, else the agent's K)
     num_candidates: int | None = None
@@ -126,11 +128,16 @@ def action_limits(options: ExportOptions, low: list[float], high: list[float]) -
 
 
 def load_module(
-    path: Path, renoise_time: float | None = None, critic_aggregate: str | None = None
+    path: Path,
+    renoise_time: float | None = None,
+    critic_aggregate: str | None = None,
+    noise_scale: float | None = None,
 ) -> tuple[ServingPolicy, PolicyCheckpoint]:
     checkpoint = load_policy_checkpoint(path)
     try:
-        return serving_policy_from_checkpoint(checkpoint, renoise_time, critic_aggregate), checkpoint
+        return serving_policy_from_checkpoint(
+            checkpoint, renoise_time, critic_aggregate, noise_scale
+        ), checkpoint
     except ValueError as exc:  # e.g. a policy type this code does not know, or re-noising an FQL policy
         raise CheckpointError(f"{checkpoint.path}: {exc}") from exc
 
@@ -204,9 +211,11 @@ def read_evaluation(
     renoise_time: float | None = None,
     critic_aggregate: str = "mean",
     num_candidates: int | None = None,
+    noise_scale: float = 1.0,
 ) -> dict:
     """An `mfql-eval` report, refused unless it evaluated this checkpoint's step and env, acting as
-    the bundle does (`renoise_time`, `critic_aggregate`: the graph's; `num_candidates`: its default K)."""
+    the bundle does (`renoise_time`, `critic_aggregate`, `noise_scale`: the graph's;
+    `num_candidates`: its default K)."""
     try:
         report = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
@@ -239,6 +248,11 @@ def read_evaluation(
             f"--evaluation {path} ranked candidates by the critic's {report.get('critic_aggregate', 'mean')} Q; "
             f"the bundle ranks by its {critic_aggregate} (evaluate with mfql-eval --critic-aggregate as exported)"
         )
+    if report.get("noise_scale", 1.0) != noise_scale:
+        raise ExportError(
+            f"--evaluation {path} scaled the candidates' noise by {report.get('noise_scale', 1.0)}; the bundle "
+            f"scales it by {noise_scale} (evaluate with mfql-eval --noise-scale as exported)"
+        )
     reported_k = report.get("num_candidates")
     if num_candidates is not None and reported_k is not None and reported_k != num_candidates:
         raise ExportError(
@@ -253,7 +267,9 @@ def export_bundle(checkpoint_path: Path, options: ExportOptions) -> ExportResult
     """Write the bundle described by `options` from the checkpoint (step or run directory)."""
     check_options(options)
     refuse_existing(options.out, options.overwrite)
-    module, checkpoint = load_module(checkpoint_path, options.renoise_time, options.critic_aggregate)
+    module, checkpoint = load_module(
+        checkpoint_path, options.renoise_time, options.critic_aggregate, options.noise_scale
+    )
     default_k = options.num_candidates or checkpoint.config.acting_num_candidates
     if options.max_candidates < default_k:
         what = (
@@ -264,7 +280,12 @@ def export_bundle(checkpoint_path: Path, options: ExportOptions) -> ExportResult
         raise ExportError(f"--max-candidates {options.max_candidates} is below {what}")
     evaluation = (
         read_evaluation(
-            options.evaluation, checkpoint, module.renoise_time, module.critic_aggregate, default_k
+            options.evaluation,
+            checkpoint,
+            module.renoise_time,
+            module.critic_aggregate,
+            default_k,
+            module.noise_scale,
         )
         if options.evaluation
         else None

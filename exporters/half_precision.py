@@ -38,6 +38,7 @@ class Float16ServingPolicy(nn.Module):
             (module.action_low.tolist(), module.action_high.tolist()) if module.scaled else None,
             renoise_time=module.renoise_time,
             critic_aggregate=module.critic_aggregate,
+            noise_scale=module.noise_scale,
         )
 
     def forward(self, observation: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:

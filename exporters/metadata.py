@@ -186,6 +186,8 @@ def build_metadata(
         "renoise_time": module.renoise_time,
         # how the graph ranks candidates: the critic ensemble's "mean" Q (the paper) or its "min"
         "critic_aggregate": module.critic_aggregate,
+        # the factor the graph scales each candidate's noise by before the policy (1: unscaled)
+        "noise_scale": module.noise_scale,
         "control_period_s": control_period_s,
         "policy_type": policy_type(module),
         "agent": config.agent,

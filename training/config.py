@@ -7,6 +7,7 @@ place where OGBench families differ (ALGORITHM.md, "Per-family defaults").
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
@@ -258,6 +259,14 @@ class AgentConfig:
     # succeeds (about -100), which the max over K in the target may lift (docs/results/
     # best-of-n.md, rounds 11-12). Acting is set apart, by critic_aggregate.
     target_aggregate: CriticAggregate = "mean"
+    # Acting's sampling temperature (evaluation, export, serving; a study option beyond the
+    # paper): each candidate's noise is scaled by this factor before the policy, clip(g(s, C e, 1)),
+    # so C < 1 draws the K candidates nearer the generator's mode at the same one network
+    # evaluation each. On puzzle-3x3 task4 `bon`'s one-step candidates spread half as wide again
+    # as a 10-step BC flow's without coming nearer the data, and its best of 32 stopped pressing;
+    # at C = 0.5 the same checkpoint (100k, its own critic) went from 0.00 to 0.28 success
+    # (docs/results/best-of-n.md, round 13). The critic's target keeps C = 1. 1 = the paper.
+    noise_scale: float = 1.0
     hyperparameters: HyperparameterSource = "paper"  # which critic lr/discount defaults were used
 
     def __post_init__(self) -> None:
@@ -276,6 +285,7 @@ class AgentConfig:
         check_renoise_range(self.renoise_time)
         check_critic_aggregate(self.critic_aggregate)
         check_critic_aggregate(self.target_aggregate, "target_aggregate")
+        check_noise_scale(self.noise_scale)
         if self.renoise_target and self.renoise_time is None:
             raise ValueError(
                 "renoise_target (--renoise-target) re-noises the target's candidates to renoise_time: "
@@ -294,6 +304,12 @@ def check_renoise_range(renoise_time: float | None) -> None:
         raise ValueError(f"renoise_time must be in (0, 1) (or unset: one step); got {renoise_time}")
 
 
+def check_noise_scale(noise_scale: float, name: str = "noise_scale") -> None:
+    """AgentConfig.noise_scale, and any override of it: a finite factor >= 0 (1: the paper)."""
+    if not (math.isfinite(noise_scale) and noise_scale >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0 (1: unscaled noise); got {noise_scale}")
+
+
 def check_critic_aggregate(aggregate: str, name: str = "critic_aggregate") -> None:
     """AgentConfig.critic_aggregate (or `name`), and any override of it: one of CriticAggregate."""
     if aggregate not in get_args(CriticAggregate):
@@ -310,12 +326,19 @@ class ActingVariant:
     renoise_time: float | None = None  # a re-noise time in (0, 1), 0: one step; None: as the run
     critic_aggregate: CriticAggregate | None = None  # rank by the ensemble's mean or min; None: as the run
     num_candidates: int | None = None  # K; None: as the run acts (TrainConfig.acting_num_candidates)
+    noise_scale: float | None = None  # the candidates' noise scale (>= 0); None: as the run
 
     # --also-eval's keys, in the order `spec` writes them, and the field each sets
-    SPEC_KEYS = {"renoise": "renoise_time", "aggregate": "critic_aggregate", "candidates": "num_candidates"}
+    SPEC_KEYS = {
+        "renoise": "renoise_time",
+        "aggregate": "critic_aggregate",
+        "candidates": "num_candidates",
+        "noise": "noise_scale",
+    }
     SPEC_HELP = (
         "comma-separated key=value pairs: renoise (a time in (0, 1), or 0: one step), aggregate "
-        "(mean or min), candidates (K >= 1); e.g. renoise=0.3,aggregate=min,candidates=64"
+        "(mean or min), candidates (K >= 1), noise (the candidates' noise scale >= 0, 1: unscaled); "
+        "e.g. renoise=0.3,aggregate=min,candidates=64"
     )
 
     def __post_init__(self) -> None:
@@ -325,7 +348,9 @@ class ActingVariant:
             raise ValueError(f"--also-eval aggregate must be mean or min; got {self.critic_aggregate!r}")
         if self.num_candidates is not None and self.num_candidates < 1:
             raise ValueError(f"--also-eval candidates must be >= 1; got {self.num_candidates}")
-        if self.renoise_time is None and self.critic_aggregate is None and self.num_candidates is None:
+        if self.noise_scale is not None:
+            check_noise_scale(self.noise_scale, "--also-eval noise")
+        if all(getattr(self, name) is None for name in self.SPEC_KEYS.values()):
             raise ValueError(f"--also-eval sets nothing: {self.SPEC_HELP}")
 
     @classmethod
@@ -340,7 +365,9 @@ class ActingVariant:
             if name in values:
                 raise ValueError(f"--also-eval {spec!r}: {key} is given twice")
             try:
-                values[name] = {"renoise_time": float, "num_candidates": int}.get(name, str)(value)
+                values[name] = {"renoise_time": float, "num_candidates": int, "noise_scale": float}.get(
+                    name, str
+                )(value)
             except ValueError:
                 raise ValueError(f"--also-eval {spec!r}: {key}={value} is not a number") from None
         return cls(**values)
@@ -362,17 +389,20 @@ class ActingVariant:
             parts.append(self.critic_aggregate)
         if self.num_candidates is not None:
             parts.append(f"K = {self.num_candidates}")
+        if self.noise_scale is not None:
+            parts.append(f"noise x {self.noise_scale:g}")
         return ", ".join(parts)
 
-    def acting(self, config: TrainConfig) -> tuple[float | None, str, int]:
+    def acting(self, config: TrainConfig) -> tuple[float | None, str, int, float]:
         """How a run of `config` acts under this variant: (re-noise time, None for one step;
-        the critic aggregate; K)."""
+        the critic aggregate; K; the noise scale)."""
         agent = config.agent_config
         renoise = agent.renoise_time if self.renoise_time is None else self.renoise_time or None
         return (
             renoise,
             self.critic_aggregate or agent.critic_aggregate,
             self.num_candidates or config.acting_num_candidates,
+            agent.noise_scale if self.noise_scale is None else self.noise_scale,
         )
 
 
@@ -489,7 +519,11 @@ class TrainConfig:
     def _check_acting_variants(self) -> None:
         """Each variant applies to this agent, acts otherwise than the run, and is unique."""
         agent = self.agent_config
-        seen = {(agent.renoise_time, agent.critic_aggregate, self.acting_num_candidates): "the run itself"}
+        seen = {
+            (agent.renoise_time, agent.critic_aggregate, self.acting_num_candidates, agent.noise_scale): (
+                "the run itself"
+            )
+        }
         for index, variant in enumerate(self.also_eval_variants):
             flag = (
                 f"--also-eval-renoise-time {variant.renoise_time:g}"
@@ -504,8 +538,8 @@ class TrainConfig:
             acting = variant.acting(self)
             if acting in seen:
                 raise ValueError(
-                    f"{flag}: acts as {seen[acting]} already does (re-noise "
-                    f"{acting[0] or 'off'}, {acting[1]}, K = {acting[2]}); every evaluation must act another way"
+                    f"{flag}: acts as {seen[acting]} already does (re-noise {acting[0] or 'off'}, "
+                    f"{acting[1]}, K = {acting[2]}, noise x {acting[3]:g}); every evaluation must act another way"
                 )
             seen[acting] = flag
 

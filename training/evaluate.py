@@ -81,6 +81,7 @@ def evaluate_policy(
     # recorded only when candidates were re-noised (a ServingPolicy's setting; other policies have none)
     renoise = getattr(module, "renoise_time", None)
     aggregate = getattr(module, "critic_aggregate", "mean")  # recorded when not the paper's mean
+    noise_scale = getattr(module, "noise_scale", 1.0)  # recorded when the noise is scaled
     return {
         "env": env_name,
         "episodes": episodes,
@@ -92,6 +93,7 @@ def evaluate_policy(
         "action_horizon": horizon,
         **({"renoise_time": renoise} if renoise is not None else {}),
         **({"critic_aggregate": aggregate} if aggregate != "mean" else {}),
+        **({"noise_scale": noise_scale} if noise_scale != 1.0 else {}),
         "replan_every": replan,
         # puzzle envs: presses made and fewest presses left per episode (training/puzzle_progress.py)
         **({"puzzle_progress": progress_log.summary()} if progress_log is not None else {}),
@@ -145,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the run's own, usually mean)",
     )
     parser.add_argument(
+        "--noise-scale",
+        type=float,
+        help="scale each candidate's noise by this factor >= 0 before the policy (a lower sampling "
+        "temperature below 1; default: the run's own, usually 1)",
+    )
+    parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1 is fastest for one observation)"
     )
     return parser
@@ -155,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # see mfql-train: denormal weights slow CPU matmuls
     try:
-        module, checkpoint = load_serving_policy(args.checkpoint, args.renoise_time, args.critic_aggregate)
+        module, checkpoint = load_serving_policy(
+            args.checkpoint, args.renoise_time, args.critic_aggregate, args.noise_scale
+        )
     except (CheckpointError, ValueError) as exc:
         print(f"mfql-eval: {exc}", file=sys.stderr)
         return 2

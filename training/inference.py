@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from training.agents.common import best_of_k
 from training.checkpoint import CheckpointError, PolicyCheckpoint, load_policy_checkpoint
-from training.config import check_critic_aggregate, check_renoise_range
+from training.config import check_critic_aggregate, check_noise_scale, check_renoise_range
 from training.networks import CriticEnsemble, ObservationNormalizer, build_policy
 
 
@@ -25,7 +25,8 @@ class ServingPolicy(nn.Module):
     [B, K, H, d]; the networks see a chunk as one H * d vector. H = 1 keeps the signature above.
     Candidates are scored by the target critic's ensemble mean, as the reference's
     `sample_actions_best` does at evaluation, or by its minimum (`critic_aggregate` "min", a
-    study option; q_value is then that minimum).
+    study option; q_value is then that minimum). `noise_scale` (AgentConfig.noise_scale, a study
+    option) multiplies the noise before the policy sees it; 1 leaves the graph as the paper's.
     """
 
     def __init__(
@@ -38,9 +39,12 @@ class ServingPolicy(nn.Module):
         action_bounds: tuple[list[float], list[float]] | None = None,
         renoise_time: float | None = None,
         critic_aggregate: str = "mean",
+        noise_scale: float = 1.0,
     ) -> None:
         super().__init__()
         check_critic_aggregate(critic_aggregate)
+        check_noise_scale(noise_scale)
+        self.noise_scale = float(noise_scale)  # the candidates' sampling temperature (AgentConfig)
         self.critic_aggregate = critic_aggregate  # how the ensemble ranks candidates (AgentConfig)
         # MeanFlow policies only: candidates re-noised to this time and refined once more
         # (`training.agents.common.renoised_actions`); None: the paper's one step.
@@ -79,6 +83,8 @@ class ServingPolicy(nn.Module):
     def forward(self, observation: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if self.action_horizon > 1:
             noise = noise.flatten(2)  # [B, K, H, d] -> [B, K, H * d]: a chunk is one vector
+        if self.noise_scale != 1.0:  # unscaled: no extra node in an exported graph
+            noise = noise * self.noise_scale
         actions, q, candidates = best_of_k(
             self.policy,
             self.critic,
@@ -106,13 +112,17 @@ def check_renoise_time(agent: str, renoise_time: float | None) -> None:
 
 
 def serving_policy_from_checkpoint(
-    checkpoint: PolicyCheckpoint, renoise_time: float | None = None, critic_aggregate: str | None = None
+    checkpoint: PolicyCheckpoint,
+    renoise_time: float | None = None,
+    critic_aggregate: str | None = None,
+    noise_scale: float | None = None,
 ) -> ServingPolicy:
     """Build the serving module from a loaded checkpoint (eval mode, no gradients).
 
     `renoise_time` overrides the run's own (AgentConfig.renoise_time) when given; 0 turns it off
     (the paper's one step) for a run trained with it. `critic_aggregate` ("mean" or "min")
-    overrides the run's AgentConfig.critic_aggregate when given.
+    overrides the run's AgentConfig.critic_aggregate when given, `noise_scale` its
+    AgentConfig.noise_scale.
     """
     network = checkpoint.config.network
     horizon = checkpoint.config.agent_config.action_horizon
@@ -140,6 +150,7 @@ def serving_policy_from_checkpoint(
         action_bounds_of(checkpoint.dataset),
         renoise_time=renoise,
         critic_aggregate=critic_aggregate or checkpoint.config.agent_config.critic_aggregate,
+        noise_scale=checkpoint.config.agent_config.noise_scale if noise_scale is None else noise_scale,
     )
     return module.eval().requires_grad_(False)
 
@@ -152,10 +163,13 @@ def action_bounds_of(provenance: dict) -> tuple[list[float], list[float]] | None
 
 
 def load_serving_policy(
-    path: Path | str, renoise_time: float | None = None, critic_aggregate: str | None = None
+    path: Path | str,
+    renoise_time: float | None = None,
+    critic_aggregate: str | None = None,
+    noise_scale: float | None = None,
 ) -> tuple[ServingPolicy, PolicyCheckpoint]:
     checkpoint = load_policy_checkpoint(path)
-    return serving_policy_from_checkpoint(checkpoint, renoise_time, critic_aggregate), checkpoint
+    return serving_policy_from_checkpoint(checkpoint, renoise_time, critic_aggregate, noise_scale), checkpoint
 
 
 @torch.no_grad()

@@ -10,7 +10,8 @@ from training.config import ActingVariant
 TRAIN_CSV, EVAL_CSV, PLOT_FILE = "metrics.csv", "evaluations.csv", "curves.png"
 VALIDATION_CSV = "validation.csv"  # losses on held-out episodes (sources other than OGBench files)
 # The other evaluations of each step (TrainConfig.also_eval_variants): evaluations.csv's columns,
-# and how each acted: variant (ActingVariant.spec), renoise_time (0: one step), critic_aggregate.
+# and how each acted: variant (ActingVariant.spec), renoise_time (0: one step), critic_aggregate,
+# noise_scale (absent from files written before it existed).
 EVAL_ALSO_CSV = "evaluations_also.csv"
 
 
@@ -72,7 +73,8 @@ class RunLog:
 
     def evaluation(self, step: int, result: dict, also: tuple | None = None) -> None:
         """One evaluation: evaluations.csv and `eval/`, or with `also` = (ActingVariant, its
-        re-noise time (0: one step), its critic aggregate), one of the run's other ways of acting:
+        re-noise time (0: one step), its critic aggregate, its noise scale), one of the run's other
+        ways of acting:
         evaluations_also.csv and `eval_also/<spec>/`."""
         row = {
             "step": step,
@@ -86,8 +88,13 @@ class RunLog:
         }
         tag = "eval"
         if also is not None:
-            variant, renoise_time, aggregate = also
-            row.update(variant=variant.spec, renoise_time=renoise_time, critic_aggregate=aggregate)
+            variant, renoise_time, aggregate, noise_scale = also
+            row.update(
+                variant=variant.spec,
+                renoise_time=renoise_time,
+                critic_aggregate=aggregate,
+                noise_scale=noise_scale,
+            )
             tag = f"eval_also/{variant.spec}"
         self._append(EVAL_CSV if also is None else EVAL_ALSO_CSV, row)
         for key in ("success_rate", "mean_return", "mean_episode_length", *result.get("puzzle_progress", {})):

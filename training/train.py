@@ -181,6 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
         "docs/method.md). The critic's target keeps the mean. Default: mean",
     )
     p.add_argument(
+        "--noise-scale",
+        type=float,
+        help="acting only (evaluation, export, serving): scale each candidate's noise by this factor "
+        ">= 0 before the policy, clip(g(s, C e, 1)): below 1 a lower sampling temperature, candidates "
+        "nearer the generator's mode (a study option; docs/method.md). The critic's target keeps "
+        "unscaled noise; a resumed run may set it anew. Default: 1",
+    )
+    p.add_argument(
         "--target-aggregate",
         choices=["mean", "min"],
         help="the critic's TD target: reduce the target critic's ensemble by its mean (the paper, "
@@ -388,6 +396,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         renoise_target=args.renoise_target,
         critic_aggregate=args.critic_aggregate,
         target_aggregate=args.target_aggregate,
+        noise_scale=args.noise_scale,
     )
     network = NetworkConfig(
         policy=args.policy,
@@ -552,6 +561,7 @@ class Trainer:
             action_bounds_of(self.dataset_provenance),
             renoise_time=self.config.agent_config.renoise_time,
             critic_aggregate=self.config.agent_config.critic_aggregate,
+            noise_scale=self.config.agent_config.noise_scale,
         )
         if self.agent.device.type == "cpu":
             return view
@@ -650,11 +660,11 @@ class Trainer:
     def also_evaluate(self, variant: ActingVariant) -> dict:
         """One more evaluation (`--also-eval-renoise-time`, `--also-eval`): the same episodes and
         seeds, acting as `variant` asks."""
-        renoise, aggregate, k = variant.acting(self.config)
+        renoise, aggregate, k, noise_scale = variant.acting(self.config)
         view = copy.copy(self.serving_view())  # the same networks (a shallow copy), acting another way
-        view.renoise_time, view.critic_aggregate = renoise, aggregate
+        view.renoise_time, view.critic_aggregate, view.noise_scale = renoise, aggregate, noise_scale
         result = self.roll_out(view, k)
-        self.log.evaluation(self.step, result, also=(variant, renoise or 0.0, aggregate))
+        self.log.evaluation(self.step, result, also=(variant, renoise or 0.0, aggregate, noise_scale))
         tqdm.write(f"step {self.step}: acting {variant.label}, {outcome_text(result)}")
         return result
 
@@ -830,6 +840,8 @@ def resolve_run(config: TrainConfig, args: argparse.Namespace) -> tuple[TrainCon
     agent_config = stored.agent_config
     if args.critic_aggregate is not None:
         agent_config = replace(agent_config, critic_aggregate=args.critic_aggregate)
+    if args.noise_scale is not None:  # acting only, as critic_aggregate
+        agent_config = replace(agent_config, noise_scale=args.noise_scale)
     config = replace(
         stored,
         agent_config=agent_config,

@@ -132,10 +132,15 @@ def test_also_eval_specs_parse_to_one_canonical_form_and_bad_ones_are_refused():
     assert ActingVariant.parse(variant.spec) == variant
     assert variant.label == "re-noised 0.3, min, K = 64"
     assert ActingVariant(0.0).label == "one step" and ActingVariant(num_candidates=8).label == "K = 8"
+    tempered = ActingVariant.parse("noise=0.50,candidates=32")
+    assert tempered == ActingVariant(num_candidates=32, noise_scale=0.5)
+    assert (tempered.spec, tempered.label) == ("candidates=32,noise=0.5", "K = 32, noise x 0.5")
     bad = {
         "": "expected comma-separated key=value",
         "renoise": "expected comma-separated key=value",
-        "noise=0.3": "expected comma-separated key=value",
+        "temperature=0.3": "expected comma-separated key=value",
+        "noise=-0.5": "--also-eval noise must be a finite number >= 0",
+        "noise=nan": "--also-eval noise must be a finite number >= 0",
         "renoise=x": "renoise=x is not a number",
         "candidates=2.5": "candidates=2.5 is not a number",
         "renoise=1": r"renoise must be in \[0, 1\)",
@@ -153,9 +158,14 @@ def test_also_eval_specs_parse_to_one_canonical_form_and_bad_ones_are_refused():
     fql = config_from_args(parse(["--agent", "fql", "--also-eval", "aggregate=min,candidates=9"]))
     assert fql.also_eval == ("aggregate=min,candidates=9",)
     with pytest.raises(
-        ValueError, match=r"acts as the run itself already does \(re-noise off, mean, K = 32\)"
+        ValueError, match=r"acts as the run itself already does \(re-noise off, mean, K = 32, noise x 1\)"
     ):
         config_from_args(parse(["--agent", "bon", "--also-eval", "aggregate=mean,candidates=32"]))
+    with pytest.raises(ValueError, match=r"already does \(re-noise off, mean, K = 32, noise x 0.5\)"):
+        config_from_args(parse(["--agent", "bon", "--noise-scale", "0.5", "--also-eval", "noise=0.5"]))
+    # a tempered variant of a bon run, and of an FQL run (its one-step policy takes noise too)
+    assert config_from_args(parse(["--agent", "bon", "--also-eval", "noise=0.5"])).also_eval == ("noise=0.5",)
+    assert config_from_args(parse(["--agent", "fql", "--also-eval", "noise=0.5"])).also_eval == ("noise=0.5",)
     with pytest.raises(ValueError, match="acts as --also-eval-renoise-time 0.3 already does"):
         config_from_args(
             parse(
