@@ -157,8 +157,8 @@ def test_a_sweep_on_a_two_node_cluster_places_trials_on_both_nodes(sweep_data_di
 
 
 def test_the_chunked_bon_arm_tables_each_way_it_acts(sweep_data_dir, tmp_path):
-    """The chunked preset's `bon` arm through Tune: its other ways of acting (re-noised 0.3; and
-    re-noised 0.3 ranked by the minimum over 64 candidates) reach Tune with every checkpoint and
+    """The chunked preset's `bon` arm through Tune: its other ways of acting (re-noised 0.3;
+    re-noised 0.3 ranked by the minimum over 64 candidates; one step from noise scaled by 0.5) reach Tune with every checkpoint and
     the study as rows of their own, each with its own K and curve."""
     out = tmp_path / "study"
     assert main(sweep_args(sweep_data_dir, out, "--preset", "chunked", "--arms", "bon", "--seeds", "0")) == 0
@@ -167,9 +167,10 @@ def test_the_chunked_bon_arm_tables_each_way_it_acts(sweep_data_dir, tmp_path):
         ("bon", 32),
         ("bon (re-noised 0.3)", 32),
         ("bon (re-noised 0.3, min, K = 64)", 64),
+        ("bon (noise x 0.5)", 32),
     ]
     table = (out / "study.md").read_text()
-    assert table.count("| 0.00 / 0.00 |") == 3  # each row's two evaluations during training
+    assert table.count("| 0.00 / 0.00 |") == 4  # each row's two evaluations during training
     reported = [
         json.loads(line)
         for path in out.rglob("result.json")

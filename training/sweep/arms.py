@@ -144,7 +144,9 @@ PRESETS: dict[str, Preset] = {
             # against 0.60 (docs/results/best-of-n.md, rounds 4-7). And re-noised, ranked by the
             # ensemble's minimum over 64 candidates, `bon (re-noised 0.3, min, K = 64)`: at least
             # as good as the mean over 32 in 13 of 14 checkpoints' cells on tasks 2 and 1 (rounds
-            # 7-8); recorded on every task before it could become the default.
+            # 7-8); recorded on every task before it could become the default. And one step from
+            # noise scaled by 0.5, `bon (noise x 0.5)`: on task4 at 100k it took the same checkpoint
+            # from 0.00 to 0.28 (round 13).
             "bon": (
                 "one-step best-of-N: MeanFlow policy by the MFI loss alone, best of K = 32 by the critic",
                 [
@@ -154,6 +156,8 @@ PRESETS: dict[str, Preset] = {
                     "0.3",
                     "--also-eval",
                     "renoise=0.3,aggregate=min,candidates=64",
+                    "--also-eval",
+                    "noise=0.5",
                 ],
             ),
             # `bon` on observations as they are, as Q-chunking's code trains (mfql's default
