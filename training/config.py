@@ -265,8 +265,13 @@ class AgentConfig:
     # evaluation each. On puzzle-3x3 task4 `bon`'s one-step candidates spread half as wide again
     # as a 10-step BC flow's without coming nearer the data, and its best of 32 stopped pressing;
     # at C = 0.5 the same checkpoint (100k, its own critic) went from 0.00 to 0.28 success
-    # (docs/results/best-of-n.md, round 13). The critic's target keeps C = 1. 1 = the paper.
+    # (docs/results/best-of-n.md, round 13). The critic's target keeps C = 1 unless
+    # `noise_scale_target`. 1 = the paper.
     noise_scale: float = 1.0
+    # The critic's best-of-K target over candidates from the same scaled noise (needs noise_scale
+    # != 1), so the critic values the tempered policy that acts; a study option beyond the paper.
+    # It changes the run's maths: a resume keeps the scale. False: unscaled noise in the target.
+    noise_scale_target: bool = False
     hyperparameters: HyperparameterSource = "paper"  # which critic lr/discount defaults were used
 
     def __post_init__(self) -> None:
@@ -286,6 +291,11 @@ class AgentConfig:
         check_critic_aggregate(self.critic_aggregate)
         check_critic_aggregate(self.target_aggregate, "target_aggregate")
         check_noise_scale(self.noise_scale)
+        if self.noise_scale_target and self.noise_scale == 1.0:
+            raise ValueError(
+                "noise_scale_target (--noise-scale-target) draws the target's candidates from noise scaled by "
+                "noise_scale: set noise_scale (--noise-scale) to a factor other than 1 too"
+            )
         if self.renoise_target and self.renoise_time is None:
             raise ValueError(
                 "renoise_target (--renoise-target) re-noises the target's candidates to renoise_time: "

@@ -186,7 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="acting only (evaluation, export, serving): scale each candidate's noise by this factor "
         ">= 0 before the policy, clip(g(s, C e, 1)): below 1 a lower sampling temperature, candidates "
         "nearer the generator's mode (a study option; docs/method.md). The critic's target keeps "
-        "unscaled noise; a resumed run may set it anew. Default: 1",
+        "unscaled noise unless --noise-scale-target; a resumed run may set it anew. Default: 1",
+    )
+    p.add_argument(
+        "--noise-scale-target",
+        action="store_true",
+        default=None,
+        help="with --noise-scale: the critic's best-of-K target draws its candidates from the same "
+        "scaled noise, so the critic values the policy that acts (a study option; the run's maths, "
+        "kept on resume). Default: unscaled",
     )
     p.add_argument(
         "--target-aggregate",
@@ -397,6 +405,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         critic_aggregate=args.critic_aggregate,
         target_aggregate=args.target_aggregate,
         noise_scale=args.noise_scale,
+        noise_scale_target=args.noise_scale_target,
     )
     network = NetworkConfig(
         policy=args.policy,
@@ -835,13 +844,19 @@ def resolve_run(config: TrainConfig, args: argparse.Namespace) -> tuple[TrainCon
     stored = load_policy_checkpoint(resume_from).config
     # The stored run defines the maths (precision included); only the online phase may be
     # extended, and the thread count, compilation (speed and float rounding, not the
-    # maths), the device, the time budget, the second evaluation and how acting ranks the
-    # candidates (acting only: the critic's target keeps the mean) may be set anew.
+    # maths), the device, the time budget, the second evaluation, how acting ranks the
+    # candidates (acting only: the critic's target keeps the mean) and acting's noise scale
+    # (unless the target uses it too) may be set anew.
     agent_config = stored.agent_config
     if args.critic_aggregate is not None:
         agent_config = replace(agent_config, critic_aggregate=args.critic_aggregate)
-    if args.noise_scale is not None:  # acting only, as critic_aggregate
-        agent_config = replace(agent_config, noise_scale=args.noise_scale)
+    if args.noise_scale is not None and args.noise_scale != agent_config.noise_scale:
+        if agent_config.noise_scale_target:  # the target's noise: the run's maths
+            raise ValueError(
+                f"--noise-scale {args.noise_scale:g}: {run_dir} trains its critic's target at noise scale "
+                f"{agent_config.noise_scale:g} (--noise-scale-target); a resume keeps it"
+            )
+        agent_config = replace(agent_config, noise_scale=args.noise_scale)  # acting only
     config = replace(
         stored,
         agent_config=agent_config,

@@ -1,9 +1,11 @@
 """A sampling temperature for the candidates (`--noise-scale C`): the maths by hand, the
 override chain (run -> resume -> mfql-eval / mfql-export), the evaluation check, the exported
-graph against eager PyTorch, and a second way of acting (`--also-eval noise=C`)."""
+graph against eager PyTorch, a second way of acting (`--also-eval noise=C`), and the critic's
+target at the same scale (`--noise-scale-target`) in every agent's step."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -18,8 +20,12 @@ from exporters.runtimes import OnnxRuntimePolicy
 from tests.exporters.checkpoints import ENV_NAME, SMALL_MLP, CheckpointSpec, write_checkpoint
 from tests.training.test_also_eval import _rows, _train
 from tests.training.test_best_of_n import NoiseIsTheAction
+from tests.training.test_precision_and_study_options import make_batch
+from training.agents import build_agent
+from training.agents.best_of_n import expected_max_q
+from training.agents.common import backup_discount, best_of_k, td_loss
 from training.checkpoint import load_policy_checkpoint
-from training.config import AgentConfig
+from training.config import AgentConfig, NetworkConfig, resolve_agent_config
 from training.inference import ServingPolicy, load_serving_policy
 from training.networks import ObservationNormalizer
 from training.train import build_parser, config_from_args
@@ -152,3 +158,63 @@ def test_float16_keeps_the_scale():
         action, q, _ = half(torch.zeros(1, 3), NOISE)
     torch.testing.assert_close(action, torch.tensor([[0.45, 0.2]]), atol=1e-3, rtol=0)
     torch.testing.assert_close(q, torch.tensor([0.29]), atol=1e-2, rtol=0)
+
+
+@pytest.mark.parametrize("agent", ["mfql", "fql", "bon"])
+def test_the_target_draws_its_candidates_at_the_scale_in_every_agents_step(agent):
+    """With --noise-scale-target each agent's critic loss is the TD loss to the target its own
+    rule computes (bon: QC's expected max; mfql, fql: best of K by the target critic) over
+    candidates from the scaled noise, computed apart; without it the scale is acting only."""
+    network = NetworkConfig(policy="mlp", mlp_hidden=(16, 16), critic_hidden=(16, 16))
+    config = dataclasses.replace(
+        resolve_agent_config("puzzle-3x3-play-singletask-v0", agent=agent),
+        num_candidates=4,
+        action_horizon=1,
+        noise_scale=0.5,
+    )
+    losses = {}
+    for scaled_target in (False, True):
+        torch.manual_seed(0)
+        built = build_agent(
+            agent, 6, 3, dataclasses.replace(config, noise_scale_target=scaled_target), network, 100, seed=0
+        )
+        with torch.no_grad():  # distinct online and target critics, so bon's pick and value differ,
+            # and a policy whose output depends on its noise (its output layer starts at zero)
+            for parameter in [*built.target_critic.parameters(), *built.nets()["policy"].parameters()]:
+                parameter.add_(0.3 * torch.randn_like(parameter))
+        batch = make_batch()
+        noises, t = built.update_noise(batch.actions.shape[0])
+        losses[scaled_target] = built.step_losses(built.nets(), batch, noises, t)[0].item()
+        with torch.no_grad():
+            policy, noise = built.nets()["policy"], noises[0] * (0.5 if scaled_target else 1.0)
+            if agent == "bon":
+                next_q, _ = expected_max_q(
+                    policy, built.critic, built.target_critic, batch.next_observations, noise
+                )
+            else:
+                _, next_q, _ = best_of_k(policy, built.target_critic, batch.next_observations, noise)
+            target = batch.rewards + backup_discount(built.config) * batch.masks * next_q
+            expected = td_loss(built.critic, batch, target)[0].item()
+        assert losses[scaled_target] == pytest.approx(expected, rel=1e-5)
+    assert losses[True] != pytest.approx(losses[False], rel=1e-4)
+
+
+def test_a_scaled_target_needs_a_scale_and_its_resume_keeps_it(tmp_path, two_episode_data_dir, capsys):
+    with pytest.raises(ValueError, match="set noise_scale \\(--noise-scale\\) to a factor other than 1"):
+        config_from_args(build_parser().parse_args(["--agent", "bon", "--noise-scale-target"]))
+    run = tmp_path / "run"
+    assert (
+        _train(run, two_episode_data_dir, "--stop-after", "3", "--noise-scale", "0.5", "--noise-scale-target")
+        == 0
+    )
+    stored = load_policy_checkpoint(run).config.agent_config
+    assert (stored.noise_scale, stored.noise_scale_target) == (0.5, True)
+    capsys.readouterr()
+    assert _train(run, two_episode_data_dir, "--resume", "--noise-scale", "0.7") == 2
+    assert "trains its critic's target at noise scale 0.5 (--noise-scale-target); a resume keeps it" in (
+        capsys.readouterr().err
+    )
+    assert load_policy_checkpoint(run).step == 3  # nothing trained, nothing lost
+    assert _train(run, two_episode_data_dir, "--resume") == 0
+    resumed = load_policy_checkpoint(run)
+    assert resumed.step == 6 and resumed.config.agent_config.noise_scale_target

@@ -27,6 +27,7 @@ from training.agents.common import (
     backup_discount,
     ema_update,
     ensemble_score,
+    target_noise,
     target_renoise_time,
     td_loss,
 )
@@ -146,7 +147,7 @@ class BestOfNAgent(MFQLAgent):
                 nets["target_critic"],
                 nets["policy"],
                 batch,
-                next_noise,
+                target_noise(self.config, next_noise),
                 backup_discount(self.config),
                 target_renoise_time(self.config),
                 self.config.target_aggregate,

@@ -128,6 +128,11 @@ def target_renoise_time(config) -> float | None:
     return config.renoise_time if config.renoise_target else None
 
 
+def target_noise(config, next_noise: Tensor) -> Tensor:
+    """The noise of the critic target's K candidates: scaled by noise_scale with noise_scale_target."""
+    return next_noise * config.noise_scale if config.noise_scale_target else next_noise
+
+
 def ensemble_score(q: Tensor, aggregate: str = "mean") -> Tensor:
     """One score per row from the ensemble's Q [E, ...]: its mean, or its minimum (`aggregate`)."""
     if aggregate == "mean":
@@ -194,14 +199,14 @@ def agent_critic_loss(
     nets: dict, batch: Batch, next_noise: Tensor, config
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """`critic_loss` of an agent's step, as its AgentConfig sets it: the networks in `nets`,
-    gamma^H, the target's re-noising (MeanFlow agents; None for FQL, which refuses it) and
-    its ensemble reduction (AgentConfig.target_aggregate)."""
+    gamma^H, the target's re-noising (MeanFlow agents; None for FQL, which refuses it), its
+    noise scale (`target_noise`) and its ensemble reduction (AgentConfig.target_aggregate)."""
     return critic_loss(
         nets["critic"],
         nets["target_critic"],
         nets["policy"],
         batch,
-        next_noise,
+        target_noise(config, next_noise),
         backup_discount(config),
         target_renoise_time(config),
         config.target_aggregate,
