@@ -220,6 +220,23 @@ PRESETS: dict[str, Preset] = {
                     "renoise=0.3,aggregate=min,candidates=64",
                 ],
             ),
+            # `bon` acting from noise scaled by 0.5, with its critic's target drawn at the same scale
+            # (`--noise-scale-target`), so the critic learns the value of the tempered policy that
+            # acts. Acting alone at 0.5 took `bon`'s task4 checkpoint from 0.00 to 0.28-0.30 (round 13).
+            "bon-temper-target": (
+                "bon acting and valuing its target from noise scaled by 0.5 (--noise-scale 0.5 --noise-scale-target)",
+                [
+                    "--agent",
+                    "bon",
+                    "--noise-scale",
+                    "0.5",
+                    "--noise-scale-target",
+                    "--also-eval",
+                    "noise=1",
+                    "--also-eval",
+                    "aggregate=min,candidates=64",
+                ],
+            ),
             # The same training as `bon`, acting re-noised (its one-step success is `mfql-eval CKPT
             # --renoise-time 0`); `bon` evaluates both ways from one training.
             "bon-renoise": (
