@@ -60,6 +60,11 @@ def test_generator_quality_scores_the_acting_generator(runs, arm, agent):
     assert report["action_horizon"] == (5 if arm.startswith("chunk") else 1)
     assert report["spread"] >= 0 and report["q_best_of_5"] >= report["q_candidates"] - 1e-4
     assert ("bc_flow_nearest_sq_dist" in report) == (agent == "fql")
+    if arm == "chunk-5":  # a lower temperature: candidates from noise scaled by 0.25 spread less
+        cooler = study(
+            "generator_quality", runs / f"{arm}-seed0", "--states", "64", "--k", "4", "--noise-scale", "0.25"
+        )
+        assert cooler["noise_scale"] == 0.25 and cooler["spread"] < report["spread"]
 
 
 def candidate_rows(run: Path, *args: str) -> tuple[int, list[dict], str]:

@@ -13,6 +13,9 @@ and reports, in the action space [-1, 1]^d:
 - FQL only, `bc_flow_*`: the same numbers for its 10-step BC flow (a multi-step generator
   trained by flow matching on the same data), as a yardstick of what cloning alone reaches.
 
+`--noise-scale C` draws the one-step candidates from noise scaled by C (acting's `--noise-scale`;
+the BC flow's yardstick keeps unscaled noise, as QC samples it).
+
     python -m training.studies.generator_quality runs/study/lr-constant-seed0 [--states 2048 --k 16]
 
 Prints JSON. Reads the dataset named in the checkpoint's config, as mfql-train does.
@@ -75,6 +78,9 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=16, help="candidates per state")
     parser.add_argument("--dataset-dir", type=Path, help="default: the one the run was trained on")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--noise-scale", type=float, default=1.0, help="the one-step candidates' noise scale (acting's)"
+    )
     args = parser.parse_args()
     checkpoint = load_policy_checkpoint(args.checkpoint)
     config = checkpoint.config
@@ -92,7 +98,7 @@ def main() -> None:
     observations, actions = batch.observations, batch.actions
 
     flat_obs = observations.unsqueeze(0).expand(args.k, -1, -1).reshape(-1, checkpoint.obs_dim)
-    candidates = one_step_actions(module.policy, flat_obs, noise.reshape(-1, chunk_dim))
+    candidates = one_step_actions(module.policy, flat_obs, args.noise_scale * noise.reshape(-1, chunk_dim))
     candidates = candidates.clamp(-1, 1).reshape(args.k, args.states, -1)
     q = candidate_q(module.critic, observations, candidates)
     report = {
@@ -102,6 +108,7 @@ def main() -> None:
         "action_horizon": horizon,
         "states": args.states,
         "k": args.k,
+        "noise_scale": args.noise_scale,
         **coverage(candidates, actions, horizon),
         **critic_view(module.critic, observations, q, actions),
         # what best-of-5 acting picks: the first 5 candidates are those noise[:5] gives
