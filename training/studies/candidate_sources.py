@@ -20,7 +20,9 @@ Sources (T a time in (0, 1), C and SIGMA numbers):
 - `scale:C`: clip(C a); `noise:SIGMA`: clip(a + SIGMA n); `push:C`: clip(a + C (a - e)), with
   a the one-step candidate and n fresh Gaussian noise;
 - `temper:C`: the one-step candidate from noise scaled by C, clip(g(s, C e, 1)) (C < 1: a lower
-  sampling temperature, candidates nearer the generator's mode; round 13).
+  sampling temperature, candidates nearer the generator's mode; round 13). Every other source
+  draws from unscaled noise, also for a run that acts with `--noise-scale`: name its scale with
+  `temper:C` to act as it does.
 
 Each source takes its generator from another run or step directory trained on the same data
 with the same action horizon when `:RUN` ends it (`onestep:RUN`, `flow:RUN`, `renoise:0.3:RUN`):
