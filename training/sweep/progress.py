@@ -113,25 +113,25 @@ def state_cell(run: RunProgress) -> str:
     return f"checkpoint {thousands(run.checkpoint_step)}{of}"
 
 
+def left_suffix(presses_left: float | None) -> str:
+    """` (6.7 left)`: a puzzle evaluation's presses still needed at the end; "" elsewhere."""
+    return "" if presses_left is None else f" ({presses_left:.1f} left)"
+
+
 def curve_cell(curve: Curve) -> str:
     """`20k 0.00, 40k 0.04`; on puzzle envs with the presses left at the end: `20k 0.00 (6.7 left)`."""
-    return (
-        ", ".join(
-            f"{thousands(p['step'])} {p['success_rate']:.2f}"
-            + (f" ({p['presses_left_end']:.1f} left)" if "presses_left_end" in p else "")
-            for p in curve
-        )
-        or "-"
+    cells = (
+        f"{thousands(p['step'])} {p['success_rate']:.2f}{left_suffix(p.get('presses_left_end'))}"
+        for p in curve
     )
+    return ", ".join(cells) or "-"
 
 
 def final_cell(final: dict | None) -> str:
     if final is None:
         return "-"
     left = final.get("puzzle_progress", {}).get("presses_left_end")
-    return f"{final['success_rate']:.2f} +/- {final.get('success_rate_stderr', 0.0):.2f}" + (
-        f" ({left:.1f} left)" if left is not None else ""
-    )
+    return f"{final['success_rate']:.2f} +/- {final.get('success_rate_stderr', 0.0):.2f}{left_suffix(left)}"
 
 
 def last_return_cell(way: WayOfActing) -> str:
