@@ -127,6 +127,7 @@ def _megabytes(size: int) -> str:
 def run_export(args: argparse.Namespace) -> int:
     from exporters.export import ExportOptions, export_bundle
     from training.checkpoint import CheckpointError
+    from training.config import ActingOverrides
 
     options = ExportOptions(
         out=args.out,
@@ -142,9 +143,7 @@ def run_export(args: argparse.Namespace) -> int:
         action_low=args.action_low,
         action_high=args.action_high,
         max_action_delta=args.max_action_delta,
-        renoise_time=args.renoise_time,
-        critic_aggregate=args.critic_aggregate,
-        noise_scale=args.noise_scale,
+        acting=ActingOverrides(args.renoise_time, args.critic_aggregate, args.noise_scale),
         num_candidates=args.num_candidates,
     )
     try:

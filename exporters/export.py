@@ -36,6 +36,7 @@ from exporters.runtimes import OnnxRuntimePolicy, TorchScriptPolicy
 from exporters.torchscript_export import export_torchscript
 from exporters.triton import write_triton_model
 from training.checkpoint import CheckpointError, PolicyCheckpoint, load_policy_checkpoint
+from training.config import Acting, ActingOverrides
 from training.inference import ServingPolicy, serving_policy_from_checkpoint
 
 FORMATS = ("onnx", "torchscript")
@@ -62,13 +63,10 @@ class ExportOptions:
     action_low: tuple[float, ...] | None = None
     action_high: tuple[float, ...] | None = None
     max_action_delta: tuple[float, ...] | None = None
-    # MeanFlow policies: the graph's candidates re-noised to this time and refined once more
-    # (training.agents.common.renoised_actions); None: the run's own setting.
-    renoise_time: float | None = None
-    # how the graph ranks candidates: the critic ensemble's "mean" or "min" Q; None: the run's own
-    critic_aggregate: str | None = None
-    # the factor the graph scales each candidate's noise by (a sampling temperature); None: the run's own
-    noise_scale: float | None = None
+    # How the graph acts where not as the run does (each field None: the run's own): MeanFlow
+    # candidates re-noised to a time and refined once more (0: one step), the critic ensemble's
+    # "mean" or "min" ranking them, the factor on each candidate's noise.
+    acting: ActingOverrides = ActingOverrides()
     # K a request gets when it names none (metadata default_num_candidates); None: the K the run
     # acts with (its --eval-num-candidates, else the agent's K)
     num_candidates: int | None = None
@@ -128,16 +126,11 @@ def action_limits(options: ExportOptions, low: list[float], high: list[float]) -
 
 
 def load_module(
-    path: Path,
-    renoise_time: float | None = None,
-    critic_aggregate: str | None = None,
-    noise_scale: float | None = None,
+    path: Path, overrides: ActingOverrides = ActingOverrides()
 ) -> tuple[ServingPolicy, PolicyCheckpoint]:
     checkpoint = load_policy_checkpoint(path)
     try:
-        return serving_policy_from_checkpoint(
-            checkpoint, renoise_time, critic_aggregate, noise_scale
-        ), checkpoint
+        return serving_policy_from_checkpoint(checkpoint, overrides), checkpoint
     except ValueError as exc:  # e.g. a policy type this code does not know, or re-noising an FQL policy
         raise CheckpointError(f"{checkpoint.path}: {exc}") from exc
 
@@ -206,16 +199,10 @@ def _write_bundle_files(
 
 
 def read_evaluation(
-    path: Path,
-    checkpoint: PolicyCheckpoint,
-    renoise_time: float | None = None,
-    critic_aggregate: str = "mean",
-    num_candidates: int | None = None,
-    noise_scale: float = 1.0,
+    path: Path, checkpoint: PolicyCheckpoint, acting: Acting = Acting(), num_candidates: int | None = None
 ) -> dict:
     """An `mfql-eval` report, refused unless it evaluated this checkpoint's step and env, acting as
-    the bundle does (`renoise_time`, `critic_aggregate`, `noise_scale`: the graph's;
-    `num_candidates`: its default K)."""
+    the bundle does (`acting`: the graph's; `num_candidates`: its default K)."""
     try:
         report = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
@@ -238,20 +225,21 @@ def read_evaluation(
             f"--evaluation {path} evaluated step {report.get('step')} on {report.get('env')!r}; "
             f"the checkpoint is step {checkpoint.step} on {trained_env!r}"
         )
-    if report.get("renoise_time") != renoise_time:
+    if report.get("renoise_time") != acting.renoise_time:
         raise ExportError(
             f"--evaluation {path} acted with renoise_time {report.get('renoise_time')}; the bundle acts with "
-            f"{renoise_time} (evaluate with mfql-eval --renoise-time as exported)"
+            f"{acting.renoise_time} (evaluate with mfql-eval --renoise-time as exported)"
         )
-    if report.get("critic_aggregate", "mean") != critic_aggregate:
+    if report.get("critic_aggregate", "mean") != acting.critic_aggregate:
         raise ExportError(
             f"--evaluation {path} ranked candidates by the critic's {report.get('critic_aggregate', 'mean')} Q; "
-            f"the bundle ranks by its {critic_aggregate} (evaluate with mfql-eval --critic-aggregate as exported)"
+            f"the bundle ranks by its {acting.critic_aggregate} (evaluate with mfql-eval --critic-aggregate as "
+            "exported)"
         )
-    if report.get("noise_scale", 1.0) != noise_scale:
+    if report.get("noise_scale", 1.0) != acting.noise_scale:
         raise ExportError(
             f"--evaluation {path} scaled the candidates' noise by {report.get('noise_scale', 1.0)}; the bundle "
-            f"scales it by {noise_scale} (evaluate with mfql-eval --noise-scale as exported)"
+            f"scales it by {acting.noise_scale} (evaluate with mfql-eval --noise-scale as exported)"
         )
     reported_k = report.get("num_candidates")
     if num_candidates is not None and reported_k is not None and reported_k != num_candidates:
@@ -267,9 +255,7 @@ def export_bundle(checkpoint_path: Path, options: ExportOptions) -> ExportResult
     """Write the bundle described by `options` from the checkpoint (step or run directory)."""
     check_options(options)
     refuse_existing(options.out, options.overwrite)
-    module, checkpoint = load_module(
-        checkpoint_path, options.renoise_time, options.critic_aggregate, options.noise_scale
-    )
+    module, checkpoint = load_module(checkpoint_path, options.acting)
     default_k = options.num_candidates or checkpoint.config.acting_num_candidates
     if options.max_candidates < default_k:
         what = (
@@ -279,14 +265,7 @@ def export_bundle(checkpoint_path: Path, options: ExportOptions) -> ExportResult
         )
         raise ExportError(f"--max-candidates {options.max_candidates} is below {what}")
     evaluation = (
-        read_evaluation(
-            options.evaluation,
-            checkpoint,
-            module.renoise_time,
-            module.critic_aggregate,
-            default_k,
-            module.noise_scale,
-        )
+        read_evaluation(options.evaluation, checkpoint, module.acting, default_k)
         if options.evaluation
         else None
     )

@@ -36,9 +36,7 @@ class Float16ServingPolicy(nn.Module):
             module.action_horizon,
             # a run trained on scaled actions maps them back to the data's units, as in float32
             (module.action_low.tolist(), module.action_high.tolist()) if module.scaled else None,
-            renoise_time=module.renoise_time,
-            critic_aggregate=module.critic_aggregate,
-            noise_scale=module.noise_scale,
+            module.acting,
         )
 
     def forward(self, observation: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -274,6 +274,11 @@ class AgentConfig:
     noise_scale_target: bool = False
     hyperparameters: HyperparameterSource = "paper"  # which critic lr/discount defaults were used
 
+    @property
+    def acting(self) -> Acting:
+        """How the run acts (evaluation, export, serving): its acting-only settings together."""
+        return Acting(self.renoise_time, self.critic_aggregate, self.noise_scale)
+
     def __post_init__(self) -> None:
         if self.mfi_draws < 1:
             raise ValueError(f"mfi_draws must be >= 1; got {self.mfi_draws}")
@@ -324,6 +329,57 @@ def check_critic_aggregate(aggregate: str, name: str = "critic_aggregate") -> No
     """AgentConfig.critic_aggregate (or `name`), and any override of it: one of CriticAggregate."""
     if aggregate not in get_args(CriticAggregate):
         raise ValueError(f"{name} must be one of {', '.join(get_args(CriticAggregate))}; got {aggregate!r}")
+
+
+@dataclass(frozen=True)
+class Acting:
+    """How a serving graph acts: what `ServingPolicy` computes besides the weights.
+
+    A run's own is `AgentConfig.acting`; `ActingOverrides` changes it for one evaluation, export
+    or study. Every field defaults to the paper's.
+    """
+
+    # MeanFlow policies: candidates re-noised to this time in (0, 1) and refined once more
+    # (training.agents.common.renoised_actions); None: the paper's one step
+    renoise_time: float | None = None
+    critic_aggregate: CriticAggregate = "mean"  # how the critic ensemble ranks the K candidates
+    noise_scale: float = 1.0  # the candidates' sampling temperature: the factor on their noise
+
+    def __post_init__(self) -> None:
+        check_renoise_range(self.renoise_time)
+        check_critic_aggregate(self.critic_aggregate)
+        check_noise_scale(self.noise_scale)
+
+    @property
+    def report(self) -> dict:
+        """The fields an evaluation report records: those not at the paper's setting."""
+        return {
+            **({"renoise_time": self.renoise_time} if self.renoise_time is not None else {}),
+            **({"critic_aggregate": self.critic_aggregate} if self.critic_aggregate != "mean" else {}),
+            **({"noise_scale": self.noise_scale} if self.noise_scale != 1.0 else {}),
+        }
+
+    @property
+    def description(self) -> str:
+        """'re-noise off, mean, noise x 1': how refusals name it."""
+        return f"re-noise {self.renoise_time or 'off'}, {self.critic_aggregate}, noise x {self.noise_scale:g}"
+
+
+@dataclass(frozen=True)
+class ActingOverrides:
+    """Acting otherwise than a run's own `Acting` (mfql-eval's, mfql-export's and the studies'
+    `--renoise-time`, `--critic-aggregate`, `--noise-scale`); None keeps the run's setting."""
+
+    renoise_time: float | None = None  # a re-noise time in (0, 1), or 0: one step
+    critic_aggregate: CriticAggregate | None = None
+    noise_scale: float | None = None
+
+    def applied_to(self, acting: Acting) -> Acting:
+        return Acting(
+            acting.renoise_time if self.renoise_time is None else self.renoise_time or None,
+            self.critic_aggregate or acting.critic_aggregate,
+            acting.noise_scale if self.noise_scale is None else self.noise_scale,
+        )
 
 
 @dataclass(frozen=True)
@@ -403,16 +459,16 @@ class ActingVariant:
             parts.append(f"noise x {self.noise_scale:g}")
         return ", ".join(parts)
 
-    def acting(self, config: TrainConfig) -> tuple[float | None, str, int, float]:
-        """How a run of `config` acts under this variant: (re-noise time, None for one step;
-        the critic aggregate; K; the noise scale)."""
-        agent = config.agent_config
-        renoise = agent.renoise_time if self.renoise_time is None else self.renoise_time or None
+    @property
+    def overrides(self) -> ActingOverrides:
+        """What it changes of a run's `Acting` (K apart)."""
+        return ActingOverrides(self.renoise_time, self.critic_aggregate, self.noise_scale)
+
+    def acting(self, config: TrainConfig) -> tuple[Acting, int]:
+        """How a run of `config` acts under this variant, and with how many candidates."""
         return (
-            renoise,
-            self.critic_aggregate or agent.critic_aggregate,
+            self.overrides.applied_to(config.agent_config.acting),
             self.num_candidates or config.acting_num_candidates,
-            agent.noise_scale if self.noise_scale is None else self.noise_scale,
         )
 
 
@@ -528,12 +584,7 @@ class TrainConfig:
 
     def _check_acting_variants(self) -> None:
         """Each variant applies to this agent, acts otherwise than the run, and is unique."""
-        agent = self.agent_config
-        seen = {
-            (agent.renoise_time, agent.critic_aggregate, self.acting_num_candidates, agent.noise_scale): (
-                "the run itself"
-            )
-        }
+        seen = {(self.agent_config.acting, self.acting_num_candidates): "the run itself"}
         for index, variant in enumerate(self.also_eval_variants):
             flag = (
                 f"--also-eval-renoise-time {variant.renoise_time:g}"
@@ -548,8 +599,8 @@ class TrainConfig:
             acting = variant.acting(self)
             if acting in seen:
                 raise ValueError(
-                    f"{flag}: acts as {seen[acting]} already does (re-noise {acting[0] or 'off'}, "
-                    f"{acting[1]}, K = {acting[2]}, noise x {acting[3]:g}); every evaluation must act another way"
+                    f"{flag}: acts as {seen[acting]} already does ({acting[0].description}, K = {acting[1]}); "
+                    "every evaluation must act another way"
                 )
             seen[acting] = flag
 

@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from training.checkpoint import CheckpointError
+from training.config import ActingOverrides
 from training.inference import ServingPolicy, load_serving_policy, sample_actions
 from training.puzzle_progress import PuzzleProgress
 
@@ -78,10 +79,8 @@ def evaluate_policy(
     env.close()
     success = np.asarray(successes) if len(successes) == episodes else None
     latency_ms = np.asarray(latencies) * 1e3
-    # recorded only when candidates were re-noised (a ServingPolicy's setting; other policies have none)
-    renoise = getattr(module, "renoise_time", None)
-    aggregate = getattr(module, "critic_aggregate", "mean")  # recorded when not the paper's mean
-    noise_scale = getattr(module, "noise_scale", 1.0)  # recorded when the noise is scaled
+    # a ServingPolicy's acting settings, recorded where not the paper's (other policies have none)
+    acting = getattr(module, "acting", None)
     return {
         "env": env_name,
         "episodes": episodes,
@@ -91,9 +90,7 @@ def evaluate_policy(
         "mean_return": float(np.mean(returns)),
         "mean_episode_length": float(np.mean(lengths)),
         "action_horizon": horizon,
-        **({"renoise_time": renoise} if renoise is not None else {}),
-        **({"critic_aggregate": aggregate} if aggregate != "mean" else {}),
-        **({"noise_scale": noise_scale} if noise_scale != 1.0 else {}),
+        **(acting.report if acting is not None else {}),
         "replan_every": replan,
         # puzzle envs: presses made and fewest presses left per episode (training/puzzle_progress.py)
         **({"puzzle_progress": progress_log.summary()} if progress_log is not None else {}),
@@ -164,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_flush_denormal(True)  # see mfql-train: denormal weights slow CPU matmuls
     try:
         module, checkpoint = load_serving_policy(
-            args.checkpoint, args.renoise_time, args.critic_aggregate, args.noise_scale
+            args.checkpoint, ActingOverrides(args.renoise_time, args.critic_aggregate, args.noise_scale)
         )
     except (CheckpointError, ValueError) as exc:
         print(f"mfql-eval: {exc}", file=sys.stderr)

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from training.agents.common import best_of_k
 from training.checkpoint import CheckpointError, PolicyCheckpoint, load_policy_checkpoint
-from training.config import check_critic_aggregate, check_noise_scale, check_renoise_range
+from training.config import Acting, ActingOverrides, check_renoise_range
 from training.networks import CriticEnsemble, ObservationNormalizer, build_policy
 
 
@@ -23,10 +23,12 @@ class ServingPolicy(nn.Module):
     With an action horizon H > 1 (a chunked policy) the noise is [B, K, H, d] and the outputs
     are action [B, H, d], q_value [B] (the critic's value of the whole chunk) and candidates
     [B, K, H, d]; the networks see a chunk as one H * d vector. H = 1 keeps the signature above.
-    Candidates are scored by the target critic's ensemble mean, as the reference's
-    `sample_actions_best` does at evaluation, or by its minimum (`critic_aggregate` "min", a
-    study option; q_value is then that minimum). `noise_scale` (AgentConfig.noise_scale, a study
-    option) multiplies the noise before the policy sees it; 1 leaves the graph as the paper's.
+    `acting` (training.config.Acting, a run's AgentConfig.acting) holds the rest: candidates are
+    scored by the target critic's ensemble mean, as the reference's `sample_actions_best` does at
+    evaluation, or by its minimum (`critic_aggregate` "min", a study option; q_value is then that
+    minimum); `noise_scale` (a study option) multiplies the noise before the policy sees it, 1
+    leaving the graph as the paper's; MeanFlow policies may re-noise their candidates
+    (`renoise_time`; None: the paper's one step).
     """
 
     def __init__(
@@ -37,18 +39,10 @@ class ServingPolicy(nn.Module):
         action_dim: int,
         action_horizon: int = 1,
         action_bounds: tuple[list[float], list[float]] | None = None,
-        renoise_time: float | None = None,
-        critic_aggregate: str = "mean",
-        noise_scale: float = 1.0,
+        acting: Acting = Acting(),
     ) -> None:
         super().__init__()
-        check_critic_aggregate(critic_aggregate)
-        check_noise_scale(noise_scale)
-        self.noise_scale = float(noise_scale)  # the candidates' sampling temperature (AgentConfig)
-        self.critic_aggregate = critic_aggregate  # how the ensemble ranks candidates (AgentConfig)
-        # MeanFlow policies only: candidates re-noised to this time and refined once more
-        # (`training.agents.common.renoised_actions`); None: the paper's one step.
-        self.renoise_time = renoise_time
+        self.acting = acting
         self.normalizer = normalizer
         self.policy = policy
         self.critic = critic
@@ -72,6 +66,18 @@ class ServingPolicy(nn.Module):
         if not self.scaled:
             return actions
         return (actions - self.action_low) / (self.action_high - self.action_low) * 2.0 - 1.0
+
+    @property
+    def renoise_time(self) -> float | None:
+        return self.acting.renoise_time
+
+    @property
+    def critic_aggregate(self) -> str:
+        return self.acting.critic_aggregate
+
+    @property
+    def noise_scale(self) -> float:
+        return self.acting.noise_scale
 
     @property
     def noise_shape(self) -> tuple[int, ...]:
@@ -112,17 +118,12 @@ def check_renoise_time(agent: str, renoise_time: float | None) -> None:
 
 
 def serving_policy_from_checkpoint(
-    checkpoint: PolicyCheckpoint,
-    renoise_time: float | None = None,
-    critic_aggregate: str | None = None,
-    noise_scale: float | None = None,
+    checkpoint: PolicyCheckpoint, overrides: ActingOverrides = ActingOverrides()
 ) -> ServingPolicy:
     """Build the serving module from a loaded checkpoint (eval mode, no gradients).
 
-    `renoise_time` overrides the run's own (AgentConfig.renoise_time) when given; 0 turns it off
-    (the paper's one step) for a run trained with it. `critic_aggregate` ("mean" or "min")
-    overrides the run's AgentConfig.critic_aggregate when given, `noise_scale` its
-    AgentConfig.noise_scale.
+    It acts as the run does (AgentConfig.acting) except where `overrides` says otherwise
+    (a renoise_time of 0 turns re-noising off, the paper's one step, for a run trained with it).
     """
     network = checkpoint.config.network
     horizon = checkpoint.config.agent_config.action_horizon
@@ -139,8 +140,8 @@ def serving_policy_from_checkpoint(
             f"{checkpoint.path}: weights do not match the described networks ({exc})"
         ) from exc
     normalizer = ObservationNormalizer(checkpoint.obs_mean, checkpoint.obs_std)
-    renoise = checkpoint.config.agent_config.renoise_time if renoise_time is None else renoise_time or None
-    check_renoise_time(checkpoint.config.agent, renoise)
+    acting = overrides.applied_to(checkpoint.config.agent_config.acting)
+    check_renoise_time(checkpoint.config.agent, acting.renoise_time)
     module = ServingPolicy(
         normalizer,
         policy,
@@ -148,9 +149,7 @@ def serving_policy_from_checkpoint(
         checkpoint.action_dim,
         horizon,
         action_bounds_of(checkpoint.dataset),
-        renoise_time=renoise,
-        critic_aggregate=critic_aggregate or checkpoint.config.agent_config.critic_aggregate,
-        noise_scale=checkpoint.config.agent_config.noise_scale if noise_scale is None else noise_scale,
+        acting,
     )
     return module.eval().requires_grad_(False)
 
@@ -163,13 +162,10 @@ def action_bounds_of(provenance: dict) -> tuple[list[float], list[float]] | None
 
 
 def load_serving_policy(
-    path: Path | str,
-    renoise_time: float | None = None,
-    critic_aggregate: str | None = None,
-    noise_scale: float | None = None,
+    path: Path | str, overrides: ActingOverrides = ActingOverrides()
 ) -> tuple[ServingPolicy, PolicyCheckpoint]:
     checkpoint = load_policy_checkpoint(path)
-    return serving_policy_from_checkpoint(checkpoint, renoise_time, critic_aggregate, noise_scale), checkpoint
+    return serving_policy_from_checkpoint(checkpoint, overrides), checkpoint
 
 
 @torch.no_grad()

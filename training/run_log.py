@@ -88,12 +88,12 @@ class RunLog:
         }
         tag = "eval"
         if also is not None:
-            variant, renoise_time, aggregate, noise_scale = also
+            variant, acting = also
             row.update(
                 variant=variant.spec,
-                renoise_time=renoise_time,
-                critic_aggregate=aggregate,
-                noise_scale=noise_scale,
+                renoise_time=acting.renoise_time or 0.0,
+                critic_aggregate=acting.critic_aggregate,
+                noise_scale=acting.noise_scale,
             )
             tag = f"eval_also/{variant.spec}"
         self._append(EVAL_CSV if also is None else EVAL_ALSO_CSV, row)

@@ -568,9 +568,7 @@ class Trainer:
             self.agent.action_dim,
             self.agent.action_horizon,
             action_bounds_of(self.dataset_provenance),
-            renoise_time=self.config.agent_config.renoise_time,
-            critic_aggregate=self.config.agent_config.critic_aggregate,
-            noise_scale=self.config.agent_config.noise_scale,
+            self.config.agent_config.acting,
         )
         if self.agent.device.type == "cpu":
             return view
@@ -669,11 +667,11 @@ class Trainer:
     def also_evaluate(self, variant: ActingVariant) -> dict:
         """One more evaluation (`--also-eval-renoise-time`, `--also-eval`): the same episodes and
         seeds, acting as `variant` asks."""
-        renoise, aggregate, k, noise_scale = variant.acting(self.config)
+        acting, k = variant.acting(self.config)
         view = copy.copy(self.serving_view())  # the same networks (a shallow copy), acting another way
-        view.renoise_time, view.critic_aggregate, view.noise_scale = renoise, aggregate, noise_scale
+        view.acting = acting
         result = self.roll_out(view, k)
-        self.log.evaluation(self.step, result, also=(variant, renoise or 0.0, aggregate, noise_scale))
+        self.log.evaluation(self.step, result, also=(variant, acting))
         tqdm.write(f"step {self.step}: acting {variant.label}, {outcome_text(result)}")
         return result
 

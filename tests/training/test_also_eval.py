@@ -13,7 +13,7 @@ import torch
 
 import training.train
 from training.checkpoint import load_policy_checkpoint
-from training.config import ActingVariant, TrainConfig, resolve_agent_config
+from training.config import Acting, ActingOverrides, ActingVariant, TrainConfig, resolve_agent_config
 from training.evaluate import main as eval_main
 from training.run_log import read_also_evaluations
 from training.train import build_parser, config_from_args
@@ -57,9 +57,9 @@ def test_a_second_evaluation_is_refused_where_it_cannot_apply_or_repeats_the_fir
     # a run that acts re-noised is also evaluated one step (0), or at another time
     renoised = TrainConfig(agent_config=resolve_agent_config(TASK, renoise_time=0.3))
     (one_step,) = replace(renoised, also_eval_renoise_time=0.0).also_eval_variants
-    assert one_step.acting(renoised)[0] is None and one_step.label == "one step"
+    assert one_step.acting(renoised)[0].renoise_time is None and one_step.label == "one step"
     (other,) = replace(renoised, also_eval_renoise_time=0.5).also_eval_variants
-    assert other.acting(renoised)[0] == 0.5 and other.label == "re-noised 0.5"
+    assert other.acting(renoised)[0].renoise_time == 0.5 and other.label == "re-noised 0.5"
 
 
 def test_each_evaluation_also_acts_re_noised_on_the_same_episodes(
@@ -125,6 +125,30 @@ def test_the_sweeps_final_row_evaluates_the_second_way_on_the_final_evaluations_
         assert also[key] == report[key], key
 
 
+def test_acting_overrides_keep_the_runs_settings_where_unset():
+    run = Acting(renoise_time=0.3, critic_aggregate="min", noise_scale=0.5)
+    assert ActingOverrides().applied_to(run) == run
+    assert ActingOverrides(renoise_time=0).applied_to(run) == Acting(None, "min", 0.5)  # 0: one step
+    assert ActingOverrides(0.2, "mean", 1.0).applied_to(run) == Acting(renoise_time=0.2)
+    assert Acting().report == {} and run.report == {
+        "renoise_time": 0.3,
+        "critic_aggregate": "min",
+        "noise_scale": 0.5,
+    }
+    assert resolve_agent_config(TASK, renoise_time=0.3).acting == Acting(0.3)
+    variant = ActingVariant(0.0, "min", 64, 0.5)
+    assert variant.overrides == ActingOverrides(0.0, "min", 0.5)
+    config = TrainConfig(agent_config=resolve_agent_config(TASK, renoise_time=0.3))
+    assert variant.acting(config) == (Acting(None, "min", 0.5), 64)
+    for bad, message in (
+        ({"renoise_time": 1.0}, "renoise_time must be in"),
+        ({"critic_aggregate": "max"}, "critic_aggregate must be one of"),
+        ({"noise_scale": -1.0}, "noise_scale must be a finite number"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            ActingOverrides(**bad).applied_to(run)
+
+
 def test_also_eval_specs_parse_to_one_canonical_form_and_bad_ones_are_refused():
     variant = ActingVariant.parse(" candidates=64, renoise=0.30,aggregate=min")
     assert variant == ActingVariant(0.3, "min", 64)
@@ -158,10 +182,10 @@ def test_also_eval_specs_parse_to_one_canonical_form_and_bad_ones_are_refused():
     fql = config_from_args(parse(["--agent", "fql", "--also-eval", "aggregate=min,candidates=9"]))
     assert fql.also_eval == ("aggregate=min,candidates=9",)
     with pytest.raises(
-        ValueError, match=r"acts as the run itself already does \(re-noise off, mean, K = 32, noise x 1\)"
+        ValueError, match=r"acts as the run itself already does \(re-noise off, mean, noise x 1, K = 32\)"
     ):
         config_from_args(parse(["--agent", "bon", "--also-eval", "aggregate=mean,candidates=32"]))
-    with pytest.raises(ValueError, match=r"already does \(re-noise off, mean, K = 32, noise x 0.5\)"):
+    with pytest.raises(ValueError, match=r"already does \(re-noise off, mean, noise x 0.5, K = 32\)"):
         config_from_args(parse(["--agent", "bon", "--noise-scale", "0.5", "--also-eval", "noise=0.5"]))
     # a tempered variant of a bon run, and of an FQL run (its one-step policy takes noise too)
     assert config_from_args(parse(["--agent", "bon", "--also-eval", "noise=0.5"])).also_eval == ("noise=0.5",)

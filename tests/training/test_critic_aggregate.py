@@ -20,7 +20,7 @@ from tests.training.test_also_eval import _train
 from tests.training.test_best_of_n import LinearCritics, NoiseIsTheAction
 from training.agents.common import best_of_k, ensemble_score
 from training.checkpoint import load_policy_checkpoint
-from training.config import AgentConfig
+from training.config import Acting, ActingOverrides, AgentConfig
 from training.inference import ServingPolicy, load_serving_policy
 from training.networks import ObservationNormalizer
 from training.train import build_parser, config_from_args
@@ -50,7 +50,9 @@ def test_unknown_aggregates_are_refused_everywhere():
         AgentConfig(critic_aggregate="max")
     normalizer = ObservationNormalizer(torch.zeros(3), torch.ones(3))
     with pytest.raises(ValueError, match="critic_aggregate"):
-        ServingPolicy(normalizer, NoiseIsTheAction(), PER_COORDINATE, 2, critic_aggregate="median")
+        ServingPolicy(
+            normalizer, NoiseIsTheAction(), PER_COORDINATE, 2, acting=Acting(critic_aggregate="median")
+        )
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--critic-aggregate", "max"])
 
@@ -78,7 +80,7 @@ def test_a_resumed_run_may_rank_anew(tmp_path, two_episode_data_dir):
 def test_a_runs_own_ranking_acts_unless_overridden(tmp_path):
     path = write_checkpoint(tmp_path / "run", CheckpointSpec(SMALL_MLP, 7, 3, {}, critic_aggregate="min"))
     assert load_serving_policy(path)[0].critic_aggregate == "min"
-    assert load_serving_policy(path, critic_aggregate="mean")[0].critic_aggregate == "mean"
+    assert load_serving_policy(path, ActingOverrides(critic_aggregate="mean"))[0].critic_aggregate == "mean"
     plain = write_checkpoint(tmp_path / "plain", CheckpointSpec(SMALL_MLP, 7, 3, {}))
     assert load_serving_policy(plain)[0].critic_aggregate == "mean"
 
@@ -116,7 +118,7 @@ def test_mfql_eval_records_the_ranking_and_export_refuses_a_report_that_ranked_o
             out=tmp_path / "min",
             formats=("onnx",),
             evaluation=tmp_path / "min.json",
-            critic_aggregate="min",
+            acting=ActingOverrides(critic_aggregate="min"),
             num_candidates=4,  # as evaluated
         ),
     )
@@ -133,7 +135,8 @@ def test_export_bakes_the_minimum_into_the_graph(tmp_path):
         checkpoint, ExportOptions(out=tmp_path / "mean", formats=("onnx",), max_candidates=8)
     )
     low = export_bundle(
-        checkpoint, ExportOptions(out=tmp_path / "min", max_candidates=8, critic_aggregate="min")
+        checkpoint,
+        ExportOptions(out=tmp_path / "min", max_candidates=8, acting=ActingOverrides(critic_aggregate="min")),
     )
     assert mean.metadata["critic_aggregate"] == "mean" and low.metadata["critic_aggregate"] == "min"
     # export_bundle refuses a graph that disagrees with eager PyTorch; both runtimes were compared
@@ -142,7 +145,7 @@ def test_export_bakes_the_minimum_into_the_graph(tmp_path):
     rng = np.random.default_rng(0)
     observation = rng.normal(size=(16, 9)).astype(np.float32)
     noise = rng.normal(size=(16, 8, 3, 2)).astype(np.float32)
-    eager, _ = load_serving_policy(checkpoint, critic_aggregate="min")
+    eager, _ = load_serving_policy(checkpoint, ActingOverrides(critic_aggregate="min"))
     expected = eager(torch.from_numpy(observation), torch.from_numpy(noise))
     got = OnnxRuntimePolicy(tmp_path / "min" / "policy.onnx")(observation, noise)
     np.testing.assert_allclose(got["q_value"], expected[1].numpy(), atol=1e-5)
@@ -158,7 +161,12 @@ def test_float16_keeps_the_ranking_and_the_runs_action_scaling():
     normalizer = ObservationNormalizer(torch.zeros(3), torch.ones(3))
     bounds = ([0.0, -2.0], [10.0, 2.0])
     eager = ServingPolicy(
-        normalizer, NoiseIsTheAction(), PER_COORDINATE, 2, action_bounds=bounds, critic_aggregate="min"
+        normalizer,
+        NoiseIsTheAction(),
+        PER_COORDINATE,
+        2,
+        action_bounds=bounds,
+        acting=Acting(critic_aggregate="min"),
     ).eval()
     half = Float16ServingPolicy(eager).eval()
     assert half.inner.critic_aggregate == "min" and half.inner.scaled

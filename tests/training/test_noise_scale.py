@@ -25,7 +25,7 @@ from training.agents import build_agent
 from training.agents.best_of_n import expected_max_q
 from training.agents.common import backup_discount, best_of_k, td_loss
 from training.checkpoint import load_policy_checkpoint
-from training.config import AgentConfig, NetworkConfig, resolve_agent_config
+from training.config import Acting, ActingOverrides, AgentConfig, NetworkConfig, resolve_agent_config
 from training.inference import ServingPolicy, load_serving_policy
 from training.networks import ObservationNormalizer
 from training.train import build_parser, config_from_args
@@ -43,7 +43,9 @@ class QuadraticCritic(torch.nn.Module):
 
 def _serve(noise_scale: float) -> ServingPolicy:
     normalizer = ObservationNormalizer(torch.zeros(3), torch.ones(3))
-    return ServingPolicy(normalizer, NoiseIsTheAction(), QuadraticCritic(), 2, noise_scale=noise_scale).eval()
+    return ServingPolicy(
+        normalizer, NoiseIsTheAction(), QuadraticCritic(), 2, acting=Acting(noise_scale=noise_scale)
+    ).eval()
 
 
 def test_the_candidates_come_from_scaled_noise_by_hand():
@@ -80,7 +82,7 @@ def test_a_run_acts_tempered_and_a_resume_or_another_evaluation_may_change_it(tm
                   "--eval-every", "3", "--also-eval", "noise=1") == 0  # fmt: skip
     assert load_policy_checkpoint(run).config.agent_config.noise_scale == 0.5
     assert load_serving_policy(run)[0].noise_scale == 0.5
-    assert load_serving_policy(run, noise_scale=1.0)[0].noise_scale == 1.0
+    assert load_serving_policy(run, ActingOverrides(noise_scale=1.0))[0].noise_scale == 1.0
     (also,) = _rows(run / "evaluations_also.csv")
     assert (also["variant"], float(also["noise_scale"])) == ("noise=1", 1.0)
     assert _train(run, two_episode_data_dir, "--resume", "--noise-scale", "0.25") == 0
@@ -119,7 +121,7 @@ def test_mfql_eval_records_the_scale_and_export_refuses_a_report_that_acted_othe
             out=tmp_path / "half",
             formats=("onnx",),
             evaluation=tmp_path / "half.json",
-            noise_scale=0.5,
+            acting=ActingOverrides(noise_scale=0.5),
             num_candidates=4,
         ),
     )
@@ -134,7 +136,10 @@ def test_export_bakes_the_scale_into_the_graph(tmp_path):
     plain = export_bundle(
         checkpoint, ExportOptions(out=tmp_path / "plain", formats=("onnx",), max_candidates=8)
     )
-    half = export_bundle(checkpoint, ExportOptions(out=tmp_path / "half", max_candidates=8, noise_scale=0.5))
+    half = export_bundle(
+        checkpoint,
+        ExportOptions(out=tmp_path / "half", max_candidates=8, acting=ActingOverrides(noise_scale=0.5)),
+    )
     assert plain.metadata["noise_scale"] == 1.0 and half.metadata["noise_scale"] == 0.5
     assert half.parity["onnxruntime"].problems == [] and half.parity["torchscript"].problems == []
 

@@ -72,7 +72,7 @@ def test_a_raw_run_records_the_datas_scale_and_export_tests_its_graph_there(tmp_
     mean, std = observation_statistics(train)
     scale = checkpoint.dataset["observation_scale"]
     assert np.allclose(scale["mean"], mean) and np.allclose(scale["std"], std)
-    module, _ = load_module(run, None, None)
+    module, _ = load_module(run)
     (case,) = selftest_cases(module, checkpoint, [2])
     draws = np.random.default_rng(0).standard_normal((SELFTEST_BATCH, checkpoint.obs_dim))
     assert np.allclose(case.observation, (mean + std * draws).astype(np.float32))

@@ -15,7 +15,7 @@ from tests.training.test_fused_step import agent_pair
 from tests.training.test_precision_and_study_options import make_batch
 from training.agents.best_of_n import expected_max_q
 from training.agents.common import Batch, best_of_k, critic_loss, renoised_actions, td_loss
-from training.config import AgentConfig
+from training.config import ActingOverrides, AgentConfig
 from training.inference import check_renoise_time, load_serving_policy
 from training.train import build_parser, config_from_args
 
@@ -147,14 +147,14 @@ def test_an_override_of_zero_turns_a_runs_renoising_off(tmp_path):
     spec = CheckpointSpec(SMALL_MLP, 7, 3, {}, renoise_time=0.4)
     path = write_checkpoint(tmp_path / "run", spec)
     assert load_serving_policy(path)[0].renoise_time == 0.4
-    assert load_serving_policy(path, renoise_time=0.2)[0].renoise_time == 0.2
-    assert load_serving_policy(path, renoise_time=0.0)[0].renoise_time is None
+    assert load_serving_policy(path, ActingOverrides(renoise_time=0.2))[0].renoise_time == 0.2
+    assert load_serving_policy(path, ActingOverrides(renoise_time=0.0))[0].renoise_time is None
 
 
 def test_fql_checkpoints_refuse_a_renoise_override(tmp_path):
     path = write_fql_checkpoint(tmp_path / "fql", CheckpointSpec(SMALL_MLP, 7, 3, {}))
     with pytest.raises(ValueError, match="takes no t"):
-        load_serving_policy(path, renoise_time=0.3)
+        load_serving_policy(path, ActingOverrides(renoise_time=0.3))
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
@@ -166,7 +166,8 @@ def test_export_bakes_renoised_candidates_into_the_graph(tmp_path):
         checkpoint, ExportOptions(out=tmp_path / "one", formats=("onnx",), max_candidates=8)
     )
     renoised = export_bundle(
-        checkpoint, ExportOptions(out=tmp_path / "re", max_candidates=8, renoise_time=0.3)
+        checkpoint,
+        ExportOptions(out=tmp_path / "re", max_candidates=8, acting=ActingOverrides(renoise_time=0.3)),
     )
     assert one_step.metadata["renoise_time"] is None and renoised.metadata["renoise_time"] == 0.3
     # export_bundle refuses a graph that disagrees with eager PyTorch; both runtimes were compared
@@ -175,7 +176,7 @@ def test_export_bakes_renoised_candidates_into_the_graph(tmp_path):
     rng = np.random.default_rng(0)
     observation = rng.normal(size=(4, 9)).astype(np.float32)
     noise = rng.normal(size=(4, 8, 3, 2)).astype(np.float32)
-    eager, _ = load_serving_policy(checkpoint, renoise_time=0.3)
+    eager, _ = load_serving_policy(checkpoint, ActingOverrides(renoise_time=0.3))
     expected = eager(torch.from_numpy(observation), torch.from_numpy(noise))
     got = OnnxRuntimePolicy(tmp_path / "re" / "policy.onnx")(observation, noise)
     np.testing.assert_allclose(got["candidates"], expected[2].numpy(), atol=1e-5)

@@ -56,7 +56,7 @@ from training.agents.common import acting_candidates, renoised_actions
 from training.agents.fql import euler_flow_actions
 from training.agents.mfql import self_distillation_target
 from training.checkpoint import CheckpointError, PolicyCheckpoint, load_policy_checkpoint
-from training.config import check_renoise_range
+from training.config import Acting, ActingOverrides, check_renoise_range
 from training.evaluate import evaluate_policy
 from training.inference import ServingPolicy, action_bounds_of, serving_policy_from_checkpoint
 from training.networks import MLPPolicy
@@ -118,7 +118,7 @@ def build_source(spec: str, base: PolicyCheckpoint, seed: int) -> CandidateSourc
     checkpoint = load_policy_checkpoint(Path(run)) if run else base
     if checkpoint is not base:
         compatible(base, checkpoint)
-    acting = serving_policy_from_checkpoint(checkpoint, renoise_time=0).policy
+    acting = serving_policy_from_checkpoint(checkpoint, ActingOverrides(renoise_time=0)).policy
     generator = torch.Generator().manual_seed(seed)
 
     def fresh(like: Tensor) -> Tensor:
@@ -190,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         base = load_policy_checkpoint(args.checkpoint)
-        served = serving_policy_from_checkpoint(base, renoise_time=0, critic_aggregate=args.critic_aggregate)
+        served = serving_policy_from_checkpoint(
+            base, ActingOverrides(renoise_time=0, critic_aggregate=args.critic_aggregate)
+        )
         sources = {spec: build_source(spec, base, args.seed) for spec in args.source}
     except (CheckpointError, ValueError) as exc:
         print(f"candidate_sources: {exc}", file=sys.stderr)
@@ -205,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     for spec, source in sources.items():
         module = ServingPolicy(
             served.normalizer, source, served.critic, base.action_dim, served.action_horizon,
-            action_bounds_of(base.dataset), critic_aggregate=served.critic_aggregate,
+            action_bounds_of(base.dataset), Acting(critic_aggregate=served.critic_aggregate),
         ).eval()  # fmt: skip
         result = evaluate_policy(
             module, env, args.episodes, k, args.seed, progress=False,

@@ -159,16 +159,16 @@ def final_evaluation(
 def also_evaluation(checkpoint: PolicyCheckpoint, variant: ActingVariant, episodes: int, seed: int) -> dict:
     """The final checkpoint (already loaded) acting as one of TrainConfig.also_eval_variants asks,
     on the final evaluation's episodes and seeds: `tables.with_also_rows` makes it a row of its own."""
-    renoise_time, aggregate, k, noise_scale = variant.acting(checkpoint.config)
-    module = serving_policy_from_checkpoint(checkpoint, renoise_time or 0.0, aggregate, noise_scale)
+    acting, k = variant.acting(checkpoint.config)
+    module = serving_policy_from_checkpoint(checkpoint, variant.overrides)
     report = final_evaluation(module, checkpoint, episodes, seed, k)
     return {
         "variant": variant.spec,
         "label": variant.label,
-        "renoise_time": renoise_time or 0.0,
-        "critic_aggregate": aggregate,
+        "renoise_time": acting.renoise_time or 0.0,
+        "critic_aggregate": acting.critic_aggregate,
         "num_candidates": k,
-        **({"noise_scale": noise_scale} if noise_scale != 1.0 else {}),
+        **({"noise_scale": acting.noise_scale} if acting.noise_scale != 1.0 else {}),
         **{key: report[key] for key in ("success_rate", "success_rate_stderr", "mean_return")},
         "policy_latency_ms_p50": report["policy_latency_ms"]["p50"],
         **_progress_of(report),
