@@ -53,18 +53,47 @@ def test_gradient_balance_splits_the_policy_gradient_at_a_checkpoint(runs, arm, 
 
 @pytest.mark.parametrize("arm, agent", [("ema", "mfql"), ("fql", "fql"), ("chunk-5", "mfql")])
 def test_generator_quality_scores_the_acting_generator(runs, arm, agent):
-    report = study("generator_quality", runs / f"{arm}-seed0", "--states", "64", "--k", "4")
+    report = study(
+        "generator_quality", runs / f"{arm}-seed0", "--states", "64", "--k", "4", "--best-of", "1,4"
+    )
     assert report["agent"] == agent and (report["states"], report["k"]) == (64, 4)
     # cube actions in [-1, 1]^5 (a chunk's squared distance is per action)
     assert 0 <= report["nearest_sq_dist"] <= report["mean_sq_dist"] <= 4 * 5
     assert report["action_horizon"] == (5 if arm.startswith("chunk") else 1)
     assert report["spread"] >= 0 and report["q_best_of_5"] >= report["q_candidates"] - 1e-4
     assert ("bc_flow_nearest_sq_dist" in report) == (agent == "fql")
+    # what acting picks: best of all 4 is the candidate the critic rates highest, so its gain over
+    # the data's action is the study's q_best_minus_dataset; best of 1 is the first candidate
+    picked = report["best_of"]
+    assert list(picked) == ["K=1", "K=4"] and picked["K=4"]["q_gain"] >= picked["K=1"]["q_gain"] - 1e-3
+    assert abs(picked["K=4"]["q_gain"] - report["q_best_minus_dataset"]) <= 2e-3
+    assert len(picked["K=1"]["abs_action"]) == len(report["dataset_abs_action"]) == 5
+    assert all(0 <= value <= 1 for value in picked["K=4"]["abs_action"] + report["dataset_abs_action"])
+    assert ("bc_flow_best_of" in report) == (agent == "fql")
     if arm == "chunk-5":  # a lower temperature: candidates from noise scaled by 0.25 spread less
         cooler = study(
             "generator_quality", runs / f"{arm}-seed0", "--states", "64", "--k", "4", "--noise-scale", "0.25"
         )
         assert cooler["noise_scale"] == 0.25 and cooler["spread"] < report["spread"]
+
+
+def test_chosen_view_by_hand():
+    """Best of K picks by the scores (the acting rank), and reports the pick's Q from `q`."""
+    from training.studies.generator_quality import chosen_view
+
+    candidates = torch.tensor(
+        [[[0.0, 1.0], [1.0, 0.0]], [[0.5, -1.0], [0.0, 0.0]], [[1.0, 1.0], [-1.0, 0.5]]]
+    )
+    scores = torch.tensor([[0.0, 3.0], [2.0, 1.0], [1.0, 5.0]])  # [K=3, B=2]: best of 3 picks 1 and 2
+    q = scores + 10.0
+    actions, q_data = torch.zeros(2, 2), torch.tensor([10.0, 11.0])
+    view = chosen_view(candidates, scores, q, actions, q_data, 2, [1, 3])
+    # best of 1: candidate 0 for both states; best of 3: [0.5, -1] and [-1, 0.5]
+    assert view["K=1"] == {"sq_dist": 1.0, "q_gain": 1.0, "abs_action": [0.5, 0.5]}
+    assert view["K=3"] == {"sq_dist": 1.25, "q_gain": 3.0, "abs_action": [0.75, 0.75]}
+    # a chunk of two 1-d actions: the distance is per action, |value| per action dimension
+    chunked = chosen_view(candidates, scores, q, actions, q_data, 1, [3])
+    assert chunked["K=3"]["sq_dist"] == 0.625 and chunked["K=3"]["abs_action"] == [0.75]
 
 
 def candidate_rows(run: Path, *args: str) -> tuple[int, list[dict], str]:

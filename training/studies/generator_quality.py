@@ -16,6 +16,13 @@ and reports, in the action space [-1, 1]^d:
 `--noise-scale C` draws the one-step candidates from noise scaled by C (acting's `--noise-scale`;
 the BC flow's yardstick keeps unscaled noise, as QC samples it).
 
+`--best-of 1,5,32` looks at what acting picks: for each K, the critic's best of the first K
+candidates per state (ranked as the run acts, by the ensemble mean or min), its squared distance
+to the dataset action (`sq_dist`), how much higher the critic rates it than the data's action
+(`q_gain`), and its mean |value| per action dimension (`abs_action`, over states and a chunk's
+actions) beside the dataset's (`dataset_abs_action`): whether a larger K picks actions that move
+less or otherwise than the data, and the critic rates more highly the further they are from it.
+
     python -m training.studies.generator_quality runs/study/lr-constant-seed0 [--states 2048 --k 16]
 
 Prints JSON. Reads the dataset named in the checkpoint's config, as mfql-train does.
@@ -30,7 +37,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from training.agents.common import one_step_actions
+from training.agents.common import ensemble_score, one_step_actions
 from training.agents.fql import euler_flow_actions
 from training.checkpoint import load_policy_checkpoint
 from training.data.ogbench_files import load_task_datasets
@@ -53,11 +60,41 @@ def coverage(candidates: Tensor, actions: Tensor, horizon: int = 1) -> dict[str,
     }
 
 
-def candidate_q(critic, observations: Tensor, candidates: Tensor) -> Tensor:
-    """The critic's ensemble mean [K, B] of candidates [K, B, d] at observations [B, obs_dim]."""
+def candidate_q(critic, observations: Tensor, candidates: Tensor, aggregate: str = "mean") -> Tensor:
+    """The critic's ensemble mean [K, B] (or min, `aggregate`) of candidates [K, B, d] at observations [B, obs_dim]."""
     k, b, d = candidates.shape
     repeated = observations.unsqueeze(0).expand(k, -1, -1).reshape(k * b, -1)
-    return critic(repeated, candidates.reshape(k * b, d)).mean(dim=0).reshape(k, b)
+    return ensemble_score(critic(repeated, candidates.reshape(k * b, d)), aggregate).reshape(k, b)
+
+
+def abs_per_dimension(actions: Tensor, action_dim: int) -> list[float]:
+    """Mean |value| of each action dimension over [..., H * action_dim] actions (chunks split)."""
+    return [round(v, 4) for v in actions.reshape(-1, action_dim).abs().mean(dim=0).tolist()]
+
+
+def chosen_view(
+    candidates: Tensor,
+    scores: Tensor,
+    q: Tensor,
+    actions: Tensor,
+    q_data: Tensor,
+    action_dim: int,
+    ks: list[int],
+) -> dict[str, dict]:
+    """What best-of-K picks, for each K in `ks`: the candidate of the first K [K, B, d] with the
+    highest `scores` [K, B] (the acting rank), against the dataset actions [B, d] and their Q."""
+    horizon = actions.shape[-1] // action_dim
+    view = {}
+    for k in ks:
+        index = scores[:k].argmax(dim=0)  # [B]
+        chosen = candidates[:k].gather(0, index.view(1, -1, 1).expand(1, -1, candidates.shape[-1]))[0]
+        chosen_q = q[:k].gather(0, index.view(1, -1))[0]
+        view[f"K={k}"] = {
+            "sq_dist": round(((chosen - actions).pow(2).sum(dim=-1) / horizon).mean().item(), 4),
+            "q_gain": round((chosen_q - q_data).mean().item(), 3),
+            "abs_action": abs_per_dimension(chosen, action_dim),
+        }
+    return view
 
 
 def critic_view(critic, observations: Tensor, q: Tensor, actions: Tensor) -> dict[str, float]:
@@ -81,7 +118,13 @@ def main() -> None:
     parser.add_argument(
         "--noise-scale", type=float, default=1.0, help="the one-step candidates' noise scale (acting's)"
     )
+    parser.add_argument(
+        "--best-of", default="", help="comma-separated K <= --k: what best-of-K acting picks (e.g. 1,5,32)"
+    )
     args = parser.parse_args()
+    ks = [int(part) for part in args.best_of.split(",") if part.strip()]
+    if any(not 1 <= k <= args.k for k in ks):
+        parser.error(f"--best-of values must be between 1 and --k {args.k}; got {args.best_of}")
     checkpoint = load_policy_checkpoint(args.checkpoint)
     config = checkpoint.config
     train_set, _ = load_task_datasets(config.env_name, args.dataset_dir or Path(config.dataset_dir))
@@ -101,6 +144,7 @@ def main() -> None:
     candidates = one_step_actions(module.policy, flat_obs, args.noise_scale * noise.reshape(-1, chunk_dim))
     candidates = candidates.clamp(-1, 1).reshape(args.k, args.states, -1)
     q = candidate_q(module.critic, observations, candidates)
+    q_data = module.critic(observations, actions).mean(dim=0)
     report = {
         "checkpoint": str(checkpoint.path),
         "agent": config.agent,
@@ -114,22 +158,28 @@ def main() -> None:
         # what best-of-5 acting picks: the first 5 candidates are those noise[:5] gives
         "q_best_of_5": round(q[:5].max(dim=0).values.mean().item(), 3),
     }
+    if ks:
+        report["critic_aggregate"] = module.critic_aggregate
+        report["dataset_abs_action"] = abs_per_dimension(actions, checkpoint.action_dim)
+        scores = candidate_q(module.critic, observations, candidates, module.critic_aggregate)
+        report["best_of"] = chosen_view(candidates, scores, q, actions, q_data, checkpoint.action_dim, ks)
     if config.agent == "fql":
         flow = MLPPolicy(checkpoint.obs_dim, chunk_dim, config.network, zero_head=False)
         flow.load_state_dict(checkpoint.module_state("bc_flow"))
         flow_candidates = euler_flow_actions(
             flow, flat_obs, noise.reshape(-1, chunk_dim), config.agent_config.flow_steps
         ).reshape(args.k, args.states, -1)
-        for key, value in {
+        flow_q = candidate_q(module.critic, observations, flow_candidates)
+        flow_report = {
             **coverage(flow_candidates, actions, horizon),
-            **critic_view(
-                module.critic,
-                observations,
-                candidate_q(module.critic, observations, flow_candidates),
-                actions,
-            ),
-        }.items():
-            report[f"bc_flow_{key}"] = value
+            **critic_view(module.critic, observations, flow_q, actions),
+        }
+        if ks:
+            flow_scores = candidate_q(module.critic, observations, flow_candidates, module.critic_aggregate)
+            flow_report["best_of"] = chosen_view(
+                flow_candidates, flow_scores, flow_q, actions, q_data, checkpoint.action_dim, ks
+            )
+        report.update({f"bc_flow_{key}": value for key, value in flow_report.items()})
     print(json.dumps(report, indent=2))
 
 
