@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from training.checkpoint import CheckpointError
 from training.config import ActingOverrides
 from training.inference import ServingPolicy, load_serving_policy, sample_actions
 from training.puzzle_progress import PuzzleProgress
+from training.rollout_recording import RolloutRecorder
 
 
 def evaluate_policy(
@@ -32,13 +34,15 @@ def evaluate_policy(
     progress: bool = True,
     replan_every: int | None = None,
     observation_keys: tuple[str, ...] | None = None,
+    record_dir: Path | None = None,
 ) -> dict:
     """Run `episodes` episodes (env seeds seed, seed+1, ...); return success/return/length/latency
     (and on OGBench puzzle envs `puzzle_progress`: presses per episode and presses left).
 
     A chunked policy (action horizon H > 1) executes the first `replan_every` actions of each
     chunk open-loop (default H, the whole chunk), then is asked again; `policy_latency_ms`
-    times the requests, and `requests` counts them.
+    times the requests, and `requests` counts them. `record_dir`: every request written there
+    (training/rollout_recording.py; `mfql-eval --record-dir`).
     """
     from training.envs import make_eval_env
 
@@ -46,12 +50,15 @@ def evaluate_policy(
     replan = replan_every or horizon
     if not 1 <= replan <= horizon:
         raise ValueError(f"replan_every must be between 1 and the action horizon {horizon}; got {replan}")
+    recorder = RolloutRecorder(record_dir, num_candidates, horizon) if record_dir is not None else None
     env = make_eval_env(env_name, observation_keys)
     progress_log = PuzzleProgress.for_env(env_name, env)  # None unless an OGBench puzzle env
     generator = torch.Generator().manual_seed(seed)
     successes, returns, lengths, latencies = [], [], [], []
     for episode in tqdm(range(episodes), desc="eval", leave=False, disable=not progress):
         observation, info = env.reset(seed=seed + episode)
+        if recorder is not None:
+            recorder.start(episode, seed + episode)
         if progress_log is not None:
             progress_log.start(info)
         done, total, length = False, 0.0, 0
@@ -59,19 +66,25 @@ def evaluate_policy(
         while not done:
             if not pending:
                 start = time.perf_counter()
-                action, _ = sample_actions(
+                action, q_value = sample_actions(
                     module, torch.as_tensor(observation[None], dtype=torch.float32), num_candidates, generator
                 )
                 latencies.append(time.perf_counter() - start)
+                if recorder is not None:
+                    recorder.request(length, observation, action[0].numpy(), q_value[0].item())
                 pending = list(action[0].numpy().reshape(horizon, -1)[:replan])
             observation, reward, terminated, truncated, info = env.step(pending.pop(0))
             total += float(reward)
             length += 1
             done = terminated or truncated
+            if recorder is not None:
+                recorder.executed(reward, done, info.get("success"))
             if progress_log is not None:
                 progress_log.step(info)
         if progress_log is not None:
             progress_log.finish()
+        if recorder is not None:
+            recorder.finish()
         if "success" in info:
             successes.append(float(info["success"]))
         returns.append(total)
@@ -152,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1 is fastest for one observation)"
     )
+    parser.add_argument(
+        "--record-dir",
+        type=Path,
+        help="write every request (observation, chosen action, Q, what it gave) to DIR/episode_NNNNNN.jsonl, "
+        "in the server's recording layout; DIR must hold no recorded episodes yet",
+    )
     return parser
 
 
@@ -183,12 +202,15 @@ def main(argv: list[str] | None = None) -> int:
     keys = checkpoint.config.data.observation_keys
     try:
         result = evaluate_policy(
-            module, env, args.episodes, k, args.seed, replan_every=replan, observation_keys=keys
-        )
+            module, env, args.episodes, k, args.seed, replan_every=replan, observation_keys=keys,
+            record_dir=args.record_dir,
+        )  # fmt: skip
     except ValueError as exc:
         print(f"mfql-eval: {exc}", file=sys.stderr)
         return 2
     result.update({"checkpoint": str(checkpoint.path), "step": checkpoint.step})
+    if args.record_dir is not None:
+        result["record_dir"] = str(args.record_dir)
     print(json.dumps(result, indent=2))
     return 0
 

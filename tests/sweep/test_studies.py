@@ -77,6 +77,27 @@ def test_generator_quality_scores_the_acting_generator(runs, arm, agent):
         assert cooler["noise_scale"] == 0.25 and cooler["spread"] < report["spread"]
 
 
+def test_generator_quality_scores_the_states_an_evaluation_reached(runs, tmp_path):
+    """mfql-eval --record-dir writes the requests; --states-from scores their states, each against
+    the chunk the evaluated policy chose there."""
+    run, record = runs / "chunk-5-seed0", tmp_path / "rec"
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "training.evaluate", str(run), "--episodes", "1", "--record-dir", str(record)],
+        capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    report = json.loads(evaluated.stdout)
+    assert report["record_dir"] == str(record) and len(list(record.iterdir())) == 1
+    scored = study("generator_quality", run, "--states-from", str(record), "--k", "5", "--best-of", "1,5")
+    assert scored["reference"] == "recorded" and scored["states"] == report["requests"]
+    assert scored["best_of"]["K=5"]["q_gain"] >= scored["best_of"]["K=1"]["q_gain"] - 1e-3
+    again = subprocess.run(
+        [sys.executable, "-m", "training.evaluate", str(run), "--episodes", "1", "--record-dir", str(record)],
+        capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert again.returncode == 2 and "already holds recorded episodes" in again.stderr
+
+
 def test_chosen_view_by_hand():
     """Best of K picks by the scores (the acting rank), and reports the pick's Q from `q`."""
     from training.studies.generator_quality import chosen_view

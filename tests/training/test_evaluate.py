@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import gymnasium
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ import torch
 
 import training.data.ogbench_files
 from training.evaluate import evaluate_policy
+from training.rollout_recording import read_requests
 
 TASK = "cube-single-play-singletask-task2-v0"
 HORIZON = 200  # cube-single's episode length
@@ -96,3 +99,28 @@ def test_evaluation_counts_the_successes_of_a_scripted_policy(monkeypatch):
     assert result["mean_episode_length"] == pytest.approx(np.mean(env.lengths))
     assert result["mean_return"] == pytest.approx(np.mean(env.returns))
     assert result["episodes"] == 4 and result["num_candidates"] == 3
+
+
+def test_a_recorded_evaluation_writes_every_request_and_what_it_gave(monkeypatch, tmp_path):
+    env = OracleInTheLoop(training.data.ogbench_files.make_task_env(TASK), idle_episodes={1})
+    monkeypatch.setattr(training.data.ogbench_files, "make_task_env", lambda name: env)
+    evaluate_policy(ScriptedPolicy(env), TASK, 2, 3, seed=7, progress=False, record_dir=tmp_path / "rec")
+    files = sorted((tmp_path / "rec").iterdir())
+    assert [path.name for path in files] == ["episode_000000.jsonl", "episode_000001.jsonl"]
+    for episode, path in enumerate(files):
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        assert len(rows) == env.lengths[episode]  # one action per request (H = 1)
+        assert [row["frame_index"] for row in rows] == list(range(len(rows)))
+        assert {(row["episode_index"], row["seed"], row["num_candidates"]) for row in rows} == {
+            (episode, 7 + episode, 3)
+        }
+        assert all(row["executed"] == 1 for row in rows) and rows[-1]["next.done"]
+        assert not any(row["next.done"] for row in rows[:-1])
+        assert sum(row["next.reward"] for row in rows) == pytest.approx(env.returns[episode])
+        assert rows[-1]["next.success"] == env.successes[episode]
+        assert np.asarray(rows[0]["observation.state"]).shape == env.observation_space.shape
+    observations, actions = read_requests(tmp_path / "rec")
+    assert observations.shape == (sum(env.lengths), env.observation_space.shape[0]) and actions.shape[1] == 5
+    with pytest.raises(ValueError, match="already holds recorded episodes"):
+        evaluate_policy(ScriptedPolicy(env), TASK, 1, 3, seed=7, progress=False, record_dir=tmp_path / "rec")
+    assert sorted((tmp_path / "rec").iterdir()) == files

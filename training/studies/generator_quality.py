@@ -23,6 +23,11 @@ to the dataset action (`sq_dist`), how much higher the critic rates it than the 
 actions) beside the dataset's (`dataset_abs_action`): whether a larger K picks actions that move
 less or otherwise than the data, and the critic rates more highly the further they are from it.
 
+`--states-from DIR` scores the states an evaluation reached instead of the dataset's: the
+requests `mfql-eval --record-dir DIR` wrote, each with the action (chunk) the evaluated policy
+chose there standing in for the dataset action (`reference: recorded`), so distances and Q gains
+are against what that rollout did.
+
     python -m training.studies.generator_quality runs/study/lr-constant-seed0 [--states 2048 --k 16]
 
 Prints JSON. Reads the dataset named in the checkpoint's config, as mfql-train does.
@@ -44,6 +49,7 @@ from training.data.ogbench_files import load_task_datasets
 from training.inference import serving_policy_from_checkpoint
 from training.networks import MLPPolicy
 from training.replay_buffer import ReplayBuffer
+from training.rollout_recording import read_requests
 
 
 def coverage(candidates: Tensor, actions: Tensor, horizon: int = 1) -> dict[str, float]:
@@ -107,6 +113,23 @@ def critic_view(critic, observations: Tensor, q: Tensor, actions: Tensor) -> dic
     }
 
 
+def recorded_states(
+    directory: Path, module, chunk_dim: int, limit: int, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """Up to `limit` recorded requests (a random subset when there are more): observations as the
+    networks see them (normalised) and the chosen actions in the policy's units [N, chunk_dim]."""
+    observations, actions = (torch.from_numpy(array) for array in read_requests(directory))
+    if actions.shape[-1] != chunk_dim:
+        raise ValueError(
+            f"{directory}: recorded actions have {actions.shape[-1]} numbers; the run acts with {chunk_dim}"
+        )
+    if observations.shape[0] > limit:
+        keep = torch.randperm(observations.shape[0], generator=generator)[:limit]
+        observations, actions = observations[keep], actions[keep]
+    chunks = module.to_policy_units(actions.reshape(actions.shape[0], -1, module.action_dim)).flatten(1)
+    return module.normalizer(observations), chunks
+
+
 @torch.no_grad()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -119,6 +142,11 @@ def main() -> None:
         "--noise-scale", type=float, default=1.0, help="the one-step candidates' noise scale (acting's)"
     )
     parser.add_argument(
+        "--states-from",
+        type=Path,
+        help="an mfql-eval --record-dir directory: score its requests' states (and chosen actions)",
+    )
+    parser.add_argument(
         "--best-of", default="", help="comma-separated K <= --k: what best-of-K acting picks (e.g. 1,5,32)"
     )
     args = parser.parse_args()
@@ -127,22 +155,31 @@ def main() -> None:
         parser.error(f"--best-of values must be between 1 and --k {args.k}; got {args.best_of}")
     checkpoint = load_policy_checkpoint(args.checkpoint)
     config = checkpoint.config
-    train_set, _ = load_task_datasets(config.env_name, args.dataset_dir or Path(config.dataset_dir))
     mean, std = checkpoint.model["normalizer.mean"].numpy(), checkpoint.model["normalizer.std"].numpy()
     agent_config = config.agent_config
     # a chunked run (action horizon H > 1) is scored on whole chunks: H * action_dim numbers each
     horizon = agent_config.action_horizon
     chunk_dim = checkpoint.action_dim * horizon
-    buffer = ReplayBuffer(train_set, mean, std, 0, args.seed, horizon, agent_config.discount)
-    batch = buffer.sample(args.states)
     module = serving_policy_from_checkpoint(checkpoint)
     generator = torch.Generator().manual_seed(args.seed)
-    noise = torch.randn(args.k, args.states, chunk_dim, generator=generator)
-    observations, actions = batch.observations, batch.actions
+    if args.states_from is None:
+        train_set, _ = load_task_datasets(config.env_name, args.dataset_dir or Path(config.dataset_dir))
+        buffer = ReplayBuffer(train_set, mean, std, 0, args.seed, horizon, agent_config.discount)
+        batch = buffer.sample(args.states)
+        observations, actions = batch.observations, batch.actions
+    else:
+        try:
+            observations, actions = recorded_states(
+                args.states_from, module, chunk_dim, args.states, generator
+            )
+        except ValueError as exc:
+            parser.error(str(exc))
+    states = observations.shape[0]
+    noise = torch.randn(args.k, states, chunk_dim, generator=generator)
 
     flat_obs = observations.unsqueeze(0).expand(args.k, -1, -1).reshape(-1, checkpoint.obs_dim)
     candidates = one_step_actions(module.policy, flat_obs, args.noise_scale * noise.reshape(-1, chunk_dim))
-    candidates = candidates.clamp(-1, 1).reshape(args.k, args.states, -1)
+    candidates = candidates.clamp(-1, 1).reshape(args.k, states, -1)
     q = candidate_q(module.critic, observations, candidates)
     q_data = module.critic(observations, actions).mean(dim=0)
     report = {
@@ -150,7 +187,8 @@ def main() -> None:
         "agent": config.agent,
         "step": checkpoint.step,
         "action_horizon": horizon,
-        "states": args.states,
+        "states": states,
+        "reference": "dataset" if args.states_from is None else "recorded",
         "k": args.k,
         "noise_scale": args.noise_scale,
         **coverage(candidates, actions, horizon),
@@ -168,7 +206,7 @@ def main() -> None:
         flow.load_state_dict(checkpoint.module_state("bc_flow"))
         flow_candidates = euler_flow_actions(
             flow, flat_obs, noise.reshape(-1, chunk_dim), config.agent_config.flow_steps
-        ).reshape(args.k, args.states, -1)
+        ).reshape(args.k, states, -1)
         flow_q = candidate_q(module.critic, observations, flow_candidates)
         flow_report = {
             **coverage(flow_candidates, actions, horizon),
