@@ -127,11 +127,18 @@ def candidate_rows(run: Path, *args: str) -> tuple[int, list[dict], str]:
     return result.returncode, rows, result.stderr
 
 
-def test_candidate_sources_reproduce_mfql_eval_for_the_runs_own_candidates(runs):
-    """`onestep` and `renoise:T` are what mfql-eval rolls out: same seeds, same episodes."""
+def test_candidate_sources_reproduce_mfql_eval_for_the_runs_own_candidates(runs, tmp_path):
+    """`onestep` and `renoise:T` are what mfql-eval rolls out: same seeds, same episodes; each
+    source's requests are recorded apart when asked."""
     run, common = runs / "chunk-5-seed0", ["--episodes", "2", "--seed", "7", "--num-candidates", "3"]
-    code, rows, err = candidate_rows(run, "--source", "onestep", "--source", "renoise:0.3", *common)
+    both = ["--source", "onestep", "--source", "renoise:0.3", "--record-dir", str(tmp_path / "rec")]
+    code, rows, err = candidate_rows(run, *both, *common)
     assert code == 0, err[-3000:]
+    for row, folder in zip(rows, ("onestep", "renoise_0.3"), strict=True):
+        recorded = [path.read_text().count("\n") for path in sorted((tmp_path / "rec" / folder).iterdir())]
+        assert len(recorded) == 2 and sum(recorded) == row["requests"]
+    code, _, err = candidate_rows(run, *both, *common)
+    assert code == 2 and "already holds recorded episodes" in err
     assert [(r["source"], r["evaluations_per_candidate"]) for r in rows] == [
         ("onestep", 1),
         ("renoise:0.3", 2),

@@ -31,6 +31,8 @@ success between two checkpoints into the critic's share and the generator's.
 
 `--critic-aggregate min` ranks the candidates by the ensemble's minimum instead of its mean (a
 pessimistic choice: a candidate wins only where every critic rates it high; round 7).
+`--record-dir DIR` records each source's requests to `DIR/<source>/` as `mfql-eval --record-dir`
+does (training/rollout_recording.py).
 
     python -m training.studies.candidate_sources runs/best-of-n/task2/bon-seed0 \
         --source onestep --source renoise:0.3 --source flow:runs/qc-alpha/task2/fql-chunk-5-alpha-100-seed0 \
@@ -45,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -60,6 +63,7 @@ from training.config import Acting, ActingOverrides, check_renoise_range
 from training.evaluate import evaluate_policy
 from training.inference import ServingPolicy, action_bounds_of, serving_policy_from_checkpoint
 from training.networks import MLPPolicy
+from training.rollout_recording import check_record_dir
 
 SOURCES = ("onestep", "renoise", "renoise-fresh", "twostep", "flow", "scale", "noise", "push", "temper")
 
@@ -182,7 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="how the critic ensemble ranks the K candidates: its mean (QC's q_agg=mean) or its "
         "minimum (pessimistic); default: as the run acts (AgentConfig.critic_aggregate)",
     )
+    parser.add_argument(
+        "--record-dir", type=Path, help="record each source's requests to DIR/<source>/ (as mfql-eval does)"
+    )
     return parser
+
+
+def record_dir(directory: Path | None, spec: str) -> Path | None:
+    """Where a source's requests are recorded: DIR/<the source's spec, made a safe file name>."""
+    return None if directory is None else directory / re.sub(r"[^A-Za-z0-9._-]", "_", spec)
 
 
 @torch.no_grad()
@@ -194,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
             base, ActingOverrides(renoise_time=0, critic_aggregate=args.critic_aggregate)
         )
         sources = {spec: build_source(spec, base, args.seed) for spec in args.source}
+        records = {spec: record_dir(args.record_dir, spec) for spec in sources}
+        for directory in records.values():
+            if directory is not None:
+                check_record_dir(directory)  # before any source rolls out
     except (CheckpointError, ValueError) as exc:
         print(f"candidate_sources: {exc}", file=sys.stderr)
         return 2
@@ -212,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         result = evaluate_policy(
             module, env, args.episodes, k, args.seed, progress=False,
             replan_every=base.config.replan_every, observation_keys=base.config.data.observation_keys,
+            record_dir=records[spec],
         )  # fmt: skip
         result.pop("policy_latency_ms")
         row = {
