@@ -72,6 +72,8 @@ def test_collect_reads_a_task_grid_and_writes_the_task_table(tmp_path):
     assert grid["envs"] == {f"task{n}": f"cube-single-play-singletask-task{n}-v0" for n in (1, 2)}
     assert grid["arms"]["fql"]["task_mean"] == pytest.approx(0.55)
     assert "| fql | 0.30 | 0.80 | 0.55 +/- 0.21 (std over seeds) |" in (out / "tasks.md").read_text()
+    # without --steps the tables state the steps the runs trained (old_run: 10), not a default
+    assert grid["steps"] == 10 and (out / "tasks.md").read_text().startswith("10 steps, seeds 0,1,")
 
 
 def test_the_study_table_says_how_many_steps_a_time_budget_left_each_seed():
@@ -287,7 +289,7 @@ def test_puzzle_tables_show_the_presses_made_and_left(tmp_path):
     (fql_line,) = [
         line for line in (out / "task5" / "study.md").read_text().splitlines() if line.startswith("| fql |")
     ]
-    assert fql_line.endswith("| 20.0 | 0 (0k steps) | - |")  # recorded no presses: "-"
+    assert fql_line.endswith("| 20.0 | 0 | - |")  # recorded no presses: "-"
     grid = json.loads((out / "tasks.json").read_text())["arms"]
     assert grid["mfql"]["presses_left_end_by_task"] == pytest.approx({"task4": 3.5, "task5": 6.5})
     assert "presses_left_end_by_task" not in grid["fql"]

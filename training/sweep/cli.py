@@ -43,6 +43,7 @@ from training.sweep.tables import (
 
 # Each preset's arms when --arms is not given (issue 37's grid for `chunked`: the one-step
 # best-of-N agent and QC-FQL as published).
+DEFAULT_STEPS = 30_000
 DEFAULT_ARMS = {
     "study": "paper,lr-constant,draws-4",
     "methods": "mfql,fql",
@@ -65,7 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
         "one folder per task under --out",
     )
     p.add_argument("--dataset-dir", type=Path, default=Path("data"))
-    p.add_argument("--steps", type=int, default=30_000)
+    p.add_argument(
+        "--steps",
+        type=int,
+        help=f"steps per run (default {DEFAULT_STEPS:,}; with --collect: the finished runs' own)",
+    )
     p.add_argument("--seeds", default="0", help="comma-separated training seeds")
     p.add_argument("--eval-episodes", type=int, default=50, help="episodes of each run's final evaluation")
     p.add_argument("--eval-every", type=int, default=10_000, help="evaluate during training (0: never)")
@@ -109,10 +114,11 @@ def shared_settings(args: argparse.Namespace, envs: dict[str, str], arms: list[s
     """What every trial reads (trainable.train_trial's config["sweep"]): plain JSON, so Tune can store it."""
     evaluations = ["--eval-every", str(args.eval_every), "--eval-episodes", str(args.curve_episodes)]
     threads = args.threads or max(1, int(args.cpus_per_trial))
+    steps = args.steps or DEFAULT_STEPS
     train_flags = [
-        *("--dataset-dir", str(args.dataset_dir.resolve()), "--steps", str(args.steps)),
+        *("--dataset-dir", str(args.dataset_dir.resolve()), "--steps", str(steps)),
         *(evaluations if args.eval_every else ["--eval-episodes", "0"]),
-        *("--checkpoint-every", str(args.checkpoint_every or args.eval_every or args.steps)),
+        *("--checkpoint-every", str(args.checkpoint_every or args.eval_every or steps)),
         *("--threads", str(threads)),
         # a trial Ray gives a GPU trains on it (auto: the driver, which checks the flags, may have none)
         *(["--device", "auto"] if args.gpus_per_trial > 0 else []),
@@ -259,7 +265,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(
                 f"--collect: no finished run (no */final_evaluation.json, no study.json) in {args.out}"
             )
+        if args.steps is None:  # the tables state what the runs trained, not a default
+            trained = [r.get("steps_trained") for rows in rows_by_task.values() for r in rows]
+            args.steps = max((steps for steps in trained if steps), default=DEFAULT_STEPS)
     else:
+        args.steps = args.steps or DEFAULT_STEPS
         try:
             trained, curves = train(args, envs, arms, seeds)
         except (GridError, ValueError) as exc:
