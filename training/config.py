@@ -67,6 +67,12 @@ class TaskFamily:
 # MFQL's spread. The rows keep H = 1: chunks did not help MFQL here, and the action horizon is
 # a per-run choice (`--action-horizon`), not a family default.
 # The task1 alpha sweep at 30k steps (one seed): 300 0.74, 1000 1.00, 3000 1.00; 1000 stays.
+# With Q-chunking's sparse reward (`--reward sparse`) and chunks of 5 at 100k steps (issue 37,
+# docs/results/best-of-n.md, rounds 12-14) this row, unchanged, is the strongest method of one
+# network evaluation per candidate tried on puzzle-3x3: tasks 1-5 0.98 / 0.92 / 0.16 / 0.12 /
+# 0.46 (seed 0; task2 seed 1: 0.82), against QC-FQL's 1.00 / 0.04 / 0.00 / 0.00 / 0.00 here;
+# best of more candidates (K = 16, 32) drives the arm off the data's workspace and loses. The
+# horizon and the reward stay per-run flags (`--action-horizon 5 --reward sparse`).
 # puzzle-4x4's row is untried: FQL's alpha and the reference's actor lr.
 TASK_FAMILIES: dict[str, TaskFamily] = {
     "cube-single": TaskFamily(
