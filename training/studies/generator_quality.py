@@ -66,11 +66,12 @@ def coverage(candidates: Tensor, actions: Tensor, horizon: int = 1) -> dict[str,
     }
 
 
-def candidate_q(critic, observations: Tensor, candidates: Tensor, aggregate: str = "mean") -> Tensor:
-    """The critic's ensemble mean [K, B] (or min, `aggregate`) of candidates [K, B, d] at observations [B, obs_dim]."""
+def candidate_values(critic, observations: Tensor, candidates: Tensor) -> Tensor:
+    """Every ensemble member's Q [E, K, B] of candidates [K, B, d] at observations [B, obs_dim]:
+    its mean is the candidates' Q, `ensemble_score` of it the acting rank (one critic pass)."""
     k, b, d = candidates.shape
     repeated = observations.unsqueeze(0).expand(k, -1, -1).reshape(k * b, -1)
-    return ensemble_score(critic(repeated, candidates.reshape(k * b, d)), aggregate).reshape(k, b)
+    return critic(repeated, candidates.reshape(k * b, d)).reshape(-1, k, b)
 
 
 def abs_per_dimension(actions: Tensor, action_dim: int) -> list[float]:
@@ -103,9 +104,8 @@ def chosen_view(
     return view
 
 
-def critic_view(critic, observations: Tensor, q: Tensor, actions: Tensor) -> dict[str, float]:
-    """Q of the candidates (`q`, from candidate_q) against Q of the dataset actions."""
-    q_data = critic(observations, actions).mean(dim=0)
+def critic_view(q: Tensor, q_data: Tensor) -> dict[str, float]:
+    """Q of the candidates [K, B] (the ensemble mean) against Q of the dataset actions [B]."""
     return {
         "q_candidates": round(q.mean().item(), 3),
         "q_dataset": round(q_data.mean().item(), 3),
@@ -180,7 +180,8 @@ def main() -> None:
     flat_obs = observations.unsqueeze(0).expand(args.k, -1, -1).reshape(-1, checkpoint.obs_dim)
     candidates = one_step_actions(module.policy, flat_obs, args.noise_scale * noise.reshape(-1, chunk_dim))
     candidates = candidates.clamp(-1, 1).reshape(args.k, states, -1)
-    q = candidate_q(module.critic, observations, candidates)
+    values = candidate_values(module.critic, observations, candidates)
+    q = values.mean(dim=0)
     q_data = module.critic(observations, actions).mean(dim=0)
     report = {
         "checkpoint": str(checkpoint.path),
@@ -192,14 +193,14 @@ def main() -> None:
         "k": args.k,
         "noise_scale": args.noise_scale,
         **coverage(candidates, actions, horizon),
-        **critic_view(module.critic, observations, q, actions),
+        **critic_view(q, q_data),
         # what best-of-5 acting picks: the first 5 candidates are those noise[:5] gives
         "q_best_of_5": round(q[:5].max(dim=0).values.mean().item(), 3),
     }
     if ks:
         report["critic_aggregate"] = module.critic_aggregate
         report["dataset_abs_action"] = abs_per_dimension(actions, checkpoint.action_dim)
-        scores = candidate_q(module.critic, observations, candidates, module.critic_aggregate)
+        scores = ensemble_score(values, module.critic_aggregate)
         report["best_of"] = chosen_view(candidates, scores, q, actions, q_data, checkpoint.action_dim, ks)
     if config.agent == "fql":
         flow = MLPPolicy(checkpoint.obs_dim, chunk_dim, config.network, zero_head=False)
@@ -207,13 +208,11 @@ def main() -> None:
         flow_candidates = euler_flow_actions(
             flow, flat_obs, noise.reshape(-1, chunk_dim), config.agent_config.flow_steps
         ).reshape(args.k, states, -1)
-        flow_q = candidate_q(module.critic, observations, flow_candidates)
-        flow_report = {
-            **coverage(flow_candidates, actions, horizon),
-            **critic_view(module.critic, observations, flow_q, actions),
-        }
+        flow_values = candidate_values(module.critic, observations, flow_candidates)
+        flow_q = flow_values.mean(dim=0)
+        flow_report = {**coverage(flow_candidates, actions, horizon), **critic_view(flow_q, q_data)}
         if ks:
-            flow_scores = candidate_q(module.critic, observations, flow_candidates, module.critic_aggregate)
+            flow_scores = ensemble_score(flow_values, module.critic_aggregate)
             flow_report["best_of"] = chosen_view(
                 flow_candidates, flow_scores, flow_q, actions, q_data, checkpoint.action_dim, ks
             )
