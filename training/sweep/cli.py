@@ -156,6 +156,7 @@ def train(args: argparse.Namespace, envs: dict[str, str], arms: list[str], seeds
         SweepBusy,
         auth_hint,
         collect_results,
+        local_cpus,
         ray_session,
         run_grid,
         sweep_lock,
@@ -167,7 +168,7 @@ def train(args: argparse.Namespace, envs: dict[str, str], arms: list[str], seeds
     grid = Grid(list(envs), arms, seeds, shared)
     placement = Placement(args.cpus_per_trial, args.gpus_per_trial, args.jobs, args.max_failures)
     try:
-        with sweep_lock(args.out / "tune"), ray_session(args.address):
+        with sweep_lock(args.out / "tune"), ray_session(args.address, local_cpus(placement)):
             results = run_grid(train_trial, grid, placement, args.out / "tune", args.resume)
     except SweepBusy as exc:
         raise SystemExit(f"mfql-sweep: {exc}") from None

@@ -10,6 +10,7 @@ round whose trials keep the runs their folders show finished and continue stoppe
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -82,16 +83,30 @@ def sweep_lock(storage: Path) -> Iterator[None]:
         lock.release()
 
 
+def local_cpus(placement: Placement) -> int | None:
+    """The CPUs a local Ray instance gets: `jobs` trials' worth when `--jobs` caps them, else all.
+
+    Tune's `max_concurrent_trials` is stored with a round and `Tuner.restore` keeps it (Ray
+    does not let a restore change the experiment's spec), so a round started with `--jobs 2`
+    and resumed with `--jobs 1` would still run two trials at once. Giving Ray only the CPUs
+    of `jobs` trials caps a restored round as well as a new one.
+    """
+    if placement.jobs is None:
+        return None
+    return max(1, math.ceil(placement.jobs * placement.cpus_per_trial))
+
+
 @contextmanager
-def ray_session(address: str | None) -> Iterator[None]:
+def ray_session(address: str | None, num_cpus: int | None = None) -> Iterator[None]:
     """Ray for one sweep: a local instance whose session folder is removed afterwards (Ray's
-    default temp dir keeps one per `ray.init`), or the cluster at `address`."""
+    default temp dir keeps one per `ray.init`), with `num_cpus` CPUs (None: the machine's), or
+    the cluster at `address` (its own resources)."""
     # The tune extra has no dashboard; progress bars of parallel trials only garble the log.
     settings = {"runtime_env": {"env_vars": {"TQDM_DISABLE": "1"}}, "log_to_driver": True}
     temp = None
     if address is None:
         temp = tempfile.mkdtemp(prefix="mfql-ray-")  # short: Ray's socket paths must fit 107 bytes
-        ray.init(include_dashboard=False, _temp_dir=temp, **settings)
+        ray.init(include_dashboard=False, _temp_dir=temp, num_cpus=num_cpus, **settings)
     else:
         ray.init(address=address, **settings)
     try:
