@@ -28,6 +28,14 @@ FlowTimeSampling = Literal["uniform", "linear"]
 CriticAggregate = Literal["mean", "min"]
 FLOW_TIME_SAMPLINGS: tuple[str, ...] = get_args(FlowTimeSampling)
 HyperparameterSource = Literal["paper", "reference"]
+AgentName = Literal["mfql", "fql", "bon", "bon-distill"]
+# Agents whose acting network is a one-step mu(s, z) distilled from a BC flow they also train
+# (`bc_flow.*` in their checkpoints): it takes no flow time t, so nothing re-noises it.
+FLOW_DISTILLED_AGENTS = ("fql", "bon-distill")
+# The message for an option that needs a MeanFlow network g(s, z, t).
+NO_FLOW_TIME = (
+    "applies to MeanFlow policies (mfql, bon); a one-step network mu(s, z) (fql, bon-distill) takes no t"
+)
 
 
 @dataclass(frozen=True)
@@ -485,7 +493,7 @@ class TrainConfig:
     env_name: str = "cube-single-play-singletask-task2-v0"  # OGBench singletask name
     dataset_dir: str = "data"  # folder holding <dataset>.npz and <dataset>-val.npz
     out_dir: str = "runs/mfql"  # run directory
-    agent: Literal["mfql", "fql", "bon"] = "mfql"  # method (bon: one-step best-of-N)
+    agent: AgentName = "mfql"  # method (bon, bon-distill: one-step best-of-N)
     seed: int = 0  # seeds networks, noise, batches and evaluation episodes
     offline_steps: int = 1_000_000  # offline gradient steps
     online_steps: int = 0  # offline-to-online gradient steps (one env step each)
@@ -568,11 +576,8 @@ class TrainConfig:
 
     def _check_also_eval(self) -> None:
         also = self.also_eval_renoise_time
-        if self.agent == "fql":
-            raise ValueError(
-                "also_eval_renoise_time (--also-eval-renoise-time) applies to MeanFlow policies "
-                "(mfql, bon); FQL's one-step policy takes no t"
-            )
+        if self.agent in FLOW_DISTILLED_AGENTS:
+            raise ValueError(f"also_eval_renoise_time (--also-eval-renoise-time) {NO_FLOW_TIME}")
         if not 0.0 <= also < 1.0:
             raise ValueError(f"also_eval_renoise_time must be in [0, 1) (0: one step; or unset); got {also}")
         if (also or None) == self.agent_config.renoise_time:
@@ -597,11 +602,8 @@ class TrainConfig:
                 if index == 0 and self.also_eval_renoise_time is not None
                 else f"--also-eval {variant.spec}"
             )
-            if self.agent == "fql" and variant.renoise_time is not None:
-                raise ValueError(
-                    f"{flag}: renoise applies to MeanFlow policies (mfql, bon); "
-                    "FQL's one-step policy takes no t"
-                )
+            if self.agent in FLOW_DISTILLED_AGENTS and variant.renoise_time is not None:
+                raise ValueError(f"{flag}: renoise {NO_FLOW_TIME}")
             acting = variant.acting(self)
             if acting in seen:
                 raise ValueError(
@@ -619,9 +621,21 @@ def resolve_agent_config(
     `None` values in `overrides` mean "not given" and keep the default. For `agent="fql"` the
     defaults are FQL's own (Park et al. 2025): its alpha column, lr 3e-4 everywhere, the
     family discount. For `agent="bon"` they are Q-chunking's best-of-n settings (K = 32, H = 5,
-    lr 3e-4 constant, the family discount) with the family's MFI time grid.
+    lr 3e-4 constant, the family discount) with the family's MFI time grid. For
+    `agent="bon-distill"` they are the same best-of-n settings on FQL's networks and optimiser
+    (one Adam, lr 3e-4; its alpha is not read).
     """
     family = task_family(env_name)
+    if agent == "bon-distill":
+        base = AgentConfig(
+            num_candidates=BON_NUM_CANDIDATES,
+            action_horizon=BON_ACTION_HORIZON,
+            discount=family.discount,
+            actor_lr=QC_LR,
+            critic_lr=QC_LR,
+            hyperparameters="reference",
+        )
+        return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
     if agent == "bon":
         base = AgentConfig(
             num_candidates=BON_NUM_CANDIDATES,

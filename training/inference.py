@@ -13,7 +13,13 @@ from torch import Tensor, nn
 
 from training.agents.common import best_of_k
 from training.checkpoint import CheckpointError, PolicyCheckpoint, load_policy_checkpoint
-from training.config import Acting, ActingOverrides, check_renoise_range
+from training.config import (
+    FLOW_DISTILLED_AGENTS,
+    NO_FLOW_TIME,
+    Acting,
+    ActingOverrides,
+    check_renoise_range,
+)
 from training.networks import CriticEnsemble, ObservationNormalizer, build_policy
 
 
@@ -107,13 +113,11 @@ class ServingPolicy(nn.Module):
 
 
 def check_renoise_time(agent: str, renoise_time: float | None) -> None:
-    """Re-noising needs a MeanFlow network g(s, z, t); FQL's one-step policy takes no time."""
+    """Re-noising needs a MeanFlow network g(s, z, t); a one-step network mu(s, z) takes no time."""
     if renoise_time is None:
         return
-    if agent == "fql":
-        raise ValueError(
-            "renoise_time applies to MeanFlow policies (mfql, bon); FQL's one-step policy takes no t"
-        )
+    if agent in FLOW_DISTILLED_AGENTS:
+        raise ValueError(f"renoise_time {NO_FLOW_TIME}")
     check_renoise_range(renoise_time)
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from training.config import GELU_KINDS, NetworkConfig
+from training.config import FLOW_DISTILLED_AGENTS, GELU_KINDS, NetworkConfig
 
 OBS_NORM_EPS = 1e-8
 # flax's truncated-normal variance scaling divides by this so the truncated std is exact.
@@ -227,12 +227,16 @@ class OneStepMLPPolicy(nn.Module):
         )
 
     def forward(self, observations: Tensor, z: Tensor, t: Tensor | None = None) -> Tensor:
+        """z may be [K, B, d], K inputs per observation (a best-of-K target's candidates), as in
+        `MLPPolicy`: the observation's share of the first layer is computed once per state."""
+        if z.dim() == 3:
+            return _run_mlp(self.net, shared_observation_linear(self.net[0], observations, z), first=1)
         return _run_mlp(self.net, torch.cat([observations, z], dim=-1))
 
 
 def build_policy(obs_dim: int, action_dim: int, config: NetworkConfig, agent: str = "mfql") -> nn.Module:
-    """The network that maps (s, noise) to an action: MFQL's g (DiT or MLP) or FQL's one-step mu."""
-    if agent == "fql":
+    """The network that maps (s, noise) to an action: MFQL's g (DiT or MLP) or a flow-distilled one-step mu."""
+    if agent in FLOW_DISTILLED_AGENTS:
         return OneStepMLPPolicy(obs_dim, action_dim, config)
     if config.policy == "dit":
         return DiTPolicy(obs_dim, action_dim, config)

@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import torch
@@ -18,9 +19,11 @@ from tqdm import tqdm
 from training.agents import build_agent
 from training.checkpoint import CheckpointError, list_checkpoints, load_policy_checkpoint
 from training.config import (
+    FLOW_DISTILLED_AGENTS,
     FLOW_TIME_SAMPLINGS,
     GELU_KINDS,
     ActingVariant,
+    AgentName,
     NetworkConfig,
     TrainConfig,
     resolve_agent_config,
@@ -79,10 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--agent",
-        choices=["mfql", "fql", "bon"],
+        choices=list(get_args(AgentName)),
         default="mfql",
         help="method (fql: the two-stage baseline; bon: one-step best-of-N, the MeanFlow policy trained "
-        "by the MFI loss alone and Q only in choosing among its K candidates; K = 32, H = 5 unless given)",
+        "by the MFI loss alone and Q only in choosing among its K candidates; bon-distill: the same with "
+        "a one-step network distilled from a BC flow with no Q term; K = 32, H = 5 unless given)",
     )
     p.add_argument("--policy", choices=["dit", "mlp"], default="dit", help="MFQL policy network")
     p.add_argument(
@@ -361,6 +365,11 @@ MFQL_ONLY_FLAGS = (
 BON_UNREAD_FLAGS = ("alpha", "alpha_schedule", "normalize_q_loss", "anchor_weight", "anchor_steps")
 UNREAD_FLAGS = {
     "fql": (MFQL_ONLY_FLAGS, "MFQL options; FQL (--agent fql) has no MeanFlow loss to apply them to"),
+    "bon-distill": (
+        MFQL_ONLY_FLAGS + ("alpha", "alpha_schedule", "normalize_q_loss"),
+        "options of MeanFlow losses or of a Q term in the actor; --agent bon-distill distils a BC flow "
+        "into its one-step network with no Q term",
+    ),
     "bon": (
         BON_UNREAD_FLAGS,
         "options of MFQL's Q term and alpha; best-of-N (--agent bon) trains its policy by the MFI loss alone",
@@ -458,7 +467,7 @@ def resolve_compile(requested: str, total_steps: int, network: NetworkConfig, ag
     """Whether the run compiles its update: on / off as asked, or `auto`'s choice."""
     if requested in ("on", "off"):
         return requested == "on"
-    mlp_policy = agent == "fql" or network.policy == "mlp"
+    mlp_policy = agent in FLOW_DISTILLED_AGENTS or network.policy == "mlp"
     widths = [*network.critic_hidden, *network.mlp_hidden]
     if total_steps < COMPILE_MIN_STEPS or not mlp_policy or max(widths) > COMPILE_MAX_WIDTH:
         return False

@@ -224,7 +224,7 @@ def test_candidate_sources_cross_one_runs_critic_with_another_runs_generator(run
     "run, source, message",
     [
         ("fql-seed0", "renoise:0.3", "needs a MeanFlow network"),
-        ("paper-seed0", "flow", "a BC flow is an FQL run's"),
+        ("paper-seed0", "flow", "a BC flow is an FQL (or bon-distill) run's"),
         ("paper-seed0", "flow:{runs}/chunk-5-seed0", "action_horizon"),
         ("paper-seed0", "renoise:1.5", "renoise_time"),
         ("paper-seed0", "scale:big", "takes a number"),
@@ -299,3 +299,66 @@ def test_critic_values_view_is_the_served_computation(runs):
     assert np.allclose(view["q_best"], q_best.numpy(), atol=1e-5)
     assert np.allclose(view["q_best"], scores.max(dim=0).values.numpy(), atol=1e-5)
     assert np.allclose(view["q_spread"], scores.std(dim=0).numpy(), atol=1e-5)
+
+
+def test_flow_distillation_writes_the_run_with_a_q_free_student_of_its_flow(runs, tmp_path):
+    """The student regresses onto the BC flow's samples: its error to them falls; the written
+    step directory keeps every other tensor and is read by the other tools as the run is."""
+    from training.checkpoint import load_policy_checkpoint
+
+    out = tmp_path / "distilled"
+    report = study(
+        "flow_distillation", runs / "fql-seed0", "--steps", "60", "--log-every", "20", "--out", str(out)
+    )
+    assert report["out"] == str(out) and report["steps"] == 60 and report["flow_steps"] == 10
+    source, distilled = load_policy_checkpoint(runs / "fql-seed0"), load_policy_checkpoint(out)
+    log = distilled.metrics["flow_distillation"]["log"]
+    assert [row["step"] for row in log] == [0, 20, 40, 60]
+    assert log[-1]["held_out_sq_error"] < log[0]["held_out_sq_error"]
+    assert distilled.model.keys() == source.model.keys()
+    for key in source.model:
+        same = torch.equal(distilled.model[key], source.model[key])
+        assert same == (not key.startswith("policy.")), key
+    quality = study("generator_quality", out, "--states", "32", "--k", "4")
+    assert quality["agent"] == "fql" and quality["mean_sq_dist"] >= 0
+
+
+@pytest.mark.parametrize(
+    "run, out, message",
+    [("paper-seed0", "new", "needs an FQL run's BC flow"), ("fql-seed0", "existing", "exists")],
+)
+def test_flow_distillation_refuses_a_run_without_a_flow_and_an_existing_out(
+    runs, tmp_path, capsys, run, out, message
+):
+    from training.studies.flow_distillation import main
+
+    (tmp_path / "existing").mkdir()
+    with pytest.raises(SystemExit) as stopped:
+        main([str(runs / run), "--steps", "1", "--out", str(tmp_path / out)])
+    assert stopped.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+def test_distil_fits_a_flow_whose_samples_are_known():
+    """A constant velocity c moves noise e to e + c in any number of Euler steps: the student's
+    target is clip(e + c), and regression alone brings it there."""
+    from types import SimpleNamespace
+
+    from training.config import NetworkConfig
+    from training.networks import OneStepMLPPolicy
+    from training.studies.flow_distillation import DistillationSettings, distil
+
+    class ConstantVelocity(torch.nn.Module):
+        def forward(self, observations, x, t):
+            return torch.full_like(x, 0.25)
+
+    observations = torch.randn(64, 3)
+    buffer = SimpleNamespace(
+        sample=lambda n: SimpleNamespace(observations=observations[:n], actions=torch.zeros(n, 2))
+    )
+    student = OneStepMLPPolicy(3, 2, NetworkConfig(mlp_hidden=(64, 64)))
+    settings = DistillationSettings(
+        steps=600, batch_size=64, learning_rate=3e-3, log_every=300, held_out_states=64
+    )
+    log = distil(ConstantVelocity(), student, buffer, settings, flow_steps=4, progress=False)
+    assert log[0]["held_out_sq_error"] > 0.1 and log[-1]["held_out_sq_error"] < 0.01

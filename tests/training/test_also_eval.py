@@ -42,7 +42,7 @@ def test_a_second_evaluation_is_refused_where_it_cannot_apply_or_repeats_the_fir
     parse = build_parser().parse_args
     with pytest.raises(ValueError, match="--also-eval-renoise-time: MFQL options"):
         config_from_args(parse(["--agent", "fql", "--also-eval-renoise-time", "0.3"]))
-    with pytest.raises(ValueError, match="FQL's one-step policy takes no t"):
+    with pytest.raises(ValueError, match="one-step network mu\\(s, z\\) \\(fql, bon-distill\\) takes no t"):
         TrainConfig(agent="fql", also_eval_renoise_time=0.3)
     with pytest.raises(ValueError, match=r"must be in \[0, 1\) \(0: one step"):
         config_from_args(parse(["--agent", "bon", "--also-eval-renoise-time", "1"]))

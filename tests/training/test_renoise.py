@@ -132,7 +132,7 @@ def test_renoise_target_needs_a_renoise_time():
 def test_renoise_time_is_refused_where_it_cannot_apply():
     with pytest.raises(ValueError, match=r"renoise_time must be in \(0, 1\)"):
         AgentConfig(renoise_time=1.0)
-    with pytest.raises(ValueError, match="FQL's one-step policy takes no t"):
+    with pytest.raises(ValueError, match="one-step network mu\\(s, z\\) \\(fql, bon-distill\\) takes no t"):
         check_renoise_time("fql", 0.3)
     with pytest.raises(ValueError, match=r"must be in \(0, 1\)"):
         check_renoise_time("bon", 0.0)

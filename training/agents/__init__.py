@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from training.agents.best_of_n import BestOfNAgent
+from training.agents.distilled_best_of_n import DistilledBestOfNAgent
 from training.agents.fql import FQLAgent
 from training.agents.mfql import MFQLAgent
 from training.config import AgentConfig, NetworkConfig
 from training.precision import Precision
 
-Agent = MFQLAgent | FQLAgent | BestOfNAgent
-AGENTS = {"mfql": MFQLAgent, "fql": FQLAgent, "bon": BestOfNAgent}
+Agent = MFQLAgent | FQLAgent | BestOfNAgent | DistilledBestOfNAgent
+AGENTS = {"mfql": MFQLAgent, "fql": FQLAgent, "bon": BestOfNAgent, "bon-distill": DistilledBestOfNAgent}
 
 
 def build_agent(

@@ -59,7 +59,7 @@ from training.agents.common import acting_candidates, renoised_actions
 from training.agents.fql import euler_flow_actions
 from training.agents.mfql import self_distillation_target
 from training.checkpoint import CheckpointError, PolicyCheckpoint, load_policy_checkpoint
-from training.config import Acting, ActingOverrides, check_renoise_range
+from training.config import FLOW_DISTILLED_AGENTS, Acting, ActingOverrides, check_renoise_range
 from training.evaluate import evaluate_policy
 from training.inference import ServingPolicy, action_bounds_of, serving_policy_from_checkpoint
 from training.networks import MLPPolicy
@@ -132,9 +132,10 @@ def build_source(spec: str, base: PolicyCheckpoint, seed: int) -> CandidateSourc
         return acting_candidates(acting, observations, noise)
 
     if kind == "flow":
-        if checkpoint.config.agent != "fql":
+        if checkpoint.config.agent not in FLOW_DISTILLED_AGENTS:
             raise ValueError(
-                f"source {spec!r}: {checkpoint.path} is an {checkpoint.config.agent} run; a BC flow is an FQL run's"
+                f"source {spec!r}: {checkpoint.path} is an {checkpoint.config.agent} run; a BC flow is an FQL "
+                "(or bon-distill) run's"
             )
         chunk_dim = checkpoint.action_dim * checkpoint.config.agent_config.action_horizon
         velocity = MLPPolicy(checkpoint.obs_dim, chunk_dim, checkpoint.config.network, zero_head=False)
@@ -144,9 +145,10 @@ def build_source(spec: str, base: PolicyCheckpoint, seed: int) -> CandidateSourc
         return CandidateSource(
             {"velocity": velocity}, lambda s, e: euler_flow_actions(velocity, s, e, steps), steps
         )
-    if kind in ("renoise", "renoise-fresh", "twostep") and checkpoint.config.agent == "fql":
+    if kind in ("renoise", "renoise-fresh", "twostep") and checkpoint.config.agent in FLOW_DISTILLED_AGENTS:
         raise ValueError(
-            f"source {spec!r} needs a MeanFlow network g(s, z, t); {checkpoint.path} is an FQL run"
+            f"source {spec!r} needs a MeanFlow network g(s, z, t); {checkpoint.path} is an "
+            f"{checkpoint.config.agent} run"
         )
     if kind in ("renoise", "renoise-fresh"):
         check_renoise_range(value)

@@ -45,6 +45,7 @@ from torch import Tensor
 from training.agents.common import ensemble_score, one_step_actions
 from training.agents.fql import euler_flow_actions
 from training.checkpoint import load_policy_checkpoint
+from training.config import FLOW_DISTILLED_AGENTS
 from training.data.ogbench_files import load_task_datasets
 from training.inference import serving_policy_from_checkpoint
 from training.networks import MLPPolicy
@@ -202,7 +203,7 @@ def main() -> None:
         report["dataset_abs_action"] = abs_per_dimension(actions, checkpoint.action_dim)
         scores = ensemble_score(values, module.critic_aggregate)
         report["best_of"] = chosen_view(candidates, scores, q, actions, q_data, checkpoint.action_dim, ks)
-    if config.agent == "fql":
+    if config.agent in FLOW_DISTILLED_AGENTS:
         flow = MLPPolicy(checkpoint.obs_dim, chunk_dim, config.network, zero_head=False)
         flow.load_state_dict(checkpoint.module_state("bc_flow"))
         flow_candidates = euler_flow_actions(

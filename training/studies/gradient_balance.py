@@ -142,6 +142,8 @@ def main() -> None:
     torch.set_flush_denormal(True)
     checkpoint = load_policy_checkpoint(args.checkpoint)
     config = checkpoint.config
+    if config.agent in ("bon", "bon-distill"):
+        parser.error(f"{checkpoint.path} is a {config.agent} run: its actor has no Q term to balance")
     train_set, _ = load_task_datasets(config.env_name, args.dataset_dir or Path(config.dataset_dir))
     mean, std = checkpoint.model["normalizer.mean"].numpy(), checkpoint.model["normalizer.std"].numpy()
     agent = build_agent(

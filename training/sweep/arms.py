@@ -237,6 +237,15 @@ PRESETS: dict[str, Preset] = {
                     "aggregate=min,candidates=64",
                 ],
             ),
+            # One-step best-of-N whose generator is distilled from a BC flow with no Q term: QC's
+            # best-of-n actor with its 10-step flow sampler replaced by one network evaluation. On
+            # puzzle-3x3 task4 a 100k QC-FQL critic ranking 32 candidates solved 0.64 of 50 episodes
+            # with its 10-step flow's, 0.02 with its Q-pushed one-step policy's, and 0.58 with a
+            # Q-free distillation of the same flow (docs/results/best-of-n.md, round 15).
+            "bon-distill": (
+                "one-step best-of-N: a one-step network distilled from a BC flow (no Q term), best of K = 32",
+                ["--agent", "bon-distill"],
+            ),
             # The same training as `bon`, acting re-noised (its one-step success is `mfql-eval CKPT
             # --renoise-time 0`); `bon` evaluates both ways from one training.
             "bon-renoise": (
