@@ -314,7 +314,7 @@ def test_flow_distillation_writes_the_run_with_a_q_free_student_of_its_flow(runs
     source, distilled = load_policy_checkpoint(runs / "fql-seed0"), load_policy_checkpoint(out)
     log = distilled.metrics["flow_distillation"]["log"]
     assert [row["step"] for row in log] == [0, 20, 40, 60]
-    assert log[-1]["held_out_sq_error"] < log[0]["held_out_sq_error"]
+    assert log[-1]["probe_sq_error"] < log[0]["probe_sq_error"]
     assert distilled.model.keys() == source.model.keys()
     for key in source.model:
         same = torch.equal(distilled.model[key], source.model[key])
@@ -358,7 +358,7 @@ def test_distil_fits_a_flow_whose_samples_are_known():
     )
     student = OneStepMLPPolicy(3, 2, NetworkConfig(mlp_hidden=(64, 64)))
     settings = DistillationSettings(
-        steps=600, batch_size=64, learning_rate=3e-3, log_every=300, held_out_states=64
+        steps=600, batch_size=64, learning_rate=3e-3, log_every=300, probe_states=64
     )
     log = distil(ConstantVelocity(), student, buffer, settings, flow_steps=4, progress=False)
-    assert log[0]["held_out_sq_error"] > 0.1 and log[-1]["held_out_sq_error"] < 0.01
+    assert log[0]["probe_sq_error"] > 0.1 and log[-1]["probe_sq_error"] < 0.01

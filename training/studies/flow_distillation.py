@@ -20,9 +20,10 @@ a fresh network of the same size) and is written as a step directory of the same
         --steps 20000 --out runs/distill/task4-qc512
     mfql-eval runs/distill/task4-qc512 --num-candidates 32 --episodes 50 --seed 1000
 
-Prints the distillation error on held-out states as it trains (every `--log-every` steps) and
-writes it, with the settings, to the step directory's `config.json` under
-`metrics.flow_distillation`.
+Prints the distillation error on a fixed probe (1024 states and noises drawn once; training
+draws fresh noise) as it trains (every `--log-every` steps) and writes it, with the settings, to
+the step directory's `config.json` under `metrics.flow_distillation`. OGBench data only (it
+reads the dataset named in the run's config, as `generator_quality` does).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class DistillationSettings:
     from_scratch: bool = False  # start from a fresh network instead of the run's one-step policy
     seed: int = 0
     log_every: int = 1000
-    held_out_states: int = 1024  # states the reported error is measured on (fixed noise)
+    probe_states: int = 1024  # states the reported error is measured on (fixed noise)
 
 
 def flow_of(checkpoint: PolicyCheckpoint) -> MLPPolicy:
@@ -97,12 +98,12 @@ def distil(
 ) -> list[dict[str, float]]:
     """Train `student` onto the flow's `flow_steps`-step samples; returns the logged errors."""
     generator = torch.Generator().manual_seed(settings.seed)
-    held_out = buffer.sample(settings.held_out_states).observations
+    probe = buffer.sample(settings.probe_states).observations
     chunk_dim = buffer.sample(1).actions.shape[-1]
-    held_noise = torch.randn(held_out.shape[0], chunk_dim, generator=generator)
-    held_targets = euler_flow_actions(flow, held_out, held_noise, flow_steps)
+    probe_noise = torch.randn(probe.shape[0], chunk_dim, generator=generator)
+    probe_targets = euler_flow_actions(flow, probe, probe_noise, flow_steps)
     optimizer = torch.optim.Adam(student.parameters(), lr=settings.learning_rate)
-    log = [{"step": 0, "held_out_sq_error": distillation_error(student, held_out, held_noise, held_targets)}]
+    log = [{"step": 0, "probe_sq_error": distillation_error(student, probe, probe_noise, probe_targets)}]
     bar = tqdm(range(1, settings.steps + 1), desc="distil", disable=not progress)
     for step in bar:
         observations = buffer.sample(settings.batch_size).observations
@@ -113,9 +114,9 @@ def distil(
         loss.backward()
         optimizer.step()
         if step % settings.log_every == 0 or step == settings.steps:
-            error = distillation_error(student, held_out, held_noise, held_targets)
-            log.append({"step": step, "train_loss": loss.item(), "held_out_sq_error": error})
-            bar.set_postfix(held_out=f"{error:.4f}")
+            error = distillation_error(student, probe, probe_noise, probe_targets)
+            log.append({"step": step, "train_loss": loss.item(), "probe_sq_error": error})
+            bar.set_postfix(probe=f"{error:.4f}")
     return log
 
 
@@ -124,8 +125,12 @@ def write_distilled(checkpoint: PolicyCheckpoint, student: nn.Module, out: Path,
     if out.exists():
         raise FileExistsError(f"{out} exists; name a new directory for the distilled checkpoint")
     out.mkdir(parents=True)
-    model = {k: v for k, v in checkpoint.model.items() if not k.startswith("policy.")}
-    model.update({f"policy.{k}": v.detach().contiguous() for k, v in student.state_dict().items()})
+    # a run trained with an EMA of its policy acts with `acting_policy.*`: the student replaces both
+    prefixes = [p for p in ("policy.", "acting_policy.") if any(k.startswith(p) for k in checkpoint.model)]
+    model = {k: v for k, v in checkpoint.model.items() if not k.startswith(tuple(prefixes))}
+    weights = {k: v.detach().contiguous() for k, v in student.state_dict().items()}
+    for prefix in prefixes:
+        model.update({prefix + k: v.clone() for k, v in weights.items()})
     save_file(model, str(out / MODEL_FILE))
     description = json.loads((checkpoint.path / CONFIG_FILE).read_text())
     description.setdefault("metrics", {})["flow_distillation"] = report
