@@ -116,14 +116,14 @@ def make_agent(
     compile_=False,
     action_horizon: int | None = None,
 ):
-    """MFQL with a DiT or MLP policy, FQL, or best-of-N (MLP policy), with cube-single's settings;
+    """MFQL with a DiT or MLP policy, FQL, or best-of-N (bon, bon-distill), with cube-single's settings;
     MLPs and critics 4 x `width`; `action_horizon` None keeps each agent's default H."""
     hidden = (width,) * 4
-    agent = method if method in ("fql", "bon") else "mfql"
+    agent = method if method in ("fql", "bon", "bon-distill") else "mfql"
     config = resolve_agent_config(
         TrainConfig.env_name, "reference", agent=agent, action_horizon=action_horizon
     )
-    policy = "mlp" if agent in ("fql", "bon") else method.removeprefix("mfql-")
+    policy = "mlp" if agent in ("fql", "bon", "bon-distill") else method.removeprefix("mfql-")
     network = NetworkConfig(policy=policy, mlp_hidden=hidden, critic_hidden=hidden)
     return build_agent(agent, obs_dim, action_dim, config, network, 10**6, 0, precision, compile_)
 
@@ -392,7 +392,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--width", type=int, default=512, help="MLP policy and critic width (4 layers)")
     parser.add_argument(
-        "--methods", default="mfql-dit,mfql-mlp,fql", help="comma-separated: mfql-dit, mfql-mlp, fql, bon"
+        "--methods", default="mfql-dit,mfql-mlp,fql", help="comma-separated: mfql-dit, mfql-mlp, fql, bon, bon-distill"
     )
     parser.add_argument(
         "--action-horizon", type=int, help="H of every method (default: each agent's own, bon 5, others 1)"
