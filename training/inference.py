@@ -20,7 +20,7 @@ from training.config import (
     ActingOverrides,
     check_renoise_range,
 )
-from training.networks import CriticEnsemble, ObservationNormalizer, build_policy
+from training.networks import CriticEnsemble, MLPPolicy, ObservationNormalizer, build_policy
 
 
 class ServingPolicy(nn.Module):
@@ -156,6 +156,18 @@ def serving_policy_from_checkpoint(
         acting,
     )
     return module.eval().requires_grad_(False)
+
+
+def bc_flow_of(checkpoint: PolicyCheckpoint) -> nn.Module:
+    """The BC velocity field of an FQL or bon-distill run (`bc_flow.*`), frozen, in eval mode."""
+    if checkpoint.config.agent not in FLOW_DISTILLED_AGENTS:
+        raise ValueError(
+            f"{checkpoint.path} is an {checkpoint.config.agent} run; a BC flow is an FQL (or bon-distill) run's"
+        )
+    chunk_dim = checkpoint.action_dim * checkpoint.config.agent_config.action_horizon
+    flow = MLPPolicy(checkpoint.obs_dim, chunk_dim, checkpoint.config.network, zero_head=False)
+    flow.load_state_dict(checkpoint.module_state("bc_flow"))
+    return flow.eval().requires_grad_(False)
 
 
 def action_bounds_of(provenance: dict) -> tuple[list[float], list[float]] | None:

@@ -124,6 +124,23 @@ def expected_max_critic_loss(
     return loss, info
 
 
+def agent_expected_max_critic_loss(
+    nets: dict, batch: Batch, next_noise: Tensor, config
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """`expected_max_critic_loss` of a best-of-N agent's step (bon, bon-distill), as its
+    AgentConfig sets it: gamma^H, the target's noise scale, re-noising and ensemble reduction."""
+    return expected_max_critic_loss(
+        nets["critic"],
+        nets["target_critic"],
+        nets["policy"],
+        batch,
+        target_noise(config, next_noise),
+        backup_discount(config),
+        target_renoise_time(config),
+        config.target_aggregate,
+    )
+
+
 class BestOfNAgent(MFQLAgent):
     """MFQL's policy, critic ensemble, EMA target critic and optimisers; L = L_critic + L_MFI."""
 
@@ -142,16 +159,7 @@ class BestOfNAgent(MFQLAgent):
         """L_critic and L_MFI of one step and their info, for the networks in `nets`."""
         next_noise, mfi_noise = noises
         with matmul_autocast(self.precision, self.device.type):
-            c_loss, c_info = expected_max_critic_loss(
-                nets["critic"],
-                nets["target_critic"],
-                nets["policy"],
-                batch,
-                target_noise(self.config, next_noise),
-                backup_discount(self.config),
-                target_renoise_time(self.config),
-                self.config.target_aggregate,
-            )
+            c_loss, c_info = agent_expected_max_critic_loss(nets, batch, next_noise, self.config)
             mfi_loss, mfi_info = mean_flow_identity_loss(nets["policy"], batch, mfi_noise, t, self.config)
         return c_loss, mfi_loss, {**c_info, **mfi_info}
 

@@ -35,9 +35,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from training.agents.best_of_n import expected_max_critic_loss
-from training.agents.common import Batch, backup_discount, target_noise
-from training.agents.fql import FQLAgent, euler_flow_actions, flow_matching_loss
+from training.agents.best_of_n import agent_expected_max_critic_loss
+from training.agents.common import Batch
+from training.agents.fql import FQLAgent, flow_and_distillation_losses
 from training.config import AgentConfig
 from training.precision import matmul_autocast
 
@@ -51,11 +51,7 @@ def distillation_actor_loss(
     config: AgentConfig,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """bc_flow_loss + distill_loss: the flow by flow matching, mu onto the flow's samples, no Q."""
-    flow_noise, policy_noise = noises
-    bc_loss, info = flow_matching_loss(velocity, batch, flow_noise, t)
-    target = euler_flow_actions(velocity, batch.observations, policy_noise, config.flow_steps)
-    raw = policy(batch.observations, policy_noise)
-    distill = (raw - target).pow(2).mean()
+    bc_loss, distill, raw, info = flow_and_distillation_losses(velocity, policy, batch, noises, t, config)
     loss = bc_loss + distill
     info.update(
         {
@@ -77,16 +73,8 @@ class DistilledBestOfNAgent(FQLAgent):
         next_noise, flow_noise, policy_noise = noises
         cfg = self.config
         with matmul_autocast(self.precision, self.device.type):
-            c_loss, c_info = expected_max_critic_loss(
-                nets["critic"],
-                nets["target_critic"],
-                nets["policy"],
-                batch,
-                target_noise(cfg, next_noise),
-                backup_discount(cfg),
-                None,
-                cfg.target_aggregate,
-            )
+            # the target's candidates are never re-noised: bon-distill refuses --renoise-target
+            c_loss, c_info = agent_expected_max_critic_loss(nets, batch, next_noise, cfg)
             a_loss, a_info = distillation_actor_loss(
                 nets["bc_flow"], nets["policy"], batch, (flow_noise, policy_noise), t, cfg
             )

@@ -48,6 +48,23 @@ def euler_flow_actions(velocity: nn.Module, observations: Tensor, noise: Tensor,
     return x.clamp(-1, 1)
 
 
+def flow_and_distillation_losses(
+    velocity: nn.Module,
+    policy: nn.Module,
+    batch: Batch,
+    noises: tuple[Tensor, Tensor],
+    t: Tensor,
+    config: AgentConfig,
+) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
+    """(flow-matching loss, distillation loss, the one-step policy's raw output, info): the BC
+    flow's loss and the one-step policy's squared distance to the flow's Euler sample."""
+    flow_noise, policy_noise = noises
+    bc_loss, info = flow_matching_loss(velocity, batch, flow_noise, t)
+    target = euler_flow_actions(velocity, batch.observations, policy_noise, config.flow_steps)
+    raw = policy(batch.observations, policy_noise)
+    return bc_loss, (raw - target).pow(2).mean(), raw, info
+
+
 def fql_actor_loss(
     velocity: nn.Module,
     policy: nn.Module,
@@ -58,11 +75,7 @@ def fql_actor_loss(
     config: AgentConfig,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """bc_flow_loss + alpha * distill_loss + q_loss (critic parameters held constant)."""
-    flow_noise, policy_noise = noises
-    bc_loss, info = flow_matching_loss(velocity, batch, flow_noise, t)
-    target = euler_flow_actions(velocity, batch.observations, policy_noise, config.flow_steps)
-    raw = policy(batch.observations, policy_noise)
-    distill = (raw - target).pow(2).mean()
+    bc_loss, distill, raw, info = flow_and_distillation_losses(velocity, policy, batch, noises, t, config)
     q = frozen_critic_q(critic, batch.observations, raw.clamp(-1, 1))
     q_loss = -q.mean()
     if config.normalize_q_loss:

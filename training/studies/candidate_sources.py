@@ -61,8 +61,7 @@ from training.agents.mfql import self_distillation_target
 from training.checkpoint import CheckpointError, PolicyCheckpoint, load_policy_checkpoint
 from training.config import FLOW_DISTILLED_AGENTS, Acting, ActingOverrides, check_renoise_range
 from training.evaluate import evaluate_policy
-from training.inference import ServingPolicy, action_bounds_of, serving_policy_from_checkpoint
-from training.networks import MLPPolicy
+from training.inference import ServingPolicy, action_bounds_of, bc_flow_of, serving_policy_from_checkpoint
 from training.rollout_recording import check_record_dir
 
 SOURCES = ("onestep", "renoise", "renoise-fresh", "twostep", "flow", "scale", "noise", "push", "temper")
@@ -132,15 +131,10 @@ def build_source(spec: str, base: PolicyCheckpoint, seed: int) -> CandidateSourc
         return acting_candidates(acting, observations, noise)
 
     if kind == "flow":
-        if checkpoint.config.agent not in FLOW_DISTILLED_AGENTS:
-            raise ValueError(
-                f"source {spec!r}: {checkpoint.path} is an {checkpoint.config.agent} run; a BC flow is an FQL "
-                "(or bon-distill) run's"
-            )
-        chunk_dim = checkpoint.action_dim * checkpoint.config.agent_config.action_horizon
-        velocity = MLPPolicy(checkpoint.obs_dim, chunk_dim, checkpoint.config.network, zero_head=False)
-        velocity.load_state_dict(checkpoint.module_state("bc_flow"))
-        velocity.eval().requires_grad_(False)
+        try:
+            velocity = bc_flow_of(checkpoint)
+        except ValueError as exc:
+            raise ValueError(f"source {spec!r}: {exc}") from None
         steps = checkpoint.config.agent_config.flow_steps
         return CandidateSource(
             {"velocity": velocity}, lambda s, e: euler_flow_actions(velocity, s, e, steps), steps

@@ -40,9 +40,9 @@ from tqdm import tqdm
 
 from training.agents.fql import euler_flow_actions
 from training.checkpoint import CONFIG_FILE, MODEL_FILE, PolicyCheckpoint, load_policy_checkpoint
-from training.config import FLOW_DISTILLED_AGENTS
 from training.data.ogbench_files import load_task_datasets
-from training.networks import MLPPolicy, OneStepMLPPolicy
+from training.inference import bc_flow_of
+from training.networks import OneStepMLPPolicy
 from training.replay_buffer import ReplayBuffer
 
 
@@ -57,19 +57,6 @@ class DistillationSettings:
     seed: int = 0
     log_every: int = 1000
     probe_states: int = 1024  # states the reported error is measured on (fixed noise)
-
-
-def flow_of(checkpoint: PolicyCheckpoint) -> MLPPolicy:
-    """The run's BC velocity field, frozen (an FQL run's `bc_flow.*`)."""
-    if checkpoint.config.agent not in FLOW_DISTILLED_AGENTS:
-        raise ValueError(
-            f"{checkpoint.path} is an {checkpoint.config.agent} run; flow distillation needs an FQL run's "
-            "BC flow (or a bon-distill run's)"
-        )
-    chunk_dim = checkpoint.action_dim * checkpoint.config.agent_config.action_horizon
-    flow = MLPPolicy(checkpoint.obs_dim, chunk_dim, checkpoint.config.network, zero_head=False)
-    flow.load_state_dict(checkpoint.module_state("bc_flow"))
-    return flow.eval().requires_grad_(False)
 
 
 def student_of(checkpoint: PolicyCheckpoint, from_scratch: bool, seed: int) -> OneStepMLPPolicy:
@@ -163,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     checkpoint = load_policy_checkpoint(args.checkpoint)
     try:
-        flow = flow_of(checkpoint)
+        flow = bc_flow_of(checkpoint)
     except ValueError as exc:
         parser.error(str(exc))
     config = checkpoint.config

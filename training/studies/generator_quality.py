@@ -47,8 +47,7 @@ from training.agents.fql import euler_flow_actions
 from training.checkpoint import load_policy_checkpoint
 from training.config import FLOW_DISTILLED_AGENTS
 from training.data.ogbench_files import load_task_datasets
-from training.inference import serving_policy_from_checkpoint
-from training.networks import MLPPolicy
+from training.inference import bc_flow_of, serving_policy_from_checkpoint
 from training.replay_buffer import ReplayBuffer
 from training.rollout_recording import read_requests
 
@@ -204,8 +203,7 @@ def main() -> None:
         scores = ensemble_score(values, module.critic_aggregate)
         report["best_of"] = chosen_view(candidates, scores, q, actions, q_data, checkpoint.action_dim, ks)
     if config.agent in FLOW_DISTILLED_AGENTS:
-        flow = MLPPolicy(checkpoint.obs_dim, chunk_dim, config.network, zero_head=False)
-        flow.load_state_dict(checkpoint.module_state("bc_flow"))
+        flow = bc_flow_of(checkpoint)
         flow_candidates = euler_flow_actions(
             flow, flat_obs, noise.reshape(-1, chunk_dim), config.agent_config.flow_steps
         ).reshape(args.k, states, -1)
