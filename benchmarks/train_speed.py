@@ -392,7 +392,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--width", type=int, default=512, help="MLP policy and critic width (4 layers)")
     parser.add_argument(
-        "--methods", default="mfql-dit,mfql-mlp,fql", help="comma-separated: mfql-dit, mfql-mlp, fql, bon, bon-distill"
+        "--methods",
+        default="mfql-dit,mfql-mlp,fql",
+        help="comma-separated: mfql-dit, mfql-mlp, fql, bon, bon-distill",
     )
     parser.add_argument(
         "--action-horizon", type=int, help="H of every method (default: each agent's own, bon 5, others 1)"

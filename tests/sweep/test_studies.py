@@ -325,7 +325,10 @@ def test_flow_distillation_writes_the_run_with_a_q_free_student_of_its_flow(runs
 
 @pytest.mark.parametrize(
     "run, out, message",
-    [("paper-seed0", "new", "a BC flow is an FQL (or bon-distill) run's"), ("fql-seed0", "existing", "exists")],
+    [
+        ("paper-seed0", "new", "a BC flow is an FQL (or bon-distill) run's"),
+        ("fql-seed0", "existing", "exists"),
+    ],
 )
 def test_flow_distillation_refuses_a_run_without_a_flow_and_an_existing_out(
     runs, tmp_path, capsys, run, out, message
