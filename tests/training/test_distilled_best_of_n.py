@@ -1,7 +1,8 @@
 """One-step best-of-N from a distilled BC flow (training.agents.distilled_best_of_n): its critic
 target and actor loss against hand-derived values on a built batch, no gradient from Q into the
 one-step network or the flow, the K-candidate pass of a one-step network against `best_of_k`, the
-fused and multi-seed steps, and a tiny CLI run that resumes, evaluates and exports."""
+fused step (stacked seeds: tests/training/test_multi_seed.py), and a tiny CLI run that resumes,
+evaluates and exports."""
 
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ from exporters.export import ExportOptions, export_bundle
 from exporters.runtimes import OnnxRuntimePolicy
 from tests.training.test_best_of_n import NOISE, ONLINE, TARGET, NoiseIsTheAction
 from tests.training.test_fused_step import agent_pair, assert_same_agents
-from tests.training.test_multi_seed import build as build_seed_agent
 from tests.training.test_precision_and_study_options import make_batch
 from training.agents import build_agent
 from training.agents.best_of_n import candidate_scores
@@ -27,7 +27,6 @@ from training.agents.fused_step import FusedUpdate
 from training.config import NetworkConfig, resolve_agent_config
 from training.evaluate import main as eval_main
 from training.inference import load_serving_policy
-from training.multi_seed import StackedSeeds
 from training.networks import CriticEnsemble, OneStepMLPPolicy
 from training.train import main as train_main
 
@@ -152,21 +151,6 @@ def test_fused_update_matches_the_eager_one():
         for key, value in expected.items():
             assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
     assert_same_agents(eager, fused)
-
-
-def test_each_seed_of_a_stacked_step_matches_its_single_seed_run():
-    overrides = {"num_candidates": 4, "action_horizon": 2}
-    singles = [build_seed_agent("bon-distill", seed, **overrides) for seed in (0, 1)]
-    stacked_agents = [build_seed_agent("bon-distill", seed, **overrides) for seed in (0, 1)]
-    stacked = StackedSeeds(stacked_agents)
-    for step in range(1, 4):
-        batches = [make_batch(action_dim=6, seed=100 * seed + step) for seed in (0, 1)]
-        expected = [agent.update(batch, step) for agent, batch in zip(singles, batches, strict=True)]
-        for want, have in zip(expected, stacked(batches, step), strict=True):
-            for key, value in want.items():
-                assert have[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
-    for single, agent in zip(singles, stacked_agents, strict=True):
-        assert_same_agents(single, agent)
 
 
 def _train(out, data_dir, *extra: str) -> int:

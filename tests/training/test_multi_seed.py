@@ -30,6 +30,7 @@ def build(agent_name: str, seed: int, **overrides):
         ("mfql", {"alpha_update_interval": 1, "alpha_threshold": 1.01, "alpha_window": 3}),
         ("fql", {}),
         ("mfql", {"action_horizon": 2, "policy_ema_rate": 0.1}),
+        ("bon-distill", {"num_candidates": 4, "action_horizon": 2}),
     ],
 )
 def test_each_seed_matches_its_single_seed_run(agent_name, overrides):

@@ -24,11 +24,9 @@ from torch import Tensor, nn
 from training.agents.common import (
     Batch,
     acting_candidates,
-    backup_discount,
+    agent_critic_loss,
     ema_update,
     ensemble_score,
-    target_noise,
-    target_renoise_time,
     td_loss,
 )
 from training.agents.fused_step import FusedUpdate
@@ -124,23 +122,6 @@ def expected_max_critic_loss(
     return loss, info
 
 
-def agent_expected_max_critic_loss(
-    nets: dict, batch: Batch, next_noise: Tensor, config
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """`expected_max_critic_loss` of a best-of-N agent's step (bon, bon-distill), as its
-    AgentConfig sets it: gamma^H, the target's noise scale, re-noising and ensemble reduction."""
-    return expected_max_critic_loss(
-        nets["critic"],
-        nets["target_critic"],
-        nets["policy"],
-        batch,
-        target_noise(config, next_noise),
-        backup_discount(config),
-        target_renoise_time(config),
-        config.target_aggregate,
-    )
-
-
 class BestOfNAgent(MFQLAgent):
     """MFQL's policy, critic ensemble, EMA target critic and optimisers; L = L_critic + L_MFI."""
 
@@ -159,7 +140,7 @@ class BestOfNAgent(MFQLAgent):
         """L_critic and L_MFI of one step and their info, for the networks in `nets`."""
         next_noise, mfi_noise = noises
         with matmul_autocast(self.precision, self.device.type):
-            c_loss, c_info = agent_expected_max_critic_loss(nets, batch, next_noise, self.config)
+            c_loss, c_info = agent_critic_loss(nets, batch, next_noise, self.config, expected_max_critic_loss)
             mfi_loss, mfi_info = mean_flow_identity_loss(nets["policy"], batch, mfi_noise, t, self.config)
         return c_loss, mfi_loss, {**c_info, **mfi_info}
 

@@ -196,12 +196,14 @@ def critic_loss(
 
 
 def agent_critic_loss(
-    nets: dict, batch: Batch, next_noise: Tensor, config
+    nets: dict, batch: Batch, next_noise: Tensor, config, loss_fn=critic_loss
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """`critic_loss` of an agent's step, as its AgentConfig sets it: the networks in `nets`,
     gamma^H, the target's re-noising (MeanFlow agents; None for FQL, which refuses it), its
-    noise scale (`target_noise`) and its ensemble reduction (AgentConfig.target_aggregate)."""
-    return critic_loss(
+    noise scale (`target_noise`) and its ensemble reduction (AgentConfig.target_aggregate).
+    `loss_fn`: another TD loss of the same signature (the best-of-N agents'
+    `expected_max_critic_loss`)."""
+    return loss_fn(
         nets["critic"],
         nets["target_critic"],
         nets["policy"],

@@ -35,11 +35,10 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from training.agents.best_of_n import agent_expected_max_critic_loss
-from training.agents.common import Batch
+from training.agents.best_of_n import expected_max_critic_loss
+from training.agents.common import Batch, agent_critic_loss
 from training.agents.fql import FQLAgent, flow_and_distillation_losses
 from training.config import AgentConfig
-from training.precision import matmul_autocast
 
 
 def distillation_actor_loss(
@@ -67,18 +66,14 @@ class DistilledBestOfNAgent(FQLAgent):
     """FQL's BC flow, one-step network, critic ensemble, EMA target and optimiser; L = L_critic
     (expected max over K) + L_flow + L_distill."""
 
-    def step_losses(
-        self, nets: dict, batch: Batch, noises: tuple[Tensor, Tensor, Tensor], t: Tensor
-    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        next_noise, flow_noise, policy_noise = noises
-        cfg = self.config
-        with matmul_autocast(self.precision, self.device.type):
-            # the target's candidates are never re-noised: bon-distill refuses --renoise-target
-            c_loss, c_info = agent_expected_max_critic_loss(nets, batch, next_noise, cfg)
-            a_loss, a_info = distillation_actor_loss(
-                nets["bc_flow"], nets["policy"], batch, (flow_noise, policy_noise), t, cfg
-            )
-        return c_loss, a_loss, {**c_info, **a_info}
+    def critic_loss(self, nets: dict, batch: Batch, next_noise: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """QC's expected max over K one-step candidates (never re-noised: --renoise-target is refused)."""
+        return agent_critic_loss(nets, batch, next_noise, self.config, expected_max_critic_loss)
+
+    def actor_loss(
+        self, nets: dict, batch: Batch, noises: tuple[Tensor, Tensor], t: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        return distillation_actor_loss(nets["bc_flow"], nets["policy"], batch, noises, t, self.config)
 
     def finish_update(self, step: int, info: dict[str, float], lrs: list[float]) -> dict[str, float]:
         info["total_loss"] = info["critic/loss"] + info["actor/loss"]

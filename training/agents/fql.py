@@ -148,13 +148,20 @@ class FQLAgent(DeviceDraws):
     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """L_critic and FQL's actor loss of one step and their info, for the networks in `nets`."""
         next_noise, flow_noise, policy_noise = noises
-        cfg = self.config
         with matmul_autocast(self.precision, self.device.type):
-            c_loss, c_info = agent_critic_loss(nets, batch, next_noise, cfg)
-            a_loss, a_info = fql_actor_loss(
-                nets["bc_flow"], nets["policy"], nets["critic"], batch, (flow_noise, policy_noise), t, cfg
-            )
+            c_loss, c_info = self.critic_loss(nets, batch, next_noise)
+            a_loss, a_info = self.actor_loss(nets, batch, (flow_noise, policy_noise), t)
         return c_loss, a_loss, {**c_info, **a_info}
+
+    def critic_loss(self, nets: dict, batch: Batch, next_noise: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """FQL's TD loss: the target critic's value of its best of K next actions (K = 1 by default)."""
+        return agent_critic_loss(nets, batch, next_noise, self.config)
+
+    def actor_loss(
+        self, nets: dict, batch: Batch, noises: tuple[Tensor, Tensor], t: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """FQL's actor loss: flow matching + alpha * distillation + the Q term."""
+        return fql_actor_loss(nets["bc_flow"], nets["policy"], nets["critic"], batch, noises, t, self.config)
 
     def learning_rates(self, step: int) -> list[float]:
         return [self.config.actor_lr]
